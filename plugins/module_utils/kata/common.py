@@ -1,0 +1,181 @@
+# Copyright: kata.runtime contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What every kata.runtime module shares on the module side.
+
+This is the only file under ``module_utils/kata`` that knows about ``AnsibleModule``; the core
+stays free of Ansible. It holds:
+
+- ``COMMON_ARGS``: the argument spec of ``config`` and ``runtime_root`` (documented by the
+  ``kata.runtime.kata`` doc fragment);
+- ``load_module_config(module, **overrides)``: the ``Config`` for this run;
+- ``fail_on_kata_error(module)``: turns a ``KataError`` into ``fail_json`` in one place;
+- ``Progress``: progress lines for long steps (boot, waiting for the agent, image builds);
+- ``Differences``: one record of differing settings that feeds the decision, ``--diff`` and
+  the ``actions`` list.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ansible_collections.kata.runtime.plugins.module_utils.kata.config import (
+    DEFAULT_CONFIG_PATH,
+    load_config,
+)
+from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import KataError
+
+COMMON_ARGS = dict(
+    config=dict(type='path', default=DEFAULT_CONFIG_PATH),
+    runtime_root=dict(type='path'),
+)
+
+
+def common_argument_spec(**extra):
+    """Return a fresh argument spec: ``COMMON_ARGS`` plus the module's own options."""
+    spec = {name: dict(value) for name, value in COMMON_ARGS.items()}
+    spec.update(extra)
+    return spec
+
+
+def load_module_config(module, **overrides):
+    """Return the ``Config`` for this module run.
+
+    Reads the file named by the ``config`` option; ``runtime_root`` overrides the file's
+    ``state_root``, and ``overrides`` (config keys; None values are ignored) win over both.
+    The default path given explicitly behaves as the default: a missing file means defaults.
+    Raises ``InvalidArgument`` for a bad file or value; call it inside ``fail_on_kata_error``.
+    """
+    path = module.params.get('config')
+    if path == DEFAULT_CONFIG_PATH:
+        path = None
+    values = {'state_root': module.params.get('runtime_root')}
+    values.update(overrides)
+    return load_config(path, overrides=values)
+
+
+class fail_on_kata_error(object):
+    """Context manager (and decorator) that turns a ``KataError`` into ``fail_json``.
+
+    ``with fail_on_kata_error(module):`` ... any ``KataError`` raised inside ends the module
+    with ``msg=str(err)`` and ``changed=False``. ``result`` adds keys to the failure (for
+    example the ``actions`` done so far, or ``changed=True`` when something was already done
+    before the error). Other exceptions pass through untouched.
+    """
+
+    def __init__(self, module, **result):
+        self.module = module
+        self.result = result
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc is None or not isinstance(exc, KataError):
+            return False
+        result = dict(changed=False)
+        result.update(self.result)
+        result['msg'] = str(exc)
+        self.module.fail_json(**result)
+        return True  # not reached: fail_json exits
+
+    def __call__(self, func):
+        def wrapper(*args, **kwargs):
+            with fail_on_kata_error(self.module, **self.result):
+                return func(*args, **kwargs)
+        wrapper.__name__ = getattr(func, '__name__', 'wrapper')
+        wrapper.__doc__ = getattr(func, '__doc__', None)
+        return wrapper
+
+
+class Progress(object):
+    """Progress lines for the steps of a long operation.
+
+    Ansible shows a module's output only when it ends, so progress goes where an operator can
+    follow it while the module runs: the target's system log (``module.log``, which is syslog
+    or the journal and honours ``no_log``), tagged with ``tag``. Every line is also kept, with
+    the seconds since the start, so a module can return them (for example as ``progress``)
+    and a failure can say how far it got. Call the object as a function: ``progress('booting')``.
+    """
+
+    def __init__(self, module=None, tag='kata.runtime', clock=time.monotonic):
+        self.module = module
+        self.tag = tag
+        self._clock = clock
+        self._start = clock()
+        self.lines = []
+
+    def __call__(self, msg, *args):
+        if args:
+            msg = msg % args
+        elapsed = round(self._clock() - self._start, 3)
+        self.lines.append({'elapsed': elapsed, 'msg': msg})
+        if self.module is not None:
+            self.module.log('%s: [%.1fs] %s' % (self.tag, elapsed, msg))
+        return msg
+
+    def messages(self):
+        """The progress messages so far, without the timing."""
+        return [line['msg'] for line in self.lines]
+
+
+class Differences(object):
+    """Which settings differ between what is asked (``parameter``) and what is (``active``).
+
+    Each difference is recorded once, by name, in the order found. The same record decides
+    (``has_differences()``, ``names()``), feeds ``--diff`` (``get_before_after()``) and the
+    error that names immutable fields.
+    """
+
+    def __init__(self):
+        self._items = []
+
+    def add(self, name, parameter=None, active=None):
+        """Record that ``name`` differs: it should be ``parameter`` and is ``active``."""
+        for item in self._items:
+            if item['name'] == name:
+                item['parameter'] = parameter
+                item['active'] = active
+                return
+        self._items.append({'name': name, 'parameter': parameter, 'active': active})
+
+    def compare(self, name, parameter, active):
+        """Add ``name`` when ``parameter`` is given (not None) and differs from ``active``.
+
+        Return True when a difference was recorded.
+        """
+        if parameter is None or parameter == active:
+            return False
+        self.add(name, parameter=parameter, active=active)
+        return True
+
+    def merge(self, other):
+        for item in other._items:
+            self.add(item['name'], parameter=item['parameter'], active=item['active'])
+
+    def has_differences(self):
+        return bool(self._items)
+
+    __bool__ = has_differences
+
+    def __len__(self):
+        return len(self._items)
+
+    def has_difference_for(self, name):
+        return any(item['name'] == name for item in self._items)
+
+    def names(self):
+        """The names of the differing settings, in the order found."""
+        return [item['name'] for item in self._items]
+
+    def get_before_after(self):
+        """Return ``(before, after)`` dicts of the differing settings, for ``--diff``."""
+        before = {}
+        after = {}
+        for item in self._items:
+            before[item['name']] = item['active']
+            after[item['name']] = item['parameter']
+        return before, after
+
+    def as_list(self):
+        """``[{'name', 'parameter', 'active'}]``, for results and messages."""
+        return [dict(item) for item in self._items]
