@@ -1,0 +1,444 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+
+# Copyright: kata.runtime contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+module: kata_check
+short_description: Check whether a host is ready to run kata.runtime sandboxes
+version_added: 0.1.0
+description:
+  - Reports what a sandbox needs on this host, the way C(kata-runtime check) and
+    C(kata-runtime env) do in Kata Containers.
+  - Whether KVM can run a standard guest kernel (and why not when it cannot - absent, no
+    permission, or a paravirtual-only KVM that cannot boot a stock kernel), and the accelerator
+    that O(config)'s C(accel) resolves to.
+  - The QEMU binary and its version, whether libvirt answers at the configured URI and its
+    versions, the cgroup layout (v1, v2 or hybrid), the guest kernel and initrd with their
+    SHA-256 checksums, and whether the state root is writable.
+  - Never changes anything.
+author:
+  - kata.runtime contributors
+options:
+  strict:
+    description:
+      - Fail when the host cannot run sandboxes, listing every problem found.
+      - When V(false), problems are only reported in RV(kata_host.problems).
+    type: bool
+    default: false
+extends_documentation_fragment:
+  - kata.runtime.kata
+  - kata.runtime.kata.attributes
+  - kata.runtime.kata.attributes_info_module
+  - kata.runtime.kata.actiongroup_kata
+notes:
+  - KVM being unusable is not a problem by itself when O(config)'s C(accel) is C(auto), since
+    sandboxes then run under TCG (software emulation), which is slower. It is a problem
+    when C(accel) is C(kvm).
+  - The state root is checked without creating it; when it does not exist yet, the nearest
+    existing parent directory must be writable.
+seealso:
+  - module: kata.runtime.kata_guest_image
+  - module: kata.runtime.kata_sandbox
+'''
+
+EXAMPLES = r'''
+- name: Report whether this host can run sandboxes
+  kata.runtime.kata_check:
+  register: check
+
+- name: Show the problems, if any
+  ansible.builtin.debug:
+    var: check.kata_host.problems
+
+- name: Stop here unless the host is ready
+  kata.runtime.kata_check:
+    strict: true
+
+- name: Check against another config file and state root
+  kata.runtime.kata_check:
+    config: /etc/kata-runtime/test.yaml
+    runtime_root: /run/kata-test
+'''
+
+RETURN = r'''
+kata_host:
+  description: What was found on the host.
+  returned: always
+  type: dict
+  contains:
+    ready:
+      description: Whether the host can run sandboxes (no problems found).
+      type: bool
+      sample: true
+    problems:
+      description: What keeps the host from running sandboxes, one sentence each.
+      type: list
+      elements: str
+      sample: ["guest kernel /var/lib/kata-runtime/image/vmlinux is missing (build it with kata.runtime.kata_guest_image)"]
+    config:
+      description: The settings in effect (the config file plus O(runtime_root)).
+      type: dict
+      contains:
+        path:
+          description: The config file that was read (it may not exist).
+          type: str
+          sample: /etc/kata-runtime/config.yaml
+        exists:
+          description: Whether that file exists.
+          type: bool
+          sample: true
+        settings:
+          description: Every setting with its resolved value.
+          type: dict
+          sample: {"libvirt_uri": "qemu:///system", "accel": "auto", "state_root": "/run/kata-runtime"}
+    kvm:
+      description: Whether KVM can run a standard guest kernel.
+      type: dict
+      contains:
+        present:
+          description: Whether C(/dev/kvm) exists.
+          type: bool
+          sample: true
+        usable:
+          description: Whether KVM can boot a stock guest kernel here.
+          type: bool
+          sample: false
+        reason:
+          description: Why KVM is or is not usable.
+          type: str
+          sample: "paravirtual-only KVM (kvm_pvm): cannot run a stock guest kernel"
+    accel:
+      description: The accelerator sandboxes get with the configured C(accel).
+      type: dict
+      contains:
+        requested:
+          description: The configured C(accel) (V(auto), V(kvm) or V(tcg)).
+          type: str
+          sample: auto
+        chosen:
+          description: V(kvm) or V(tcg); null when V(kvm) was requested and cannot be used.
+          type: str
+          sample: tcg
+        reason:
+          description: Why this accelerator.
+          type: str
+          sample: "KVM not usable, using tcg (software emulation): /dev/kvm is absent"
+    qemu:
+      description: The QEMU system emulator.
+      type: dict
+      contains:
+        path:
+          description: Path of the binary; null when none was found.
+          type: str
+          sample: /usr/bin/qemu-system-x86_64
+        version:
+          description: Its version; null when unknown.
+          type: str
+          sample: 7.2.22
+    libvirt:
+      description: The libvirt daemon at the configured URI.
+      type: dict
+      contains:
+        uri:
+          description: The libvirt URI from the config.
+          type: str
+          sample: qemu:///system
+        reachable:
+          description: Whether a read-only connection succeeded.
+          type: bool
+          sample: true
+        version:
+          description: The libvirt version the daemon reports; null when unreachable.
+          type: str
+          sample: 9.0.0
+        hypervisor_version:
+          description: The hypervisor version libvirt reports for the URI's driver; null when unknown.
+          type: str
+          sample: 7.2.22
+        client_version:
+          description:
+            - The version of the libvirt client library that libvirt-python uses on the target;
+              null when libvirt-python is not installed.
+          type: str
+          sample: 9.0.0
+        error:
+          description: Why the connection failed; null when it succeeded.
+          type: str
+          sample: "Failed to connect socket to '/var/run/libvirt/libvirt-sock': No such file or directory"
+    cgroups:
+      description: The cgroup file systems under the config's C(cgroup_root).
+      type: dict
+      contains:
+        root:
+          description: The cgroup mount root.
+          type: str
+          sample: /sys/fs/cgroup
+        layout:
+          description: V(v1), V(v2), V(hybrid), or V(none) when no cgroup file system was found.
+          type: str
+          sample: hybrid
+    image:
+      description: The guest boot files named by the config.
+      type: dict
+      contains:
+        kernel:
+          description: The guest kernel.
+          type: dict
+          contains:
+            path:
+              description: Its path.
+              type: str
+              sample: /var/lib/kata-runtime/image/vmlinux
+            present:
+              description: Whether it is a readable regular file (symlinks are followed).
+              type: bool
+              sample: true
+            sha256:
+              description: SHA-256 of its contents; null when absent.
+              type: str
+              sample: 5e3c0f1b9a2d4c6e8f0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f6a
+        initrd:
+          description: The guest initrd.
+          type: dict
+          contains:
+            path:
+              description: Its path.
+              type: str
+              sample: /var/lib/kata-runtime/image/kata-initrd.img
+            present:
+              description: Whether it is a readable regular file (symlinks are followed).
+              type: bool
+              sample: true
+            sha256:
+              description: SHA-256 of its contents; null when absent.
+              type: str
+              sample: 0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f5e3c0f1b9a2d4c6e8f0b
+    state_root:
+      description: The state root.
+      type: dict
+      contains:
+        path:
+          description: Its path.
+          type: str
+          sample: /run/kata-runtime
+        exists:
+          description: Whether it exists.
+          type: bool
+          sample: false
+        writable:
+          description:
+            - Whether it can be written; when it does not exist yet, whether its nearest
+              existing parent directory can be written (so it can be created).
+          type: bool
+          sample: true
+'''
+
+import hashlib
+import os
+import platform
+import re
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.kata.runtime.plugins.module_utils.kata.common import (
+    common_argument_spec,
+    fail_on_kata_error,
+    load_module_config,
+)
+from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import KataError
+from ansible_collections.kata.runtime.plugins.module_utils.kata.hypervisor.accel import (
+    KVM_DEV,
+    choose_accel,
+    kvm_status,
+)
+
+# The QEMU binary libvirt would use for a guest of the host's architecture.
+QEMU_ARCH = {
+    'x86_64': 'x86_64',
+    'amd64': 'x86_64',
+    'aarch64': 'aarch64',
+    'arm64': 'aarch64',
+    'ppc64le': 'ppc64',
+    's390x': 's390x',
+}
+QEMU_EXTRA_DIRS = ['/usr/libexec']  # RHEL family: /usr/libexec/qemu-kvm
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, 'rb') as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _version_string(number):
+    """libvirt encodes versions as major * 1000000 + minor * 1000 + release."""
+    if not number:
+        return None
+    return '%d.%d.%d' % (number // 1000000, (number // 1000) % 1000, number % 1000)
+
+
+def check_kvm(problems, requested):
+    usable, reason = kvm_status()
+    kvm = dict(present=os.path.exists(KVM_DEV), usable=usable, reason=reason)
+    try:
+        chosen, why = choose_accel(requested)
+    except KataError as err:
+        chosen, why = None, str(err)
+        problems.append(why)
+    return kvm, dict(requested=requested, chosen=chosen, reason=why)
+
+
+def check_qemu(module, problems):
+    arch = QEMU_ARCH.get(platform.machine(), platform.machine())
+    path = None
+    for name in ('qemu-system-%s' % arch, 'qemu-kvm'):
+        path = module.get_bin_path(name, opt_dirs=QEMU_EXTRA_DIRS)
+        if path:
+            break
+    version = None
+    if path is None:
+        problems.append('no QEMU system emulator found (qemu-system-%s; on Debian install '
+                        'qemu-system-x86)' % arch)
+    else:
+        rc, out, err = module.run_command([path, '--version'])
+        match = re.search(r'version\s+(\S+)', out or '')
+        if rc == 0 and match:
+            version = match.group(1)
+        else:
+            problems.append('%s --version failed (rc=%s): %s' % (path, rc, (err or out).strip()))
+    return dict(path=path, version=version)
+
+
+def check_libvirt(uri, problems):
+    result = dict(uri=uri, reachable=False, version=None, hypervisor_version=None,
+                  client_version=None, error=None)
+    try:
+        import libvirt
+    except ImportError:
+        result['error'] = 'libvirt-python is not installed on the target'
+        problems.append('libvirt-python is not installed on the target (pip install '
+                        'libvirt-python, or the python3-libvirt package)')
+        return result
+    result['client_version'] = _version_string(libvirt.getVersion())
+    # libvirt prints every error on stderr by default; errors are reported in the result
+    libvirt.registerErrorHandler(lambda ctx, err: None, None)
+    conn = None
+    try:
+        conn = libvirt.openReadOnly(uri)
+        result['version'] = _version_string(conn.getLibVersion())
+        try:
+            result['hypervisor_version'] = _version_string(conn.getVersion())
+        except libvirt.libvirtError:
+            pass  # not every driver reports one
+        result['reachable'] = True
+    except libvirt.libvirtError as err:
+        result['error'] = err.get_error_message() or str(err)
+        problems.append('libvirt at %s is not reachable: %s (is libvirtd running? without '
+                        'systemd start both libvirtd -d and virtlogd -d)' % (uri, result['error']))
+    finally:
+        if conn is not None:
+            conn.close()
+    return result
+
+
+def cgroup_layout(root):
+    """``v2``, ``hybrid``, ``v1`` or ``none``, from the files under the cgroup root."""
+    if os.path.exists(os.path.join(root, 'cgroup.controllers')):
+        return 'v2'
+    controllers = [name for name in ('cpu', 'cpuacct', 'memory', 'pids', 'cpuset', 'blkio',
+                                     'devices', 'freezer')
+                   if os.path.isdir(os.path.join(root, name))]
+    if not controllers:
+        return 'none'
+    if os.path.exists(os.path.join(root, 'unified', 'cgroup.controllers')):
+        return 'hybrid'
+    return 'v1'
+
+
+def check_cgroups(root, problems):
+    layout = cgroup_layout(root)
+    if layout == 'none':
+        problems.append('no cgroup file system found under %s' % root)
+    return dict(root=root, layout=layout)
+
+
+def check_boot_file(path, what, problems):
+    info = dict(path=path, present=False, sha256=None)
+    if os.path.isfile(path) and os.access(path, os.R_OK):
+        try:
+            info['sha256'] = _sha256(path)
+            info['present'] = True
+        except OSError as err:
+            problems.append('guest %s %s cannot be read: %s' % (what, path, err.strerror or err))
+            return info
+    else:
+        problems.append('guest %s %s is missing (build it with kata.runtime.kata_guest_image)'
+                        % (what, path))
+    return info
+
+
+def check_state_root(path, problems):
+    exists = os.path.lexists(path)
+    if exists:
+        if not os.path.isdir(path):
+            problems.append('state root %s exists and is not a directory' % path)
+            return dict(path=path, exists=True, writable=False)
+        probe = path
+    else:
+        # nothing is created here: the nearest existing parent decides
+        probe = os.path.dirname(path)
+        while probe and not os.path.exists(probe):
+            parent = os.path.dirname(probe)
+            if parent == probe:
+                break
+            probe = parent
+    writable = os.path.isdir(probe) and os.access(probe, os.W_OK | os.X_OK)
+    if not writable:
+        if exists:
+            problems.append('state root %s is not writable' % path)
+        else:
+            problems.append('state root %s cannot be created: %s is not writable' % (path, probe))
+    return dict(path=path, exists=exists, writable=writable)
+
+
+def check_host(module, config):
+    problems = []
+    host = dict(config=dict(path=config.path, exists=os.path.exists(config.path),
+                            settings=config.as_dict()))
+    host['kvm'], host['accel'] = check_kvm(problems, config.accel)
+    host['qemu'] = check_qemu(module, problems)
+    host['libvirt'] = check_libvirt(config.libvirt_uri, problems)
+    host['cgroups'] = check_cgroups(config.cgroup_root, problems)
+    host['image'] = dict(kernel=check_boot_file(config.kernel, 'kernel', problems),
+                         initrd=check_boot_file(config.initrd, 'initrd', problems))
+    host['state_root'] = check_state_root(config.state_root, problems)
+    host['problems'] = problems
+    host['ready'] = not problems
+    return host
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=common_argument_spec(
+            strict=dict(type='bool', default=False),
+        ),
+        supports_check_mode=True,
+    )
+    with fail_on_kata_error(module):
+        config = load_module_config(module)
+        host = check_host(module, config)
+    if module.params['strict'] and not host['ready']:
+        module.fail_json(
+            msg='host is not ready to run sandboxes: %s' % '; '.join(host['problems']),
+            kata_host=host, changed=False)
+    module.exit_json(changed=False, kata_host=host)
+
+
+if __name__ == '__main__':
+    main()
