@@ -1,0 +1,1020 @@
+# Copyright: kata.runtime contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The agent that runs inside the sandbox guest.
+
+The initrd's ``/init`` execs ``/usr/bin/python3 /opt/kata/agent.py``; the agent is then PID 1
+of the guest. It serves JSON lines (protocol 1, see docs/internals.md) on the virtio-serial
+port named ``agent.0`` and runs each OCI container in its own pid, mount, uts and ipc
+namespaces through ``busybox unshare``.
+
+This file runs standalone with a minimal stdlib: it imports nothing from the collection and
+does nothing on import. Host-side test modes:
+
+  --listen PATH     serve a unix socket (one client at a time, like qemu's chardev)
+  --connect PATH    connect to a unix socket and reconnect whenever it drops
+  --device PATH     a character device (virtio-serial semantics) or a unix socket
+  --no-poweroff     ``shutdown`` exits the agent instead of powering the machine off
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import select
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+
+AGENT_VERSION = '1.0.0'
+PROTOCOL = 1
+PORT_NAME = 'agent.0'
+SHARED_DIR = '/run/kata-containers/shared'
+RUN_DIR = '/run/kata-agent'
+DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+ID_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$')
+MAX_LINE = 4 * 1024 * 1024
+RETRY_DELAY = 0.05
+START_TIMEOUT = 30.0
+MAX_WAIT = 86400.0
+# Signals whose default action does not end a process: sending one of them to a container
+# that was created but never started changes nothing.
+NON_FATAL = ('SIGCHLD', 'SIGCONT', 'SIGURG', 'SIGWINCH', 'SIGSTOP', 'SIGTSTP', 'SIGTTIN', 'SIGTTOU')
+
+
+class RequestError(Exception):
+    """A request failed; the message goes back to the host as the error reply."""
+
+
+def log(msg):
+    try:
+        sys.stderr.write('kata-agent[%d]: %s\n' % (os.getpid(), msg))
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def iso_time(ts):
+    if ts is None:
+        return None
+    frac = int((ts - int(ts)) * 1000000)
+    return time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(ts)) + '.%06dZ' % frac
+
+
+def find_busybox():
+    for path in ('/bin/busybox', '/usr/bin/busybox', '/sbin/busybox', '/usr/sbin/busybox'):
+        if os.access(path, os.X_OK):
+            return path
+    return 'busybox'
+
+
+def parse_signal(value):
+    if isinstance(value, bool):
+        raise RequestError('invalid signal %r' % (value,))
+    if isinstance(value, int):
+        num = value
+    elif isinstance(value, str) and value.strip().isdigit():
+        num = int(value.strip())
+    elif isinstance(value, str) and value.strip():
+        name = value.strip().upper()
+        if not name.startswith('SIG'):
+            name = 'SIG' + name
+        try:
+            num = int(signal.Signals[name])
+        except KeyError:
+            raise RequestError('unknown signal %r' % (value,)) from None
+    else:
+        raise RequestError('invalid signal %r' % (value,))
+    if num < 0 or num >= getattr(signal, 'NSIG', 65):
+        raise RequestError('signal %r out of range' % (value,))
+    return num
+
+
+def signal_is_fatal(num):
+    if num == 0:
+        return False
+    try:
+        return signal.Signals(num).name not in NON_FATAL
+    except ValueError:
+        return True
+
+
+def exit_code_of(status):
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Transports. Each one exposes: fd() -> fd to select on for reading (None while backing off),
+# data_fd() -> fd to write to (None when no peer), on_readable() -> bytes (b'' = the peer went
+# away, None = nothing to deliver), write(data) -> bytes written, and drop() on disconnect.
+# ---------------------------------------------------------------------------------------------
+
+
+class DeviceTransport:
+    """A character device such as /dev/vport0p1.
+
+    virtio-serial semantics: while no host client is connected, read() returns 0. That is not
+    the end: we back off briefly and try again; whatever was half-received is dropped.
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self._fd = None
+        self._retry_at = 0.0
+        self._hup_logged = False
+
+    def _open(self):
+        try:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_NOCTTY)
+            log('opened %s' % self.path)
+        except OSError as err:
+            if self._retry_at == 0.0 or err.errno != errno.EBUSY:
+                log('cannot open %s: %s' % (self.path, err))
+            self._retry_at = time.monotonic() + 1.0
+
+    def fd(self):
+        if self._fd is None:
+            if time.monotonic() >= self._retry_at:
+                self._open()
+            return None if self._fd is None or time.monotonic() < self._retry_at else self._fd
+        if time.monotonic() < self._retry_at:
+            return None
+        return self._fd
+
+    def data_fd(self):
+        return self._fd
+
+    def timeout(self):
+        return max(0.0, self._retry_at - time.monotonic()) if self._retry_at else 1.0
+
+    def on_readable(self):
+        try:
+            data = os.read(self._fd, 65536)
+        except OSError as err:
+            if err.errno in (errno.EAGAIN, errno.EINTR):
+                return None
+            if err.errno in (errno.EIO, errno.ENXIO, errno.ENODEV, errno.EPIPE):
+                data = b''
+            else:
+                raise
+        if data:
+            self._hup_logged = False
+            return data
+        self._retry_at = time.monotonic() + RETRY_DELAY
+        return b''
+
+    def write(self, data):
+        return os.write(self._fd, data)
+
+    def drop(self):
+        """No host connected right now; the port itself stays open."""
+
+    def close(self):
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class ConnectTransport:
+    """Connect to a unix socket (a test harness listening like qemu); reconnect on drop."""
+
+    def __init__(self, path):
+        self.path = path
+        self.sock = None
+        self._retry_at = 0.0
+        self._failures = 0
+
+    def fd(self):
+        if self.sock is None and time.monotonic() >= self._retry_at:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(self.path)
+            except OSError as err:
+                sock.close()
+                if self._failures % 100 == 0:
+                    log('cannot connect to %s: %s' % (self.path, err))
+                self._failures += 1
+                self._retry_at = time.monotonic() + RETRY_DELAY
+                return None
+            sock.setblocking(False)
+            self._failures = 0
+            self.sock = sock
+        return self.sock.fileno() if self.sock is not None else None
+
+    def data_fd(self):
+        return self.sock.fileno() if self.sock is not None else None
+
+    def timeout(self):
+        return RETRY_DELAY if self.sock is None else 1.0
+
+    def on_readable(self):
+        try:
+            data = self.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            data = b''
+        return data
+
+    def write(self, data):
+        return self.sock.send(data)
+
+    def drop(self):
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+            self._retry_at = time.monotonic() + RETRY_DELAY
+
+    def close(self):
+        self.drop()
+
+
+class ListenTransport:
+    """Serve a unix socket, one client at a time (what qemu's chardev does for the host)."""
+
+    def __init__(self, path):
+        self.path = path
+        if os.path.exists(path):
+            os.unlink(path)
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(path)
+        self.server.listen(8)
+        self.server.setblocking(False)
+        self.conn = None
+
+    def fd(self):
+        return self.conn.fileno() if self.conn is not None else self.server.fileno()
+
+    def data_fd(self):
+        return self.conn.fileno() if self.conn is not None else None
+
+    def timeout(self):
+        return 1.0
+
+    def on_readable(self):
+        if self.conn is None:
+            try:
+                conn, _addr = self.server.accept()
+            except (BlockingIOError, InterruptedError):
+                return None
+            conn.setblocking(False)
+            self.conn = conn
+            return None
+        try:
+            data = self.conn.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            data = b''
+        return data
+
+    def write(self, data):
+        return self.conn.send(data)
+
+    def drop(self):
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def close(self):
+        self.drop()
+        self.server.close()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+
+def find_virtio_port(name=PORT_NAME, sysdir='/sys/class/virtio-ports'):
+    try:
+        entries = sorted(os.listdir(sysdir))
+    except OSError:
+        return None
+    for entry in entries:
+        try:
+            with open(os.path.join(sysdir, entry, 'name')) as fh:
+                if fh.read().strip() == name:
+                    return '/dev/' + entry
+        except OSError:
+            continue
+    return None
+
+
+def wait_for_virtio_port():
+    start = time.monotonic()
+    last = -10.0
+    while True:
+        path = find_virtio_port()
+        if path and os.path.exists(path):
+            return path
+        elapsed = time.monotonic() - start
+        if elapsed - last >= 5.0:
+            log('waiting for the virtio-serial port %r (%.0fs)' % (PORT_NAME, elapsed))
+            last = elapsed
+        time.sleep(0.1)
+
+
+def transport_for(path):
+    try:
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            return ConnectTransport(path)
+    except OSError:
+        pass
+    return DeviceTransport(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Containers
+# ---------------------------------------------------------------------------------------------
+
+
+class Container:
+    def __init__(self, spec):
+        self.id = spec['id']
+        self.spec = spec
+        self.status = 'created'
+        self.proc = None
+        self.wrapper_pid = None
+        self.pid = None
+        self.exit_code = None
+        self.created_at = time.time()
+        self.started_at = None
+        self.finished_at = None
+
+    def state(self):
+        return {
+            'id': self.id,
+            'status': self.status,
+            'pid': self.pid,
+            'exit_code': self.exit_code,
+            'created_at': iso_time(self.created_at),
+            'started_at': iso_time(self.started_at),
+            'finished_at': iso_time(self.finished_at),
+            'rootfs': self.spec['rootfs'],
+            'args': self.spec['args'],
+            'stdout': self.spec['stdout'],
+            'stderr': self.spec['stderr'],
+        }
+
+
+def _str_list(value, what):
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise RequestError('%s must be a list of strings, got %r' % (what, value))
+    return value
+
+
+def _int_param(params, key, default):
+    value = params.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise RequestError('%s must be a non-negative integer, got %r' % (key, value))
+    return value
+
+
+def _number_param(params, key, default):
+    value = params.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise RequestError('%s must be a non-negative number, got %r' % (key, value))
+    return float(value)
+
+
+class Agent:
+    def __init__(self, transport, shared_dir=SHARED_DIR, poweroff=True, busybox=None,
+                 run_dir=RUN_DIR):
+        self.transport = transport
+        self.run_dir = run_dir
+        self._seq = 0
+        self.shared_dir = shared_dir
+        self.poweroff = poweroff
+        self.busybox = busybox or find_busybox()
+        self.containers = {}
+        self.by_wrapper = {}
+        self.started = time.monotonic()
+        self.inbuf = b''
+        self.outbuf = b''
+        self.running = True
+        self.exit_after_flush = False
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+
+    # -- signals and reaping ------------------------------------------------------------------
+
+    def install_signals(self):
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        if not self.poweroff:
+            signal.signal(signal.SIGTERM, self._on_term)
+            signal.signal(signal.SIGINT, self._on_term)
+        else:
+            # PID 1 of the guest must not be stopped by a stray signal.
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_IGN)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+
+    def _on_term(self, signum, frame):
+        self.running = False
+
+    def _drain_wakeup(self):
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except OSError:
+            pass
+
+    def reap(self):
+        """Collect every exited child: containers get their exit code, orphans just vanish."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            except InterruptedError:
+                continue
+            if pid == 0:
+                return
+            ctr = self.by_wrapper.pop(pid, None)
+            if ctr is not None:
+                self._finish(ctr, status)
+
+    def _finish(self, ctr, status):
+        ctr.exit_code = exit_code_of(status)
+        ctr.status = 'stopped'
+        ctr.finished_at = time.time()
+        if ctr.proc is not None:
+            # Tell subprocess the child is gone so it never waits on a reused pid.
+            ctr.proc.returncode = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else ctr.exit_code
+        log('container %s exited with %s' % (ctr.id, ctr.exit_code))
+
+    def _sleep(self, seconds):
+        """Sleep up to ``seconds`` but wake (and reap) as soon as a child exits."""
+        try:
+            select.select([self._wake_r], [], [], max(0.0, seconds))
+        except InterruptedError:
+            pass
+        self._drain_wakeup()
+        self.reap()
+
+    # -- main loop ----------------------------------------------------------------------------
+
+    def serve(self):
+        self.install_signals()
+        log('agent %s (protocol %d) serving' % (AGENT_VERSION, PROTOCOL))
+        while self.running:
+            self.turn()
+        self.stop_containers()
+
+    def turn(self):
+        self.reap()
+        rfd = self.transport.fd()
+        wfd = self.transport.data_fd() if self.outbuf else None
+        rlist = [self._wake_r] + ([rfd] if rfd is not None else [])
+        wlist = [wfd] if wfd is not None else []
+        timeout = self.transport.timeout() if rfd is None else 1.0
+        try:
+            readable, writable, _ = select.select(rlist, wlist, [], timeout)
+        except InterruptedError:
+            return
+        except (OSError, ValueError) as err:
+            log('select failed: %s' % err)
+            self._disconnect()
+            time.sleep(RETRY_DELAY)
+            return
+        if self._wake_r in readable:
+            self._drain_wakeup()
+            self.reap()
+        if wfd is not None and wfd in writable:
+            self._flush_some()
+        if rfd is not None and rfd in readable:
+            data = self.transport.on_readable()
+            if data == b'':
+                self._disconnect()
+            elif data:
+                self._receive(data)
+
+    def _disconnect(self):
+        if self.inbuf or self.outbuf:
+            log('host went away; dropping %d unread and %d unsent bytes'
+                % (len(self.inbuf), len(self.outbuf)))
+        self.inbuf = b''
+        self.outbuf = b''
+        self.transport.drop()
+
+    def _receive(self, data):
+        self.inbuf += data
+        while b'\n' in self.inbuf:
+            line, self.inbuf = self.inbuf.split(b'\n', 1)
+            line = line.strip()
+            if line:
+                self.handle_line(line)
+                if not self.running:
+                    return
+        if len(self.inbuf) > MAX_LINE:
+            self.inbuf = b''
+            self.send({'id': None, 'error': 'request line longer than %d bytes dropped' % MAX_LINE})
+
+    def handle_line(self, line):
+        try:
+            req = json.loads(line.decode('utf-8'))
+        except ValueError as err:
+            self.send({'id': None, 'error': 'malformed request (not a JSON line): %s' % err})
+            return
+        if not isinstance(req, dict):
+            self.send({'id': None, 'error': 'malformed request: expected a JSON object'})
+            return
+        rid = req.get('id')
+        method = req.get('method')
+        params = req.get('params')
+        if params is None:
+            params = {}
+        handler = getattr(self, 'm_' + method, None) if isinstance(method, str) else None
+        if handler is None:
+            self.send({'id': rid, 'error': 'unknown method %r' % (method,)})
+            return
+        if not isinstance(params, dict):
+            self.send({'id': rid, 'error': 'params of %s must be an object' % method})
+            return
+        try:
+            result = handler(params)
+        except RequestError as err:
+            self.send({'id': rid, 'error': str(err)})
+            return
+        except Exception as err:  # noqa: BLE001 - PID 1 must survive any request
+            log('%s failed: %r' % (method, err))
+            self.send({'id': rid, 'error': '%s failed: %s: %s' % (method, type(err).__name__, err)})
+            return
+        self.send({'id': rid, 'result': result})
+        if method == 'shutdown':
+            self.do_shutdown()
+
+    # -- output -------------------------------------------------------------------------------
+
+    def send(self, obj):
+        self.outbuf += json.dumps(obj, separators=(',', ':')).encode('utf-8') + b'\n'
+        self._flush_some()
+
+    def _flush_some(self):
+        while self.outbuf and self.transport.data_fd() is not None:
+            try:
+                sent = self.transport.write(self.outbuf)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:
+                if err.errno == errno.EAGAIN:
+                    return
+                log('write failed: %s' % err)
+                self._disconnect()
+                return
+            self.outbuf = self.outbuf[sent:]
+
+    def flush(self, timeout):
+        deadline = time.monotonic() + timeout
+        while self.outbuf and self.transport.data_fd() is not None and time.monotonic() < deadline:
+            try:
+                select.select([], [self.transport.data_fd()], [], max(0.0, deadline - time.monotonic()))
+            except InterruptedError:
+                continue
+            self._flush_some()
+
+    # -- containers ---------------------------------------------------------------------------
+
+    def _get(self, params):
+        cid = params.get('id')
+        if not isinstance(cid, str) or not ID_RE.match(cid):
+            raise RequestError('invalid container id %r' % (cid,))
+        ctr = self.containers.get(cid)
+        if ctr is None:
+            raise RequestError('container %s not found' % cid)
+        return ctr
+
+    def m_ping(self, params):
+        return {
+            'version': AGENT_VERSION,
+            'protocol': PROTOCOL,
+            'pid': os.getpid(),
+            'uptime': round(time.monotonic() - self.started, 3),
+        }
+
+    def m_create_container(self, params):
+        cid = params.get('id')
+        if not isinstance(cid, str) or not ID_RE.match(cid):
+            raise RequestError('invalid container id %r' % (cid,))
+        if cid in self.containers:
+            raise RequestError('container %s already exists (status %s)'
+                               % (cid, self.containers[cid].status))
+        base = os.path.join(self.shared_dir, cid)
+        rootfs = params.get('rootfs') or os.path.join(base, 'rootfs')
+        if not isinstance(rootfs, str) or not rootfs.startswith('/'):
+            raise RequestError('rootfs must be an absolute guest path, got %r' % (rootfs,))
+        if not os.path.isdir(rootfs):
+            raise RequestError('rootfs %s of container %s is not a directory' % (rootfs, cid))
+        args = _str_list(params.get('args'), 'args')
+        if not args or not args[0]:
+            raise RequestError('args of container %s must not be empty' % cid)
+        env = params.get('env') or []
+        if isinstance(env, dict):
+            env = ['%s=%s' % (k, v) for k, v in env.items()]
+        env = _str_list(env, 'env')
+        for item in env:
+            if '=' not in item or item.startswith('='):
+                raise RequestError('env entry %r is not KEY=VALUE' % (item,))
+        cwd = params.get('cwd') or '/'
+        if not isinstance(cwd, str) or not cwd.startswith('/'):
+            raise RequestError('cwd must be an absolute path, got %r' % (cwd,))
+        hostname = params.get('hostname')
+        if hostname is not None and (not isinstance(hostname, str) or len(hostname) > 64):
+            raise RequestError('invalid hostname %r' % (hostname,))
+        streams = {}
+        for key in ('stdout', 'stderr'):
+            path = params.get(key) or os.path.join(base, key)
+            if not isinstance(path, str) or not path.startswith('/'):
+                raise RequestError('%s must be an absolute guest path, got %r' % (key, path))
+            streams[key] = path
+        spec = {
+            'id': cid, 'rootfs': rootfs, 'args': args, 'env': env, 'cwd': cwd,
+            'uid': _int_param(params, 'uid', 0), 'gid': _int_param(params, 'gid', 0),
+            'hostname': hostname, 'stdout': streams['stdout'], 'stderr': streams['stderr'],
+        }
+        ctr = Container(spec)
+        self.containers[cid] = ctr
+        log('created container %s' % cid)
+        return ctr.state()
+
+    def m_start_container(self, params):
+        ctr = self._get(params)
+        if ctr.status != 'created':
+            raise RequestError('container %s cannot start: status is %s, not created'
+                               % (ctr.id, ctr.status))
+        spec = ctr.spec
+        fds = []
+        try:
+            for key in ('stdout', 'stderr'):
+                os.makedirs(os.path.dirname(spec[key]) or '/', exist_ok=True)
+                fds.append(os.open(spec[key], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644))
+        except OSError as err:
+            for fd in fds:
+                os.close(fd)
+            raise RequestError('container %s: cannot open output file: %s' % (ctr.id, err)) from None
+        # The container's init reports setup errors through a FIFO it opens close-on-exec:
+        # EOF means the container process has exec'd. (A pipe would also stay open in the
+        # unshare wrapper, which never closes what it inherits.)
+        self._seq += 1
+        fifo = os.path.join(self.run_dir, 'exec-%s-%d' % (ctr.id, self._seq))
+        try:
+            os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
+            if os.path.lexists(fifo):
+                os.unlink(fifo)
+            os.mkfifo(fifo, 0o600)
+            status_r = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError as err:
+            for fd in fds:
+                os.close(fd)
+            raise RequestError('container %s: cannot create %s: %s' % (ctr.id, fifo, err)) from None
+        init = dict(spec, status_fifo=fifo, busybox=self.busybox)
+        python = sys.executable or '/usr/bin/python3'
+        argv = [self.busybox, 'unshare', '-p', '-m', '-u', '-i', '-f', '--',
+                python, '-S', os.path.abspath(__file__), '--exec-init', json.dumps(init)]
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fds[0], stderr=fds[1],
+                                    start_new_session=True, close_fds=True)
+        except OSError as err:
+            os.close(status_r)
+            os.unlink(fifo)
+            raise RequestError('container %s: cannot run %s: %s' % (ctr.id, argv[0], err)) from None
+        finally:
+            for fd in fds:
+                os.close(fd)
+        ctr.proc = proc
+        ctr.wrapper_pid = proc.pid
+        ctr.started_at = time.time()
+        ctr.status = 'running'
+        self.by_wrapper[proc.pid] = ctr
+        try:
+            message = self._read_exec_status(ctr, status_r)
+        finally:
+            os.close(status_r)
+            try:
+                os.unlink(fifo)
+            except OSError:
+                pass
+        ctr.pid = self._find_child(ctr)
+        if message:
+            # The process never ran: make sure it is gone and report why.
+            self._wait_stopped(ctr, 5.0)
+            raise RequestError('container %s failed to start: %s' % (ctr.id, message))
+        log('started container %s as pid %s' % (ctr.id, ctr.pid))
+        return {'id': ctr.id, 'pid': ctr.pid, 'status': ctr.status,
+                'started_at': iso_time(ctr.started_at)}
+
+    def _read_exec_status(self, ctr, fd):
+        """Wait until the container process has exec'd (EOF on the close-on-exec pipe)."""
+        chunks = []
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if time.monotonic() >= deadline:
+                return 'timed out after %ds waiting for the container process to exec' % START_TIMEOUT
+            try:
+                ready, _, _ = select.select([fd, self._wake_r], [], [], 0.5)
+            except InterruptedError:
+                continue
+            if fd in ready:
+                try:
+                    data = os.read(fd, 65536)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    break
+                chunks.append(data)
+                continue
+            if self._wake_r in ready:
+                self._drain_wakeup()
+                self.reap()
+                if ctr.status == 'stopped':
+                    # Died before it even opened the FIFO (unshare or python failed).
+                    try:
+                        chunks.append(os.read(fd, 65536))
+                    except OSError:
+                        pass
+                    if not b''.join(chunks).strip():
+                        return ('the container init exited with code %s before exec; see %s'
+                                % (ctr.exit_code, ctr.spec['stderr']))
+                    break
+        return b''.join(chunks).decode('utf-8', 'replace').strip()
+
+    def _find_child(self, ctr):
+        """The pid of the container process: the one child of the unshare wrapper."""
+        wpid = ctr.wrapper_pid
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            try:
+                with open('/proc/%d/task/%d/children' % (wpid, wpid)) as fh:
+                    pids = fh.read().split()
+                if pids:
+                    return int(pids[0])
+            except OSError:
+                pid = self._find_child_by_scan(wpid)
+                if pid:
+                    return pid
+            if ctr.status == 'stopped':
+                return None
+            self._sleep(0.005)
+        return None
+
+    @staticmethod
+    def _find_child_by_scan(wpid):
+        try:
+            entries = os.listdir('/proc')
+        except OSError:
+            return None
+        for entry in entries:
+            if not entry.isdigit():
+                continue
+            try:
+                with open('/proc/%s/stat' % entry) as fh:
+                    fields = fh.read().rsplit(')', 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if fields and int(fields[1]) == wpid:
+                return int(entry)
+        return None
+
+    def _wait_stopped(self, ctr, timeout):
+        deadline = time.monotonic() + timeout
+        self.reap()
+        while ctr.status == 'running' and time.monotonic() < deadline:
+            self._sleep(min(0.2, deadline - time.monotonic()))
+
+    def _kill(self, ctr, num):
+        """Deliver a signal to the container process; True when it was sent.
+
+        Only the container process (PID 1 of its pid namespace) is signalled: the unshare
+        wrapper does not forward signals, and killing it would orphan the namespace.
+        """
+        pid = ctr.pid or ctr.wrapper_pid
+        try:
+            os.kill(pid, num)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def m_signal_container(self, params):
+        ctr = self._get(params)
+        num = parse_signal(params.get('signal', 'SIGTERM'))
+        self.reap()
+        signaled = False
+        if ctr.status == 'running':
+            signaled = self._kill(ctr, num)
+        elif ctr.status == 'created' and signal_is_fatal(num):
+            # Like killing an OCI init still waiting for "start": it ends before it ran.
+            ctr.status = 'stopped'
+            ctr.exit_code = 128 + num
+            ctr.finished_at = time.time()
+            signaled = True
+        return {'id': ctr.id, 'signal': num, 'signaled': signaled, 'status': ctr.status}
+
+    def m_wait_container(self, params):
+        ctr = self._get(params)
+        timeout = min(_number_param(params, 'timeout', 0.0), MAX_WAIT)
+        if ctr.status == 'running':
+            self._wait_stopped(ctr, timeout)
+        return {'id': ctr.id, 'status': ctr.status, 'exit_code': ctr.exit_code}
+
+    def m_container_state(self, params):
+        ctr = self._get(params)
+        self.reap()
+        return ctr.state()
+
+    def m_remove_container(self, params):
+        cid = params.get('id')
+        if not isinstance(cid, str) or not ID_RE.match(cid):
+            raise RequestError('invalid container id %r' % (cid,))
+        self.reap()
+        ctr = self.containers.get(cid)
+        if ctr is None:
+            return {'id': cid, 'removed': False}
+        if ctr.status == 'running':
+            raise RequestError('container %s is still running (pid %s): stop it before removing'
+                               % (cid, ctr.pid))
+        del self.containers[cid]
+        return {'id': cid, 'removed': True}
+
+    def m_list_containers(self, params):
+        self.reap()
+        return [self.containers[cid].state() for cid in sorted(self.containers)]
+
+    def m_kill_all(self, params):
+        num = parse_signal(params.get('signal', 'SIGKILL'))
+        self.reap()
+        count = 0
+        for ctr in list(self.containers.values()):
+            if ctr.status == 'running' and self._kill(ctr, num):
+                count += 1
+        return {'signal': num, 'count': count}
+
+    def m_shutdown(self, params):
+        return {'poweroff': self.poweroff}
+
+    # -- shutdown -----------------------------------------------------------------------------
+
+    def stop_containers(self, timeout=3.0):
+        running = [c for c in self.containers.values() if c.status == 'running']
+        for ctr in running:
+            self._kill(ctr, signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        while any(c.status == 'running' for c in running) and time.monotonic() < deadline:
+            self._sleep(0.05)
+
+    def do_shutdown(self):
+        self.flush(2.0)
+        log('shutting down')
+        self.stop_containers()
+        try:
+            os.sync()
+        except OSError:
+            pass
+        self.running = False
+        if self.poweroff:
+            try:
+                subprocess.run([self.busybox, 'poweroff', '-f'], check=False)
+            except OSError as err:
+                log('poweroff failed: %s' % err)
+            while True:  # PID 1 must never return; the machine is going down.
+                time.sleep(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# --exec-init: PID 1 of the container's new namespaces, becomes the container process.
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve_command(name, env):
+    if '/' in name:
+        return name
+    path = DEFAULT_PATH
+    for item in env:
+        if item.startswith('PATH='):
+            path = item[5:]
+    for directory in path.split(':'):
+        candidate = os.path.join(directory or '.', name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    raise FileNotFoundError(errno.ENOENT, 'executable file not found in $PATH', name)
+
+
+def exec_init(spec):
+    try:
+        status_fd = os.open(spec['status_fifo'], os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        os.set_blocking(status_fd, True)
+    except OSError:
+        status_fd = 2  # the agent stopped waiting; stderr is the best place left
+
+    def fail(code, message):
+        try:
+            os.write(status_fd, message.encode('utf-8', 'replace'))
+        except OSError:
+            pass
+        os._exit(code)
+
+    rootfs = spec['rootfs']
+    try:
+        proc_dir = os.path.join(rootfs, 'proc')
+        if os.path.isdir(proc_dir):
+            subprocess.run([spec['busybox'], 'mount', '-t', 'proc', 'proc', proc_dir],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, check=False)
+        if spec.get('hostname'):
+            with open('/proc/sys/kernel/hostname', 'w') as fh:
+                fh.write(spec['hostname'])
+        os.chroot(rootfs)
+        os.chdir('/')
+    except OSError as err:
+        fail(1, 'cannot enter rootfs %s: %s' % (rootfs, err))
+    try:
+        os.chdir(spec['cwd'])
+    except OSError as err:
+        fail(1, 'cannot change to cwd %s: %s' % (spec['cwd'], err.strerror))
+    env = spec['env']
+    try:
+        path = resolve_command(spec['args'][0], env)
+    except OSError as err:
+        fail(127, 'exec %s: %s' % (spec['args'][0], err.strerror))
+    try:
+        os.setgroups([])
+        os.setgid(spec['gid'])
+        os.setuid(spec['uid'])
+    except OSError as err:
+        fail(1, 'cannot switch to uid %s gid %s: %s' % (spec['uid'], spec['gid'], err.strerror))
+    environ = {}
+    for item in env:
+        key, _, value = item.partition('=')
+        environ[key] = value
+    if 'PATH' not in environ:
+        environ['PATH'] = DEFAULT_PATH
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    try:
+        os.execve(path, spec['args'], environ)
+    except OSError as err:
+        code = 126 if err.errno in (errno.EACCES, errno.ENOEXEC) else 127
+        fail(code, 'exec %s: %s' % (spec['args'][0], err.strerror))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_args(argv):
+    opts = {'listen': None, 'connect': None, 'device': None, 'poweroff': True,
+            'shared_dir': SHARED_DIR, 'run_dir': RUN_DIR, 'exec_init': None}
+    it = iter(argv)
+    for arg in it:
+        if arg in ('--listen', '--connect', '--device', '--shared-dir', '--run-dir', '--exec-init'):
+            try:
+                opts[arg[2:].replace('-', '_')] = next(it)
+            except StopIteration:
+                raise SystemExit('kata-agent: %s needs a value' % arg) from None
+        elif arg == '--no-poweroff':
+            opts['poweroff'] = False
+        else:
+            raise SystemExit('kata-agent: unknown argument %r' % arg)
+    return opts
+
+
+def main(argv=None):
+    opts = parse_args(sys.argv[1:] if argv is None else argv)
+    if opts['exec_init'] is not None:
+        exec_init(json.loads(opts['exec_init']))
+        return
+    if opts['listen']:
+        transport = ListenTransport(opts['listen'])
+    elif opts['connect']:
+        transport = ConnectTransport(opts['connect'])
+    else:
+        device = opts['device'] or os.environ.get('KATA_AGENT_DEVICE') or wait_for_virtio_port()
+        transport = transport_for(device)
+    agent = Agent(transport, shared_dir=opts['shared_dir'], poweroff=opts['poweroff'],
+                  run_dir=opts['run_dir'])
+    while True:
+        try:
+            agent.serve()
+            break
+        except Exception as err:  # noqa: BLE001 - as PID 1 the agent keeps serving
+            if not agent.poweroff:
+                raise
+            log('agent loop failed: %r; restarting it' % (err,))
+            agent._disconnect()
+            time.sleep(1.0)
+    transport.close()
+
+
+if __name__ == '__main__':
+    main()
