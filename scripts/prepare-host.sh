@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Prepare a Debian/Ubuntu host for development and tests of kata.runtime:
+# the packages the runtime, the guest image builder and the libvirt-python build need,
+# then libvirtd + virtlogd running (systemd when it is PID 1, plain daemons otherwise).
+#
+# Idempotent and cheap on a prepared machine: apt is only touched when a package is missing,
+# daemons are only started when they do not answer.
+set -euo pipefail
+
+# Packages, and why:
+#   qemu-system-x86 qemu-utils      the VMM (KVM where usable, TCG otherwise)
+#   libvirt-daemon-system           libvirtd + virtlogd, qemu:///system
+#   libvirt-clients                 virsh (readiness checks, debugging)
+#   libvirt-dev pkg-config gcc      building the libvirt-python wheel in the venv
+#   python3-venv python3-dev        the dev venv; ensurepip for ansible-test's sanity venvs
+#   busybox-static cpio xz-utils zstd
+#                                   guest initrd: busybox, cpio archive, vmlinuz/modules decompression
+#   linux-image-amd64               the guest kernel and its modules (/boot, /lib/modules)
+PACKAGES=(
+    qemu-system-x86 qemu-utils
+    libvirt-daemon-system libvirt-clients libvirt-dev pkg-config gcc
+    python3-venv python3-dev
+    busybox-static cpio xz-utils zstd
+    linux-image-amd64
+)
+
+LIBVIRT_URI=qemu:///system
+WAIT_SECONDS=${KATA_LIBVIRT_WAIT:-60}
+
+log() { printf '[prepare-host] %s\n' "$*"; }
+die() { printf '[prepare-host] ERROR: %s\n' "$*" >&2; exit 1; }
+
+if [ "$(id -u)" -ne 0 ]; then
+    die "must run as root (installs packages and starts libvirtd)"
+fi
+command -v dpkg-query >/dev/null 2>&1 || die "only Debian/Ubuntu hosts are supported by this script"
+
+# --- packages -------------------------------------------------------------------------------
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+    if [ "$status" != "install ok installed" ]; then
+        missing+=("$pkg")
+    fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+    log "packages: all ${#PACKAGES[@]} present"
+else
+    log "packages missing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    log "apt-get update"
+    apt-get update -q
+    log "apt-get install ${missing[*]}"
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# --- libvirt daemons ------------------------------------------------------------------------
+libvirt_answers() {
+    virsh -c "$LIBVIRT_URI" version >/dev/null 2>&1
+}
+
+daemon_running() {
+    # exact process name match (pgrep -x), never a pattern over command lines
+    pgrep -x "$1" >/dev/null 2>&1
+}
+
+if [ "$(cat /proc/1/comm 2>/dev/null || true)" = "systemd" ]; then
+    log "systemd is PID 1: enabling virtlogd and libvirtd units"
+    systemctl enable --now virtlogd.socket libvirtd.socket >/dev/null 2>&1 || true
+    systemctl start virtlogd.service libvirtd.service
+else
+    # Without systemd libvirtd alone is not enough: starting a domain needs virtlogd's socket.
+    if daemon_running virtlogd; then
+        log "virtlogd already running"
+    else
+        log "starting virtlogd -d (no systemd)"
+        virtlogd -d
+    fi
+    if daemon_running libvirtd; then
+        log "libvirtd already running"
+    else
+        log "starting libvirtd -d (no systemd)"
+        libvirtd -d
+    fi
+fi
+
+if libvirt_answers; then
+    log "libvirt answers on $LIBVIRT_URI"
+else
+    log "waiting up to ${WAIT_SECONDS}s for 'virsh -c $LIBVIRT_URI version' to answer"
+    start=$SECONDS
+    until libvirt_answers; do
+        if [ $((SECONDS - start)) -ge "$WAIT_SECONDS" ]; then
+            virsh -c "$LIBVIRT_URI" version || true
+            die "libvirt did not answer on $LIBVIRT_URI within ${WAIT_SECONDS}s"
+        fi
+        sleep 0.5
+    done
+    log "libvirt answers on $LIBVIRT_URI after $((SECONDS - start))s"
+fi
+
+if [ ! -S /run/libvirt/virtlogd-sock ]; then
+    die "virtlogd socket /run/libvirt/virtlogd-sock is missing: domains will not start"
+fi
+
+# --- KVM, for information only: accel=auto decides at run time -------------------------------
+if [ -e /dev/kvm ]; then
+    if [ -d /sys/module/kvm_pvm ]; then
+        log "/dev/kvm present (paravirtual kvm_pvm: stock guests will run under TCG)"
+    else
+        log "/dev/kvm present"
+    fi
+else
+    log "/dev/kvm absent: guests will run under TCG (software emulation)"
+fi
+log "host ready"
