@@ -1,0 +1,113 @@
+# kata.runtime developer entry points. Run as root on Debian 12 (or Ubuntu):
+#   make test   prepare the host, build the venv, lint, sanity, unit and integration tests
+#   make demo   run playbooks/demo.yml against localhost
+# See docs/development.md.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+# The venv is built from the distribution's interpreter, whatever else is first on PATH:
+# that is the Python a fresh Debian 12 host has.
+BASE_PYTHON ?= /usr/bin/python3
+PY_VERSION  := 3.11
+
+ROOT        := $(CURDIR)
+VENV        := $(ROOT)/.venv
+BIN         := $(VENV)/bin
+COLLECTIONS := $(ROOT)/.collections
+SANITY_DIR  := $(COLLECTIONS)/sanity/ansible_collections/kata/runtime
+OUTPUT      := $(ROOT)/tests/output
+STEP        := $(ROOT)/scripts/step.sh
+
+# venv tools first; ansible-test finds python$(PY_VERSION) on PATH too.
+export PATH := $(BIN):$(PATH)
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# Tests and the demo see the collection through the symlink made by scripts/sync-collection.sh.
+TEST_ENV := PYTHONPATH=$(COLLECTIONS) ANSIBLE_COLLECTIONS_PATH=$(COLLECTIONS)
+
+VENV_STAMP := $(VENV)/.kata-deps-stamp
+
+.PHONY: help deps host venv collection sanity-bootstrap lint sanity unit integration test demo clean
+
+help:
+	@echo "make test         everything CI runs: deps, lint, sanity, unit, integration"
+	@echo "make demo         run playbooks/demo.yml on localhost"
+	@echo "make deps         host packages + libvirt daemons, .venv, collection path"
+	@echo "make lint         ruff check plugins tests benchmarks"
+	@echo "make sanity       ansible-test sanity (local, python $(PY_VERSION))"
+	@echo "make unit         pytest tests/unit"
+	@echo "make integration  pytest tests/integration (boots real guests)"
+	@echo "make clean        remove .venv, .collections and test outputs"
+
+# ---------------------------------------------------------------------------------------------
+deps: host venv collection sanity-bootstrap
+
+host:
+	@$(STEP) "host: packages and libvirt daemons" $(ROOT)/scripts/prepare-host.sh
+
+venv: $(VENV_STAMP)
+
+# Rebuilt only when the requirements change (or the venv is gone).
+$(VENV_STAMP): requirements-dev.txt
+	@$(STEP) "venv: $(VENV) from $(BASE_PYTHON)" bash -c '\
+	  set -euo pipefail; \
+	  if [ ! -x "$(BIN)/python" ]; then \
+	    echo "creating venv with $$($(BASE_PYTHON) --version)"; \
+	    $(BASE_PYTHON) -m venv "$(VENV)"; \
+	  fi; \
+	  "$(BIN)/python" -m pip install --quiet -r requirements-dev.txt; \
+	  "$(BIN)/python" -m pip list 2>/dev/null | grep -Ei "^(ansible-core|pytest|ruff|libvirt-python|molecule|jmespath|pyyaml) "; \
+	  touch "$(VENV_STAMP)"'
+
+collection:
+	@$(ROOT)/scripts/sync-collection.sh
+
+sanity-bootstrap: venv
+	@$(BIN)/python $(ROOT)/scripts/install-get-pip-standin.py
+
+# ---------------------------------------------------------------------------------------------
+lint: venv
+	@$(STEP) "lint: ruff check" $(BIN)/ruff check plugins tests benchmarks
+
+# ansible-test needs its working directory inside a real ansible_collections/kata/runtime
+# tree, so it runs from a synced copy of the working tree (scripts/sync-collection.sh).
+sanity: venv sanity-bootstrap
+	@$(ROOT)/scripts/sync-collection.sh --sanity
+	@$(STEP) "sanity: ansible-test sanity --python $(PY_VERSION)" bash -c '\
+	  cd "$(SANITY_DIR)" && \
+	  ansible-test sanity --requirements --python $(PY_VERSION) --color no'
+
+unit: venv collection
+	@$(STEP) "unit: pytest tests/unit" env $(TEST_ENV) $(ROOT)/scripts/run-pytest.sh tests/unit
+
+# KATA_REQUIRE_RUN=1: on a host that make deps prepared, an all-skipped suite is a failure.
+integration: venv collection
+	@$(STEP) "integration: pytest tests/integration" env $(TEST_ENV) KATA_REQUIRE_RUN=$${KATA_REQUIRE_RUN:-1} \
+	  $(ROOT)/scripts/run-pytest.sh tests/integration
+
+test:
+	@start=$$(date +%s); \
+	$(MAKE) --no-print-directory deps; \
+	$(MAKE) --no-print-directory lint; \
+	$(MAKE) --no-print-directory sanity; \
+	$(MAKE) --no-print-directory unit; \
+	$(MAKE) --no-print-directory integration; \
+	echo; echo "===== make test: all steps passed in $$(( $$(date +%s) - start ))s ====="
+
+# ---------------------------------------------------------------------------------------------
+# localhost runs with the venv's Python, which has libvirt-python and the other module needs.
+demo:
+	@if [ ! -f playbooks/demo.yml ]; then \
+	  echo "playbooks/demo.yml is not there yet: the demo arrives together with the modules." >&2; \
+	  exit 1; \
+	fi
+	@$(MAKE) --no-print-directory deps
+	@$(STEP) "demo: ansible-playbook playbooks/demo.yml" env $(TEST_ENV) \
+	  ansible-playbook -i localhost, -c local -e ansible_python_interpreter=$(BIN)/python playbooks/demo.yml
+
+# Only paths inside the repository.
+clean:
+	rm -rf "$(VENV)" "$(COLLECTIONS)" "$(OUTPUT)" "$(ROOT)/.pytest_cache" "$(ROOT)/.ruff_cache"
+	find "$(ROOT)/plugins" "$(ROOT)/tests" "$(ROOT)/benchmarks" "$(ROOT)/scripts" \
+	  -name __pycache__ -type d -prune -exec rm -rf {} + 2>/dev/null || true
