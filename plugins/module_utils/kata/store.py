@@ -1,0 +1,567 @@
+# Copyright: kata.runtime contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Persisted sandbox and container records, per-sandbox locks and ID mappings.
+
+Layout under the state root (directories 0700, files 0600)::
+
+    sandboxes/<sid>/sandbox.json          the sandbox record
+    sandboxes/<sid>/containers/<cid>.json one record per container
+    sandboxes/<sid>/shared/               exported to the guest over 9p
+    sandboxes/<sid>/console.log           the guest serial console
+    sock/<sha256(sid)[:16]>.sock          agent socket (sun_path is only 108 bytes)
+    mappings/<cid>                        container -> sandbox mapping (the file holds sid)
+    locks/<sid>.lock                      per-sandbox flock
+
+Every write is temp file + fsync + rename + fsync of the directory, so a reader sees the old
+record or the new one, never half of one. Every path is built from validated IDs and checked
+to resolve inside the root before anything is written or removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import stat
+import tempfile
+import threading
+import time
+
+from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
+    Conflict,
+    CorruptRecord,
+    InvalidArgument,
+    KataError,
+    LockTimeout,
+    NotFound,
+)
+from ansible_collections.kata.runtime.plugins.module_utils.kata.ids import validate_id
+
+RECORD_VERSION = 1
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+SANDBOXES = 'sandboxes'
+SOCKETS = 'sock'
+MAPPINGS = 'mappings'
+LOCKS = 'locks'
+
+SANDBOX_FILE = 'sandbox.json'
+CONTAINERS = 'containers'
+SHARED = 'shared'
+CONSOLE_LOG = 'console.log'
+
+_TMP_SUFFIX = '.tmp'
+_LOCK_POLL = 0.05
+
+# Locks held by this thread: {lock path: [fd, depth]}. flock() locks belong to an open file
+# description, so a second open()+flock() of the same file in one thread would wait for
+# itself; nested lock() calls (delete sandbox -> delete its containers) reuse the held one.
+_held = threading.local()
+
+
+def _held_locks():
+    if not hasattr(_held, 'locks'):
+        _held.locks = {}
+    return _held.locks
+
+
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unescape_mountinfo(field):
+    # mountinfo escapes space, tab, newline and backslash as \ooo
+    out = []
+    i = 0
+    while i < len(field):
+        if field[i] == '\\' and field[i + 1:i + 4].isdigit() and len(field[i + 1:i + 4]) == 3:
+            out.append(chr(int(field[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return ''.join(out)
+
+
+def _mount_points():
+    """Mount points of this mount namespace (empty when /proc is not there)."""
+    points = set()
+    try:
+        with open('/proc/self/mountinfo', 'r', encoding='utf-8', errors='surrogateescape') as f:
+            for line in f:
+                fields = line.split(' ')
+                if len(fields) > 4:
+                    points.add(_unescape_mountinfo(fields[4]))
+    except OSError:
+        pass
+    return points
+
+
+class Store:
+    """Records under one state root. Building a Store touches nothing; ``ensure()`` creates."""
+
+    def __init__(self, root):
+        if not isinstance(root, str) or not root or not os.path.isabs(root):
+            raise InvalidArgument(f'invalid state root {root!r}: must be an absolute path')
+        root = os.path.normpath(root)
+        if root == os.sep:
+            raise InvalidArgument(f'invalid state root {root!r}: must not be the file system root')
+        self.root = root
+
+    # ----------------------------------------------------------------- paths
+
+    def _real_root(self):
+        return os.path.realpath(self.root)
+
+    def _check_inside(self, path):
+        """Raise unless ``path`` (resolving symlinks) stays inside the root."""
+        base = self._real_root()
+        real = os.path.realpath(path)
+        if real != base and not real.startswith(base + os.sep):
+            raise KataError(f'refusing to touch {path}: it resolves to {real}, outside the state root {self.root}')
+        return path
+
+    def _check_entry(self, path):
+        """For a path we create, replace or unlink itself: its directory must be inside root."""
+        self._check_inside(os.path.dirname(path))
+        return path
+
+    def sandbox_dir(self, sid):
+        return os.path.join(self.root, SANDBOXES, validate_id(sid, 'sandbox'))
+
+    def shared_dir(self, sid):
+        return os.path.join(self.sandbox_dir(sid), SHARED)
+
+    def console_log(self, sid):
+        return os.path.join(self.sandbox_dir(sid), CONSOLE_LOG)
+
+    def containers_dir(self, sid):
+        return os.path.join(self.sandbox_dir(sid), CONTAINERS)
+
+    def agent_socket(self, sid):
+        digest = hashlib.sha256(validate_id(sid, 'sandbox').encode('ascii')).hexdigest()[:16]
+        return os.path.join(self.root, SOCKETS, digest + '.sock')
+
+    def lock_path(self, sid):
+        return os.path.join(self.root, LOCKS, validate_id(sid, 'sandbox') + '.lock')
+
+    def _sandbox_file(self, sid):
+        return os.path.join(self.sandbox_dir(sid), SANDBOX_FILE)
+
+    def _container_file(self, sid, cid):
+        return os.path.join(self.containers_dir(sid), validate_id(cid, 'container') + '.json')
+
+    def _mapping_file(self, cid):
+        return os.path.join(self.root, MAPPINGS, validate_id(cid, 'container'))
+
+    # ------------------------------------------------------------ directories
+
+    def _mkdir(self, path):
+        """Create one directory 0700 (inside the root); an existing directory is fine."""
+        self._check_entry(path)
+        try:
+            os.mkdir(path, DIR_MODE)
+        except FileExistsError:
+            if not os.path.isdir(path) or os.path.islink(path):
+                raise KataError(f'{path} exists but is not a directory (a symlink or a file); '
+                                'refusing to use it') from None
+            return False
+        os.chmod(path, DIR_MODE)  # mkdir's mode is filtered by the umask
+        return True
+
+    def ensure(self):
+        """Create the root tree (root, sandboxes/, sock/, mappings/, locks/) if missing."""
+        if not os.path.isdir(self.root):
+            os.makedirs(os.path.dirname(self.root), exist_ok=True)
+            try:
+                os.mkdir(self.root, DIR_MODE)
+                os.chmod(self.root, DIR_MODE)
+            except FileExistsError:
+                pass
+        for name in (SANDBOXES, SOCKETS, MAPPINGS, LOCKS):
+            self._mkdir(os.path.join(self.root, name))
+
+    def ensure_sandbox(self, sid):
+        """Create the sandbox's directories (sandbox dir, containers/, shared/)."""
+        self.ensure()
+        for path in (self.sandbox_dir(sid), self.containers_dir(sid), self.shared_dir(sid)):
+            self._mkdir(path)
+        return self.sandbox_dir(sid)
+
+    # ----------------------------------------------------------- file access
+
+    def _write_json(self, path, data):
+        try:
+            payload = json.dumps(data, indent=2, sort_keys=True).encode('utf-8') + b'\n'
+        except (TypeError, ValueError) as err:
+            raise InvalidArgument(f'cannot save {path}: record is not JSON-serialisable: {err}') from None
+        self._write_bytes(path, payload)
+
+    def _write_bytes(self, path, payload):
+        self._check_entry(path)
+        directory = os.path.dirname(path)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.',
+                                   suffix=_TMP_SUFFIX)
+        try:
+            try:
+                os.fchmod(fd, FILE_MODE)
+                view = memoryview(payload)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(directory)
+
+    def _read_bytes(self, path, what):
+        """Bytes of ``path`` or None when missing; a symlink or unreadable file is corrupt."""
+        self._check_entry(path)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise CorruptRecord(f'{what} record {path} is a symlink; refusing to follow it', path=path) from None
+            raise CorruptRecord(f'cannot read {what} record {path}: {err.strerror}',
+                                path=path) from None
+        try:
+            with os.fdopen(fd, 'rb') as handle:
+                return handle.read()
+        except OSError as err:
+            raise CorruptRecord(f'cannot read {what} record {path}: {err.strerror}',
+                                path=path) from None
+
+    def _read_json(self, path, what, expect_id=None):
+        raw = self._read_bytes(path, what)
+        if raw is None:
+            return None
+        try:
+            data = json.loads(raw.decode('utf-8'))
+        except (UnicodeDecodeError, ValueError) as err:
+            raise CorruptRecord(f'{what} record {path} is corrupt (not JSON: {err}); inspect or remove it', path=path) from None
+        if not isinstance(data, dict):
+            raise CorruptRecord(f'{what} record {path} is corrupt: expected a JSON object, found {type(data).__name__}', path=path)
+        version = data.get('version')
+        if version != RECORD_VERSION:
+            raise CorruptRecord(f'{what} record {path} has version {version!r}; this runtime '
+                                f'reads version {RECORD_VERSION}', path=path)
+        if expect_id is not None and data.get('id') != expect_id:
+            raise CorruptRecord(f"{what} record {path} is corrupt: it names id {data.get('id')!r}, "
+                                f'expected {expect_id!r}', path=path)
+        return data
+
+    def _unlink(self, path):
+        """Unlink one file (never following a symlink); True if something was removed."""
+        self._check_entry(path)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
+        _fsync_dir(os.path.dirname(path))
+        return True
+
+    # ----------------------------------------------------------------- locks
+
+    @contextlib.contextmanager
+    def lock(self, sid, timeout=60, owner=None):
+        """Hold the sandbox's exclusive lock; LockTimeout after ``timeout`` seconds.
+
+        ``timeout=None`` waits forever, ``0`` tries once. ``owner`` (a short description of
+        the operation) is written into the lock file so a waiter that times out can say who to
+        wait for. Re-entrant within a thread.
+        """
+        path = self.lock_path(sid)
+        held = _held_locks()
+        if path in held:
+            held[path][1] += 1
+            try:
+                yield
+            finally:
+                held[path][1] -= 1
+            return
+        self.ensure()
+        fd = self._acquire(sid, path, timeout)
+        held[path] = [fd, 1]
+        try:
+            info = {'pid': os.getpid(), 'owner': owner or '', 'since': time.time()}
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, json.dumps(info).encode('utf-8'), 0)
+            yield
+        finally:
+            del held[path]
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def _acquire(self, sid, path, timeout):
+        if timeout is not None and (isinstance(timeout, bool)
+                                    or not isinstance(timeout, (int, float)) or timeout < 0):
+            raise InvalidArgument(f'invalid lock timeout {timeout!r}: must be a number of seconds >= 0')
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._check_entry(path)
+        while True:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             FILE_MODE)
+            except OSError as err:
+                raise KataError(f'cannot open lock file {path}: {err.strerror}') from None
+            try:
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if deadline is not None and time.monotonic() >= deadline:
+                            raise self._timeout_error(sid, fd, timeout) from None
+                        time.sleep(_LOCK_POLL)
+                # remove_sandbox unlinks the lock file while holding it: if the inode we
+                # locked is no longer the one at the path, our lock guards nothing; retry.
+                mine = os.fstat(fd)
+                try:
+                    current = os.stat(path, follow_symlinks=False)
+                except FileNotFoundError:
+                    current = None
+                if current is not None and (current.st_ino, current.st_dev) == (mine.st_ino,
+                                                                                mine.st_dev):
+                    return fd
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
+
+    def _timeout_error(self, sid, fd, timeout):
+        holder = ''
+        with contextlib.suppress(OSError, ValueError, UnicodeDecodeError):
+            info = json.loads(os.pread(fd, 4096, 0).decode('utf-8'))
+            if isinstance(info, dict):
+                holder = f" by pid {info.get('pid')}"
+                if info.get('owner'):
+                    holder += f" ({info['owner']})"
+                if isinstance(info.get('since'), (int, float)):
+                    holder += f" for {max(0, time.time() - info['since']):.0f}s"
+        holder = holder or ' by another operation'
+        return LockTimeout(f'sandbox {sid} is locked{holder}; gave up after {timeout}s. Wait for '
+                           'that operation to finish and retry', sandbox=sid)
+
+    # -------------------------------------------------------------- sandboxes
+
+    def load_sandbox(self, sid):
+        """The sandbox record, or None when there is none; CorruptRecord if unreadable."""
+        return self._read_json(self._sandbox_file(sid), 'sandbox', expect_id=sid)
+
+    def save_sandbox(self, rec):
+        """Write the sandbox record atomically (creates the sandbox's directories)."""
+        if not isinstance(rec, dict):
+            raise InvalidArgument(f'sandbox record must be a dict, not {rec!r}')
+        sid = validate_id(rec.get('id'), 'sandbox')
+        data = dict(rec, version=RECORD_VERSION)
+        self.ensure_sandbox(sid)
+        self._write_json(self._sandbox_file(sid), data)
+        return data
+
+    def remove_sandbox(self, sid):
+        """Remove the sandbox directory tree, its agent socket and its lock file.
+
+        Symlinks inside the tree are unlinked, never followed. A mount point anywhere inside
+        (a container rootfs still bind-mounted into shared/) stops the removal before anything
+        is deleted. ID mappings are not touched. Returns True if anything was removed.
+        """
+        sdir = self.sandbox_dir(sid)
+        if not any(os.path.lexists(p) for p in (sdir, self.agent_socket(sid), self.lock_path(sid))):
+            return False  # nothing to do: do not even create the lock file
+        with self.lock(sid):
+            removed = False
+            if os.path.lexists(sdir):
+                self._check_entry(sdir)
+                st = os.lstat(sdir)
+                if not stat.S_ISDIR(st.st_mode):
+                    what = 'a symlink' if stat.S_ISLNK(st.st_mode) else 'not a directory'
+                    raise KataError(f'refusing to remove {sdir}: it is {what}, not a sandbox '
+                                    'directory this runtime created')
+                self._check_inside(sdir)
+                self._refuse_mounts(sdir)
+                self._remove_tree(sdir)
+                removed = True
+            removed = self._unlink(self.agent_socket(sid)) or removed
+            removed = self._unlink(self.lock_path(sid)) or removed
+        return removed
+
+    def _refuse_mounts(self, top):
+        real_top = os.path.realpath(top)
+        mounts = sorted(p for p in _mount_points()
+                        if p == real_top or p.startswith(real_top + os.sep))
+        top_dev = os.lstat(top).st_dev
+        for dirpath, dirnames, _files in os.walk(top, followlinks=False):
+            for name in dirnames:
+                path = os.path.join(dirpath, name)
+                st = os.lstat(path)
+                mounted = st.st_dev != top_dev or os.path.ismount(path)
+                if stat.S_ISDIR(st.st_mode) and mounted and os.path.realpath(path) not in mounts:
+                    mounts.append(os.path.realpath(path))
+        if mounts:
+            raise Conflict(f"refusing to remove {top}: still mounted: {', '.join(mounts)}. "
+                           'Unmount first (the mounted content is not ours to delete)',
+                           mounts=mounts)
+
+    def _remove_tree(self, top):
+        """Delete ``top`` (a real directory inside root) without following symlinks.
+
+        Works on directory file descriptors (O_NOFOLLOW), so a directory swapped for a symlink
+        mid-way is refused instead of followed. The sandbox record goes last: an interrupted
+        removal still shows the sandbox, and running the delete again finishes it.
+        """
+        parent = os.path.dirname(top)
+        pfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            self._remove_dir_at(pfd, os.path.basename(top), top, os.fstat(pfd).st_dev,
+                                last=SANDBOX_FILE)
+            os.fsync(pfd)
+        finally:
+            os.close(pfd)
+
+    def _remove_dir_at(self, pfd, name, path, dev, last=None):
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         dir_fd=pfd)
+        except OSError as err:
+            raise KataError(f'refusing to remove {path}: {err.strerror}') from None
+        try:
+            if os.fstat(fd).st_dev != dev:
+                raise Conflict(f'refusing to remove {path}: it is a mount point; unmount it first', mounts=[path])
+            with os.scandir(fd) as entries:
+                names = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
+            names.sort(key=lambda item: item[0] == last)
+            for child, is_dir in names:
+                if is_dir:
+                    self._remove_dir_at(fd, child, os.path.join(path, child), dev)
+                else:
+                    os.unlink(child, dir_fd=fd)
+        finally:
+            os.close(fd)
+        os.rmdir(name, dir_fd=pfd)
+
+    def list_sandboxes(self):
+        """Return ``(records, corrupt)``: records sorted by id, corrupt as {'id','path','error'}.
+
+        A sandbox directory without a readable record is reported, never skipped silently.
+        """
+        records, corrupt = [], []
+        base = os.path.join(self.root, SANDBOXES)
+        for sid in self._list_ids(base):
+            path = self._sandbox_file(sid)
+            try:
+                rec = self.load_sandbox(sid)
+            except KataError as err:
+                corrupt.append({'id': sid, 'path': path, 'error': str(err)})
+                continue
+            if rec is None:
+                corrupt.append({'id': sid, 'path': path,
+                                'error': f'sandbox directory {os.path.dirname(path)} has no {SANDBOX_FILE}'})
+            else:
+                records.append(rec)
+        return records, corrupt
+
+    @staticmethod
+    def _list_ids(directory, suffix=''):
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            return []
+        ids = []
+        for name in sorted(names):
+            if suffix:
+                if not name.endswith(suffix):
+                    continue
+                name = name[:-len(suffix)]
+            try:
+                ids.append(validate_id(name))
+            except InvalidArgument:
+                continue  # temp files and anything we never create
+        return ids
+
+    # ------------------------------------------------------------- containers
+
+    def load_container(self, sid, cid):
+        """The container record, or None when there is none; CorruptRecord if unreadable."""
+        return self._read_json(self._container_file(sid, cid), 'container', expect_id=cid)
+
+    def save_container(self, rec):
+        """Write the container record (``rec['id']``, ``rec['sandbox']``) atomically.
+
+        The sandbox must exist (its directory); otherwise NotFound.
+        """
+        if not isinstance(rec, dict):
+            raise InvalidArgument(f'container record must be a dict, not {rec!r}')
+        cid = validate_id(rec.get('id'), 'container')
+        sid = validate_id(rec.get('sandbox'), 'sandbox')
+        path = self._container_file(sid, cid)
+        if not os.path.isdir(self.sandbox_dir(sid)):
+            raise NotFound(f'cannot save container {cid}: sandbox {sid} does not exist')
+        data = dict(rec, version=RECORD_VERSION)
+        self._mkdir(self.containers_dir(sid))
+        self._write_json(path, data)
+        return data
+
+    def remove_container(self, sid, cid):
+        """Remove the container record; True if it existed."""
+        return self._unlink(self._container_file(sid, cid))
+
+    def list_containers(self, sid):
+        """Return ``(records, corrupt)`` for the sandbox's containers, sorted by id."""
+        records, corrupt = [], []
+        for cid in self._list_ids(self.containers_dir(sid), suffix='.json'):
+            try:
+                records.append(self.load_container(sid, cid))
+            except KataError as err:
+                corrupt.append({'id': cid, 'path': self._container_file(sid, cid),
+                                'error': str(err)})
+        return records, corrupt
+
+    # --------------------------------------------------------------- mappings
+
+    def set_mapping(self, cid, sid):
+        path = self._mapping_file(cid)
+        validate_id(sid, 'sandbox')
+        self.ensure()
+        self._write_bytes(path, sid.encode('ascii') + b'\n')
+
+    def get_mapping(self, cid):
+        """The sandbox ID container ``cid`` belongs to, or None; CorruptRecord if unreadable."""
+        path = self._mapping_file(cid)
+        raw = self._read_bytes(path, 'mapping')
+        if raw is None:
+            return None
+        try:
+            return validate_id(raw.decode('ascii').strip(), 'sandbox')
+        except (UnicodeDecodeError, InvalidArgument) as err:
+            raise CorruptRecord(f'mapping {path} is corrupt: {err}', path=path) from None
+
+    def remove_mapping(self, cid):
+        """Remove the mapping; True if it existed."""
+        return self._unlink(self._mapping_file(cid))
+
+    def list_mappings(self):
+        """``{cid: sid}``; a mapping file that cannot be read maps to None (points nowhere)."""
+        out = {}
+        for cid in self._list_ids(os.path.join(self.root, MAPPINGS)):
+            try:
+                out[cid] = self.get_mapping(cid)
+            except CorruptRecord:
+                out[cid] = None
+        return out
