@@ -1,0 +1,510 @@
+# Copyright: kata.runtime contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Container lifecycle inside a sandbox's guest: create, start, stop, delete, live status.
+
+The host side of a container is: its record, its cgroup paths, its ID mapping, the host
+hooks, and its rootfs made visible to the guest under the sandbox's 9p share
+(<shared>/<cid>/rootfs). The process itself runs in the guest, driven through the agent.
+"""
+
+from __future__ import annotations
+
+import os
+import signal as signals
+import subprocess
+import time
+
+from ansible_collections.kata.runtime.plugins.module_utils.kata import hooks as oci_hooks
+from ansible_collections.kata.runtime.plugins.module_utils.kata import oci
+from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
+    AgentError,
+    Conflict,
+    InvalidArgument,
+    KataError,
+    NotFound,
+)
+from ansible_collections.kata.runtime.plugins.module_utils.kata.ids import validate_id
+from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import now
+
+GUEST_SHARED = '/run/kata-containers/shared'
+
+# Settings fixed at creation: a change needs recreate.
+IMMUTABLE = ('bundle', 'rootfs', 'args', 'env', 'cwd', 'user', 'hooks', 'cgroups_path', 'annotations')
+MUTABLE = ('labels',)
+
+
+def settings_from(opts):
+    """The desired container settings from module options (bundle or inline), validated."""
+    labels = opts.get('labels') or {}
+    if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                               for k, v in labels.items()):
+        raise InvalidArgument('labels must map strings to strings, got %r' % (labels,))
+    if opts.get('bundle'):
+        inline = [k for k in ('rootfs', 'command', 'env', 'cwd', 'user') if opts.get(k) not in (None, [], {})]
+        if inline:
+            raise InvalidArgument('bundle %s and inline %s are mutually exclusive'
+                                  % (opts['bundle'], ', '.join(inline)))
+        bundle = os.path.abspath(opts['bundle'])
+        spec = oci.load_bundle(bundle)
+    else:
+        if not opts.get('rootfs') or not opts.get('command'):
+            raise InvalidArgument('a container needs either bundle, or rootfs and command')
+        if not os.path.isabs(opts['rootfs']):
+            raise InvalidArgument('rootfs must be an absolute path, got %r' % (opts['rootfs'],))
+        bundle = None
+        spec = oci.generate_spec(opts['rootfs'], list(opts['command']), env=opts.get('env'),
+                                 cwd=opts.get('cwd') or '/', user=opts.get('user'), hooks=opts.get('hooks'),
+                                 cgroups_path=opts.get('cgroups_path'), annotations=opts.get('annotations'))
+    # Options given next to a bundle add to / override what its config.json says.
+    annotations = dict(spec.get('annotations') or {})
+    annotations.update(opts.get('annotations') or {})
+    hooks = spec.get('hooks') or {}
+    if bundle and opts.get('hooks'):
+        hooks = opts['hooks']
+    cgroups_path = opts.get('cgroups_path') or (spec.get('linux') or {}).get('cgroupsPath') or ''
+    process = spec['process']
+    user = process.get('user') or {}
+    rootfs = spec['root']['path']
+    if bundle and not os.path.isabs(rootfs):
+        rootfs = os.path.join(bundle, rootfs)
+    if not os.path.isdir(rootfs):
+        raise InvalidArgument('rootfs %s is not a directory' % rootfs)
+    return {
+        'bundle': bundle,
+        'rootfs': os.path.realpath(rootfs),
+        'args': list(process['args']),
+        'env': list(process.get('env') or []),
+        'cwd': process.get('cwd') or '/',
+        'user': '%d:%d' % (int(user.get('uid', 0)), int(user.get('gid', 0))),
+        'hooks': oci.validate_hooks(hooks),
+        'cgroups_path': cgroups_path,
+        'annotations': annotations,
+        'labels': dict(labels),
+        'type': oci.container_type(annotations),
+    }
+
+
+def differences(record, settings):
+    out = []
+    for key in IMMUTABLE + MUTABLE:
+        if record.get(key) != settings.get(key):
+            out.append((key, record.get(key), settings.get(key)))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# observation
+
+def live_states(rt, sid, vm):
+    """{cid: agent state} for the containers the agent knows, or None if it can't be asked."""
+    if vm != 'running':
+        return None
+    try:
+        with rt.agent(sid, timeout=5) as client:
+            states = client.call('list_containers')
+    except AgentError:
+        return None
+    return {s['id']: s for s in states or []}
+
+
+def status_of(rec, vm, live):
+    """OCI status from the record, the VM state and what the agent reports."""
+    recorded = rec.get('status') or 'creating'
+    if recorded in ('stopped', 'deleting'):
+        return 'stopped'
+    if vm not in ('running', 'paused'):
+        return 'stopped'  # the VM is gone: so is every process in it
+    if live is None:
+        return recorded  # paused VM or unreachable agent: the record is the best we know
+    state = live.get(rec['id'])
+    if state is None:
+        return 'creating' if recorded == 'creating' else 'stopped'
+    return state.get('status') or recorded
+
+
+def info(rt, rec, vm=None, live=None, observed=True):
+    """The public dict of one container (the contract's `container` return)."""
+    sid = rec['sandbox']
+    if observed and vm is None:
+        srec = rt.store.load_sandbox(sid)
+        vm = rt.hv.state(srec['domain']) if srec else 'missing'
+        live = live_states(rt, sid, vm)
+    status = status_of(rec, vm, live) if observed else rec.get('status')
+    state = (live or {}).get(rec['id']) or {}
+    shared = os.path.join(rt.store.shared_dir(sid), rec['id'])
+    exit_code = state.get('exit_code', rec.get('exit_code'))
+    return {
+        'id': rec['id'],
+        'sandbox': sid,
+        'type': rec.get('type', 'pod_container'),
+        'status': status,
+        'pid': state.get('pid', rec.get('pid')) if status in ('created', 'running') else None,
+        'exit_code': exit_code if status == 'stopped' else None,
+        'bundle': rec.get('bundle'),
+        'rootfs': rec.get('rootfs'),
+        'args': rec.get('args'),
+        'annotations': rec.get('annotations') or {},
+        'labels': rec.get('labels') or {},
+        'cgroups_path': rec.get('cgroups_path') or '',
+        'cgroups_paths': rec.get('cgroups_paths') or [],
+        'stdout_path': os.path.join(shared, 'stdout'),
+        'stderr_path': os.path.join(shared, 'stderr'),
+        'created_at': rec.get('created_at'),
+        'started_at': rec.get('started_at'),
+        'finished_at': state.get('finished_at') or rec.get('finished_at'),
+    }
+
+
+def sandbox_as_container(rt, srec, vm):
+    """A sandbox seen as its own pod_sandbox container."""
+    from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
+    state = sbx.state_of(srec, vm)
+    status = {'running': 'running', 'paused': 'running'}.get(state, 'stopped')
+    return {
+        'id': srec['id'], 'sandbox': srec['id'], 'type': 'pod_sandbox', 'status': status,
+        'pid': rt.hv.pid(srec['domain']) if status == 'running' else None, 'exit_code': None,
+        'bundle': None, 'rootfs': None, 'args': None,
+        'annotations': srec.get('annotations') or {}, 'labels': srec.get('labels') or {},
+        'cgroups_path': srec.get('cgroups_path') or '', 'cgroups_paths': srec.get('cgroups_paths') or [],
+        'stdout_path': None, 'stderr_path': None, 'created_at': srec.get('created_at'),
+        'started_at': srec.get('created_at'), 'finished_at': None,
+    }
+
+
+def find(rt, cid):
+    """(sandbox id, record) of a container through its mapping; (None, None) if unknown."""
+    validate_id(cid, 'container')
+    sid = rt.store.get_mapping(cid)
+    if sid is None:
+        return None, None
+    if sid == cid:
+        return sid, None  # the sandbox itself (pod_sandbox)
+    return sid, rt.store.load_container(sid, cid)
+
+
+# ---------------------------------------------------------------------------------------------
+# rootfs sharing
+
+def _mount_cmd(rt, srec, args):
+    """`args` (mount/umount) run where the VMM's 9p server sees it: its own mount namespace.
+
+    libvirt starts qemu in a private mount namespace, so a bind mount made on the host after
+    the VM started would not be visible to the 9p server; entering the VMM's namespace puts
+    the mount exactly where it is needed and it vanishes with the VM.
+    """
+    pid = rt.hv.pid(srec['domain'])
+    if pid and os.path.exists('/proc/%d/ns/mnt' % pid):
+        if os.readlink('/proc/%d/ns/mnt' % pid) != os.readlink('/proc/self/ns/mnt'):
+            return ['nsenter', '-t', str(pid), '-m', '--'] + args, False
+    return args, True
+
+
+def _bind_rootfs(rt, srec, rec, trace):
+    target = os.path.join(rt.store.shared_dir(srec['id']), rec['id'], 'rootfs')
+    os.makedirs(target, mode=0o755, exist_ok=True)
+    cmd, on_host = _mount_cmd(rt, srec, ['mount', '--bind', rec['rootfs'], target])
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
+    if proc.returncode != 0:
+        raise KataError('could not share rootfs %s with the guest: %s'
+                        % (rec['rootfs'], proc.stderr.decode(errors='replace').strip()))
+    rec['rootfs_mount'] = {'target': target, 'host': on_host}
+    trace.step('shared rootfs %s with the guest' % rec['rootfs'])
+
+
+def _unbind_rootfs(rt, srec, rec, trace):
+    mount = rec.get('rootfs_mount')
+    if not mount:
+        return
+    target = mount['target']
+    if mount.get('host'):
+        if os.path.ismount(target):
+            subprocess.run(['umount', '-l', target], stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
+            trace.step('unshared rootfs of container %s' % rec['id'])
+    elif rt.hv.state(srec['domain']) in ('running', 'paused'):
+        cmd, dummy = _mount_cmd(rt, srec, ['umount', '-l', target])
+        subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
+        trace.step('unshared rootfs of container %s' % rec['id'])
+    rec['rootfs_mount'] = None
+
+
+# ---------------------------------------------------------------------------------------------
+# operations
+
+def _state_json(rt, rec, status):
+    annotations = dict(rec.get('annotations') or {})
+    annotations.setdefault(oci.KATA_CONTAINER_TYPE_KEY, rec.get('type', 'pod_container'))
+    return oci.state(rec['id'], status, rec.get('pid') if status in ('created', 'running') else None,
+                     rec.get('bundle') or rec.get('rootfs'), annotations)
+
+
+def _run_hooks(rt, rec, kind, status, trace):
+    hooks = rec.get('hooks') or {}
+    if not hooks.get(kind):
+        return
+    for w in oci_hooks.run_hooks(kind, hooks, _state_json(rt, rec, status), rt.config.hook_timeout):
+        trace.warn(w)
+    trace.step('ran %d %s hook(s) of container %s' % (len(hooks[kind]), kind, rec['id']))
+
+
+def _sandbox_running(rt, sid):
+    srec = rt.store.load_sandbox(sid)
+    if srec is None:
+        raise NotFound('sandbox %s does not exist' % sid)
+    vm = rt.hv.state(srec['domain'])
+    if vm != 'running':
+        from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
+        raise Conflict('sandbox %s is %s: containers need a running sandbox' % (sid, sbx.state_of(srec, vm)))
+    return srec
+
+
+def create(rt, sid, cid, settings, trace=None):
+    """Create a container in a running sandbox: record, cgroups, rootfs share, hooks, agent."""
+    trace = trace or rt.trace()
+    validate_id(sid, 'sandbox')
+    validate_id(cid, 'container')
+    if settings.get('type') == 'pod_sandbox':
+        raise InvalidArgument('container %s is annotated as a pod_sandbox: create sandboxes with '
+                              'kata.runtime.kata_sandbox' % cid)
+    rt.cgroups.resolve(settings['cgroups_path'], cid)
+    with rt.store.lock(sid):
+        srec = _sandbox_running(rt, sid)
+        owner = rt.store.get_mapping(cid)
+        if owner is not None:
+            raise Conflict('ID %s is already used in sandbox %s' % (cid, owner))
+        rec = dict(settings)
+        rec.update({'id': cid, 'sandbox': sid, 'status': 'creating', 'created_at': now(),
+                    'cgroups_paths': [], 'pid': None, 'exit_code': None})
+        rt.store.save_container(rec)
+        rt.store.set_mapping(cid, sid)
+        trace.step('recorded container %s in sandbox %s' % (cid, sid))
+        try:
+            rec['cgroups_paths'] = rt.cgroups.create(settings['cgroups_path'], cid)
+            rt.store.save_container(rec)
+            _bind_rootfs(rt, srec, rec, trace)
+            rt.store.save_container(rec)
+            for kind in ('prestart', 'createRuntime'):
+                _run_hooks(rt, rec, kind, 'creating', trace)
+            uid, gid = (int(x) for x in rec['user'].split(':'))
+            with rt.agent(sid) as client:
+                client.call('create_container', id=cid, args=rec['args'], env=rec['env'], cwd=rec['cwd'],
+                            uid=uid, gid=gid, hostname=cid[:63])
+            trace.step('created container %s in the guest' % cid)
+            _run_hooks(rt, rec, 'createContainer', 'created', trace)
+            rec['status'] = 'created'
+            rt.store.save_container(rec)
+        except BaseException:
+            cleanup(rt, srec, rec, trace, poststop=False)
+            raise
+    return rec
+
+
+def start(rt, cid, trace=None):
+    """created -> running. A failing startContainer hook or start tears the container down."""
+    trace = trace or rt.trace()
+    sid, rec = _must_find(rt, cid)
+    with rt.store.lock(sid):
+        srec = _sandbox_running(rt, sid)
+        rec = rt.store.load_container(sid, cid)
+        status = status_of(rec, 'running', live_states(rt, sid, 'running'))
+        if status != 'created':
+            raise Conflict('container %s cannot be started: it is %s' % (cid, status))
+        try:
+            _run_hooks(rt, rec, 'startContainer', 'created', trace)
+            with rt.agent(sid) as client:
+                res = client.call('start_container', id=cid)
+        except BaseException:
+            _remove_in_guest(rt, sid, cid, trace)
+            cleanup(rt, srec, rec, trace, poststop=False)
+            raise
+        rec.update({'status': 'running', 'pid': (res or {}).get('pid'), 'started_at': now()})
+        rt.store.save_container(rec)
+        trace.step('started container %s (guest pid %s)' % (cid, rec['pid']))
+    try:
+        _run_hooks(rt, rec, 'poststart', 'running', trace)
+    except KataError as err:
+        trace.warn(str(err))
+    return rec
+
+
+def _signal_number(sig):
+    if isinstance(sig, int):
+        return sig
+    name = str(sig).upper()
+    if name.isdigit():
+        return int(name)
+    if not name.startswith('SIG'):
+        name = 'SIG' + name
+    try:
+        return int(getattr(signals, name))
+    except AttributeError:
+        raise InvalidArgument('unknown signal %r' % (sig,))
+
+
+def _kill_and_wait(rt, sid, cid, sig, timeout, trace):
+    """Send sig, wait up to timeout, then SIGKILL. Returns the agent's final state."""
+    with rt.agent(sid, timeout=timeout + 10) as client:
+        client.call('signal_container', id=cid, signal=sig)
+        trace.step('sent signal %d to container %s' % (sig, cid))
+        res = client.call('wait_container', id=cid, timeout=timeout)
+        if res.get('status') != 'stopped' and sig != signals.SIGKILL:
+            client.call('signal_container', id=cid, signal=int(signals.SIGKILL))
+            trace.step('container %s still running after %ss: sent SIGKILL' % (cid, timeout))
+            res = client.call('wait_container', id=cid, timeout=10)
+    return res
+
+
+def stop(rt, cid, sig='SIGTERM', timeout=10, trace=None):
+    """running -> stopped: signal, wait stop_timeout, then SIGKILL."""
+    trace = trace or rt.trace()
+    signum = _signal_number(sig)
+    sid, rec = _must_find(rt, cid)
+    with rt.store.lock(sid):
+        srec = rt.store.load_sandbox(sid)
+        vm = rt.hv.state(srec['domain']) if srec else 'missing'
+        live = live_states(rt, sid, vm)
+        rec = rt.store.load_container(sid, cid)
+        status = status_of(rec, vm, live)
+        if status == 'running':
+            res = _kill_and_wait(rt, sid, cid, signum, timeout, trace)
+            rec['exit_code'] = res.get('exit_code')
+        elif live and cid in live:
+            rec['exit_code'] = live[cid].get('exit_code')
+        if status in ('running', 'created', 'creating') or rec.get('status') != 'stopped':
+            rec.update({'status': 'stopped', 'finished_at': rec.get('finished_at') or now()})
+            rt.store.save_container(rec)
+    return rec
+
+
+def _must_find(rt, cid):
+    sid, rec = find(rt, cid)
+    if sid is None or (rec is None and sid != cid):
+        raise NotFound('container %s does not exist' % cid)
+    return sid, rec
+
+
+def _remove_in_guest(rt, sid, cid, trace):
+    try:
+        with rt.agent(sid, timeout=5) as client:
+            client.call('remove_container', id=cid)
+        trace.step('removed container %s in the guest' % cid)
+    except AgentError as err:
+        trace.step('container %s not removed in the guest (%s)' % (cid, err))
+
+
+def delete(rt, cid, force=False, trace=None):
+    """The seed's delete: returns True when something was removed.
+
+    1. validate; find the sandbox through the mapping; take its lock; load the record.
+    2. type pod_sandbox -> the whole sandbox goes (sandbox.delete).
+    3. running and not force -> Conflict, nothing changed; running and force -> SIGKILL, wait.
+    4. remove the container in the guest, then (in cleanup) its record.
+    5. poststop hooks with the state on stdin: a failure is a warning, the rest go on.
+    6. remove the cgroup paths and the ID mapping.
+    """
+    trace = trace or rt.trace()
+    sid, rec = find(rt, cid)
+    if sid is None:
+        return False
+    if sid == cid:
+        from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
+        return sbx.delete(rt, sid, force=force, trace=trace)
+    with rt.store.lock(sid):
+        rec = rt.store.load_container(sid, cid)
+        if rec is None:
+            rt.store.remove_mapping(cid)
+            trace.step('removed dangling ID mapping %s' % cid)
+            return True
+        srec = rt.store.load_sandbox(sid) or {'id': sid, 'domain': rt.hv.domain_name(sid)}
+        vm = rt.hv.state(srec['domain'])
+        status = status_of(rec, vm, live_states(rt, sid, vm))
+        if status == 'running':
+            if not force:
+                raise Conflict('container %s is still running: stop it first or use force=true' % cid)
+            res = _kill_and_wait(rt, sid, cid, int(signals.SIGKILL), 10, trace)
+            rec['exit_code'] = res.get('exit_code')
+        if vm == 'running':
+            _remove_in_guest(rt, sid, cid, trace)
+        cleanup(rt, srec, rec, trace)
+    return True
+
+
+def cleanup(rt, srec, rec, trace, poststop=True):
+    """Host-side removal of one container, after its process is gone. Idempotent.
+
+    Marks the record 'deleting' first so an interrupted cleanup resumes here; runs poststop
+    hooks once (failures are warnings), removes cgroups, the rootfs share, the mapping, and
+    the record last.
+    """
+    sid, cid = srec['id'], rec['id']
+    if rec.get('status') != 'deleting':
+        rec['status'] = 'deleting'
+        rec['finished_at'] = rec.get('finished_at') or now()
+        rt.store.save_container(rec)
+    _unbind_rootfs(rt, srec, rec, trace)
+    if poststop and not rec.get('poststop_done'):
+        _run_hooks(rt, rec, 'poststop', 'stopped', trace)
+        rec['poststop_done'] = True
+        rt.store.save_container(rec)
+    if rec.get('cgroups_paths'):
+        rt.cgroups.remove(rec['cgroups_paths'])
+        trace.step('removed cgroup paths of container %s' % cid)
+    if rt.store.get_mapping(cid) == sid:
+        rt.store.remove_mapping(cid)
+        trace.step('removed ID mapping %s' % cid)
+    rt.store.remove_container(sid, cid)
+    shared = os.path.join(rt.store.shared_dir(sid), cid)
+    _remove_share_dir(shared)
+    trace.step('deleted container %s' % cid)
+
+
+def _remove_share_dir(path):
+    """Remove <shared>/<cid> (output files and the empty rootfs mount point) — never a mount."""
+    if not os.path.isdir(path) or os.path.islink(path):
+        return
+    for name in ('stdout', 'stderr'):
+        try:
+            os.unlink(os.path.join(path, name))
+        except FileNotFoundError:
+            pass
+    rootfs = os.path.join(path, 'rootfs')
+    if os.path.isdir(rootfs) and not os.path.ismount(rootfs):
+        try:
+            os.rmdir(rootfs)
+        except OSError:
+            return
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
+def wait_for(rt, cid, timeout, poll=0.2):
+    """Wait until the container stops (for tests and playbooks that run to completion)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sid, rec = _must_find(rt, cid)
+        out = info(rt, rec)
+        if out['status'] == 'stopped' or time.monotonic() >= deadline:
+            return out
+        time.sleep(poll)
+
+
+def list_all(rt, sandboxes=None):
+    """(public dicts of the containers of every sandbox or of ``sandboxes``, corrupt records).
+
+    One libvirt look-up and one agent call per sandbox, not per container.
+    """
+    records, corrupt = rt.store.list_sandboxes()
+    out = []
+    for srec in records:
+        sid = srec['id']
+        if sandboxes is not None and sid not in sandboxes:
+            continue
+        vm = rt.hv.state(srec['domain'])
+        containers, bad = rt.store.list_containers(sid)
+        corrupt.extend(bad)
+        live = live_states(rt, sid, vm) if containers else None
+        out.append(sandbox_as_container(rt, srec, vm))
+        for rec in containers:
+            out.append(info(rt, rec, vm=vm, live=live))
+    return out, corrupt

@@ -1,0 +1,94 @@
+# Copyright: kata.runtime contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The facade the modules call: one Runtime per module run.
+
+A Runtime holds the pieces every lifecycle operation needs (config, store, cgroups,
+hypervisor, agent clients) and a Trace that records what was done, in order, and the
+warnings to hand back to the user. The lifecycle itself lives in sandbox.py and container.py.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ansible_collections.kata.runtime.plugins.module_utils.kata.agent import AgentClient
+from ansible_collections.kata.runtime.plugins.module_utils.kata.cgroups import Cgroups
+from ansible_collections.kata.runtime.plugins.module_utils.kata.store import Store
+
+
+class Trace:
+    """What a lifecycle operation did, in order, plus warnings and progress lines.
+
+    ``progress`` is a callable taking one string; it is how long waits tell the user what
+    they wait for (the modules send it to the log, benchmarks to stderr).
+    """
+
+    def __init__(self, progress=None):
+        self.actions = []
+        self.warnings = []
+        self._progress = progress
+
+    def step(self, msg):
+        self.actions.append(msg)
+
+    def warn(self, msg):
+        self.warnings.append(msg)
+
+    def progress(self, msg):
+        if self._progress is not None:
+            self._progress(msg)
+
+
+class Runtime:
+    """Everything one module run needs, built lazily from a Config."""
+
+    def __init__(self, config, hypervisor=None, progress=None):
+        self.config = config
+        self.store = Store(config.state_root)
+        self.cgroups = Cgroups(config.cgroup_root, config.cgroup_parent)
+        self._hv = hypervisor
+        self._progress = progress
+
+    def trace(self):
+        return Trace(self._progress)
+
+    @property
+    def hv(self):
+        if self._hv is None:
+            from ansible_collections.kata.runtime.plugins.module_utils.kata.hypervisor.libvirt import (
+                LibvirtHypervisor,
+            )
+            self._hv = LibvirtHypervisor(self.config.libvirt_uri, self.config.domain_prefix)
+        return self._hv
+
+    def agent(self, sandbox_id, timeout=10):
+        return AgentClient(self.store.agent_socket(sandbox_id), timeout=timeout)
+
+
+def now():
+    """RFC 3339 UTC timestamp, the format every record uses."""
+    return time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())
+
+
+def coerce_str_dict(value, what):
+    """A dict of strings from user input: scalar values become strings, anything else is refused.
+
+    YAML turns ``tier: 1`` into an int; labels and annotations are strings in OCI, so scalars
+    are converted the way a user means them, and nested values get a clear error.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import InvalidArgument
+        raise InvalidArgument('%s must be a dict of strings, got %r' % (what, value))
+    out = {}
+    for key, item in value.items():
+        if isinstance(item, bool):
+            item = 'true' if item else 'false'
+        elif isinstance(item, (int, float)):
+            item = str(item)
+        if not isinstance(key, str) or not isinstance(item, str):
+            from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import InvalidArgument
+            raise InvalidArgument('%s must map strings to strings: %r: %r is not a string' % (what, key, item))
+        out[key] = item
+    return out

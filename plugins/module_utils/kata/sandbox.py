@@ -1,0 +1,495 @@
+# Copyright: kata.runtime contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Sandbox lifecycle: create, start, stop, pause, resume, delete, and the live status.
+
+A sandbox is one VM with the agent inside. It is also its own container of type
+pod_sandbox (container ID == sandbox ID), which is why its ID gets a mapping to itself.
+
+Status is observed, never just read back: the record says what we meant and what we must
+clean up; libvirt says whether the VM runs; the agent says what runs inside it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from ansible_collections.kata.runtime.plugins.module_utils.kata import container as ctr
+from ansible_collections.kata.runtime.plugins.module_utils.kata import hooks as oci_hooks
+from ansible_collections.kata.runtime.plugins.module_utils.kata import oci
+from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
+    AgentError,
+    Conflict,
+    CorruptRecord,
+    InvalidArgument,
+    KataError,
+    NotFound,
+)
+from ansible_collections.kata.runtime.plugins.module_utils.kata.hypervisor.accel import choose_accel
+from ansible_collections.kata.runtime.plugins.module_utils.kata.ids import validate_id
+from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import now
+
+# Settings that shape the VM: changing one on an existing sandbox needs recreate.
+IMMUTABLE = ('vcpus', 'memory_mb', 'kernel', 'initrd', 'kernel_params', 'accel', 'cgroups_path', 'hooks')
+# Settings kept in the record only: updated in place.
+MUTABLE = ('labels', 'annotations')
+
+# What the guest kernel always needs; the config's and the user's kernel_params come after.
+BASE_KERNEL_PARAMS = 'console=ttyS0 panic=-1 quiet'
+
+# Live VM states (hypervisor) -> sandbox state shown to users.
+_VM_TO_STATE = {'running': 'running', 'paused': 'paused'}
+
+
+def _str_dict(value, what):
+    value = value or {}
+    if not isinstance(value, dict):
+        raise InvalidArgument('%s must be a dict of strings, got %r' % (what, value))
+    for k, v in value.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise InvalidArgument('%s must map strings to strings: %r: %r is not' % (what, k, v))
+    return dict(value)
+
+
+def settings_from(config, opts):
+    """The desired sandbox settings: module options over the host config, validated.
+
+    ``opts`` holds the user's options (None = not given). Nothing is touched here.
+    """
+    def pick(key):
+        value = opts.get(key)
+        return getattr(config, key) if value is None else value
+
+    s = {
+        'vcpus': pick('vcpus'),
+        'memory_mb': pick('memory_mb'),
+        'kernel': pick('kernel'),
+        'initrd': pick('initrd'),
+        'kernel_params': pick('kernel_params') or '',
+        'accel': pick('accel'),
+        'labels': _str_dict(opts.get('labels'), 'labels'),
+        'annotations': _str_dict(opts.get('annotations'), 'annotations'),
+        'hooks': oci.validate_hooks(opts.get('hooks') or {}),
+        'cgroups_path': opts.get('cgroups_path') or '',
+    }
+    if not isinstance(s['vcpus'], int) or isinstance(s['vcpus'], bool) or s['vcpus'] < 1:
+        raise InvalidArgument('vcpus must be a positive integer, got %r' % (s['vcpus'],))
+    if not isinstance(s['memory_mb'], int) or isinstance(s['memory_mb'], bool) or s['memory_mb'] < 64:
+        raise InvalidArgument('memory_mb must be an integer of at least 64, got %r' % (s['memory_mb'],))
+    if s['accel'] not in ('auto', 'kvm', 'tcg'):
+        raise InvalidArgument('accel must be one of auto, kvm, tcg; got %r' % (s['accel'],))
+    for key in ('kernel', 'initrd'):
+        if not isinstance(s[key], str) or not os.path.isabs(s[key]):
+            raise InvalidArgument('%s must be an absolute path, got %r' % (key, s[key]))
+    return s
+
+
+def differences(record, settings, given=None):
+    """[(name, current, desired)] for every setting that differs from the record.
+
+    ``given`` limits the comparison to the settings the user asked for explicitly, so a
+    changed host config default does not turn into a conflict on an existing sandbox.
+    """
+    out = []
+    for key in IMMUTABLE + MUTABLE:
+        if given is not None and key not in given:
+            continue
+        current = record.get('accel_requested' if key == 'accel' else key)
+        if current != settings.get(key):
+            out.append((key, current, settings.get(key)))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# observation
+
+def vm_state(rt, rec):
+    """'running' | 'paused' | 'shutoff' | 'crashed' | 'missing' as libvirt sees it now."""
+    return rt.hv.state(rec['domain'])
+
+
+def state_of(rec, vm):
+    """The sandbox state users see, derived from the record's intent and the live VM.
+
+    'dead' means the record expects a VM (running or paused) and there is none: the VM
+    crashed or the host rebooted. It is never reported as running.
+    """
+    if vm in _VM_TO_STATE:
+        return _VM_TO_STATE[vm]
+    if rec.get('state') == 'stopped':
+        return 'stopped'
+    return 'dead'
+
+
+def info(rt, rec, vm=None, containers=None):
+    """The public dict of one sandbox (the contract's `sandbox` return)."""
+    if vm is None:
+        vm = vm_state(rt, rec)
+    if containers is None:
+        containers, dummy = rt.store.list_containers(rec['id'])
+    pid = rt.hv.pid(rec['domain']) if vm in ('running', 'paused') else None
+    return {
+        'id': rec['id'],
+        'state': state_of(rec, vm),
+        'vm_state': vm,
+        'accel': rec.get('accel'),
+        'accel_reason': rec.get('accel_reason'),
+        'vcpus': rec.get('vcpus'),
+        'memory_mb': rec.get('memory_mb'),
+        'kernel': rec.get('kernel'),
+        'initrd': rec.get('initrd'),
+        'kernel_params': rec.get('kernel_params'),
+        'pid': pid,
+        'domain': rec.get('domain'),
+        'containers': sorted(c['id'] for c in containers),
+        'labels': rec.get('labels') or {},
+        'annotations': rec.get('annotations') or {},
+        'cgroups_path': rec.get('cgroups_path') or '',
+        'cgroups_paths': rec.get('cgroups_paths') or [],
+        'console_log': rt.store.console_log(rec['id']),
+        'created_at': rec.get('created_at'),
+    }
+
+
+def load(rt, sid):
+    """The sandbox record, or None. A corrupt record raises CorruptRecord."""
+    validate_id(sid, 'sandbox')
+    return rt.store.load_sandbox(sid)
+
+
+# ---------------------------------------------------------------------------------------------
+# operations
+
+def _check_boot_files(settings):
+    for key in ('kernel', 'initrd'):
+        path = settings[key]
+        if not os.path.isfile(path):
+            raise InvalidArgument(
+                '%s %s does not exist: build the guest image first '
+                '(kata.runtime.kata_guest_image, or the kata.runtime.kata_host role)' % (key, path))
+
+
+def _state_json(rt, rec, status):
+    pid = None
+    if status in ('created', 'running'):
+        pid = rt.hv.pid(rec['domain'])
+    annotations = dict(rec.get('annotations') or {})
+    annotations.setdefault(oci.KATA_CONTAINER_TYPE_KEY, 'pod_sandbox')
+    return oci.state(rec['id'], status, pid, rt.store.sandbox_dir(rec['id']), annotations)
+
+
+def _run_hooks(rt, rec, kind, status, trace):
+    hooks = rec.get('hooks') or {}
+    if not hooks.get(kind):
+        return
+    warnings = oci_hooks.run_hooks(kind, hooks, _state_json(rt, rec, status), rt.config.hook_timeout)
+    for w in warnings:
+        trace.warn(w)
+    trace.step('ran %d %s hook(s) of sandbox %s' % (len(hooks[kind]), kind, rec['id']))
+
+
+def _vm_spec(rt, rec):
+    sid = rec['id']
+    cmdline = ' '.join(p for p in (BASE_KERNEL_PARAMS, rec.get('kernel_params') or '') if p)
+    return {
+        'name': rec['domain'],
+        'sandbox_id': sid,
+        'vcpus': rec['vcpus'],
+        'memory_mb': rec['memory_mb'],
+        'kernel': rec['kernel'],
+        'initrd': rec['initrd'],
+        'cmdline': cmdline,
+        'accel': rec['accel'],
+        'console_log': rt.store.console_log(sid),
+        'agent_socket': rt.store.agent_socket(sid),
+        'shared_dir': rt.store.shared_dir(sid),
+    }
+
+
+def _wait_agent(rt, rec, timeout, trace):
+    sid = rec['id']
+    limit = timeout or rt.config.agent_timeout
+
+    def tick(elapsed):
+        trace.progress('sandbox %s: waiting for the agent in the guest (%.0fs of %ss)' % (sid, elapsed, limit))
+
+    try:
+        with rt.agent(sid) as client:
+            client.wait_ready(limit, progress=tick)
+    except AgentError as err:
+        raise AgentError('%s; the guest console log is %s' % (err, rt.store.console_log(sid)))
+    trace.step('agent of sandbox %s is ready' % sid)
+
+
+def _boot(rt, rec, timeout, trace):
+    """Start the VM (defining it if needed) and wait for the agent."""
+    os.makedirs(rt.store.shared_dir(rec['id']), mode=0o700, exist_ok=True)
+    vm = rt.hv.state(rec['domain'])
+    if vm == 'missing':
+        trace.progress('sandbox %s: booting %s (%s, %d vCPU, %d MiB)' % (
+            rec['id'], rec['domain'], rec['accel'], rec['vcpus'], rec['memory_mb']))
+        rt.hv.create(_vm_spec(rt, rec))
+        trace.step('defined and started VM %s (accel %s)' % (rec['domain'], rec['accel']))
+    elif vm in ('shutoff', 'crashed'):
+        rt.hv.start(rec['domain'])
+        trace.step('started VM %s' % rec['domain'])
+    _wait_agent(rt, rec, timeout, trace)
+
+
+def create(rt, sid, settings, timeout=None, trace=None, boot=True):
+    """Boot a new sandbox: record, cgroups, VM, agent, hooks. Tears down on failure.
+
+    With ``boot=False`` the sandbox is only recorded (state stopped); starting it boots it.
+    """
+    trace = trace or rt.trace()
+    validate_id(sid, 'sandbox')
+    _check_boot_files(settings)
+    accel, reason = choose_accel(settings['accel'])
+    rt.cgroups.resolve(settings['cgroups_path'], sid)  # refuse a bad path before anything exists
+    owner = rt.store.get_mapping(sid)
+    if owner is not None and owner != sid:
+        raise Conflict('ID %s is already used by a container of sandbox %s' % (sid, owner))
+    rt.store.ensure()
+    with rt.store.lock(sid):
+        if rt.store.load_sandbox(sid) is not None:
+            raise Conflict('sandbox %s already exists' % sid)
+        rec = dict(settings)
+        rec.update({
+            'id': sid,
+            'state': 'creating',
+            'domain': rt.hv.domain_name(sid),
+            'accel': accel,
+            'accel_requested': settings['accel'],
+            'accel_reason': reason,
+            'cgroups_paths': [],
+            'created_at': now(),
+            'libvirt_uri': rt.config.libvirt_uri,
+        })
+        rt.store.save_sandbox(rec)
+        rt.store.set_mapping(sid, sid)
+        trace.step('recorded sandbox %s' % sid)
+        try:
+            rec['cgroups_paths'] = rt.cgroups.create(settings['cgroups_path'], sid)
+            rt.store.save_sandbox(rec)
+            if rec['cgroups_paths']:
+                trace.step('created %d cgroup dir(s)' % len(rec['cgroups_paths']))
+            if boot:
+                _boot(rt, rec, timeout, trace)
+                for kind in ('prestart', 'createRuntime', 'createContainer', 'startContainer'):
+                    _run_hooks(rt, rec, kind, 'created', trace)
+            rec['state'] = 'running' if boot else 'stopped'
+            rt.store.save_sandbox(rec)
+        except BaseException:
+            _teardown(rt, rec, trace, poststop=False)
+            raise
+    if boot:
+        try:
+            _run_hooks(rt, rec, 'poststart', 'running', trace)
+        except KataError as err:
+            trace.warn(str(err))
+    return rec
+
+
+def start(rt, sid, timeout=None, trace=None):
+    """stopped -> running (boot again); paused -> running (resume); dead -> boot again."""
+    trace = trace or rt.trace()
+    with rt.store.lock(sid):
+        rec = _must_load(rt, sid)
+        vm = vm_state(rt, rec)
+        if vm == 'paused':
+            rt.hv.resume(rec['domain'])
+            trace.step('resumed VM %s' % rec['domain'])
+        elif vm != 'running':
+            _mark_containers_stopped(rt, sid, trace)
+            _boot(rt, rec, timeout, trace)
+        rec['state'] = 'running'
+        rt.store.save_sandbox(rec)
+    return rec
+
+
+def _running_containers(rt, sid, vm):
+    containers, dummy = rt.store.list_containers(sid)
+    live = ctr.live_states(rt, sid, vm)
+    return [c['id'] for c in containers if ctr.status_of(c, vm, live) == 'running']
+
+
+def _mark_containers_stopped(rt, sid, trace):
+    containers, dummy = rt.store.list_containers(sid)
+    for c in containers:
+        if c.get('status') in ('created', 'running', 'creating'):
+            c['status'] = 'stopped'
+            c['finished_at'] = c.get('finished_at') or now()
+            rt.store.save_container(c)
+            trace.step('container %s is stopped (its VM is not running)' % c['id'])
+
+
+def stop(rt, sid, force=False, timeout=30, trace=None):
+    """Shut the VM down and keep the record. Running containers need force."""
+    trace = trace or rt.trace()
+    with rt.store.lock(sid):
+        rec = _must_load(rt, sid)
+        vm = vm_state(rt, rec)
+        if vm in ('running', 'paused'):
+            running = _running_containers(rt, sid, vm) if vm == 'running' else []
+            if running and not force:
+                raise Conflict('sandbox %s still has running containers (%s): stop them first or use force=true'
+                               % (sid, ', '.join(running)))
+            _shutdown_vm(rt, rec, vm, timeout, trace)
+        _mark_containers_stopped(rt, sid, trace)
+        rec['state'] = 'stopped'
+        rt.store.save_sandbox(rec)
+    return rec
+
+
+def _shutdown_vm(rt, rec, vm, timeout, trace):
+    """Ask the agent to power the guest off; destroy the VM if it does not within timeout."""
+    done = False
+    if vm == 'running':
+        try:
+            with rt.agent(rec['id'], timeout=5) as client:
+                client.call('shutdown')
+            trace.progress('sandbox %s: waiting for the guest to power off (up to %ss)' % (rec['id'], timeout))
+            done = _wait_vm_off(rt, rec['domain'], timeout)
+        except AgentError as err:
+            trace.warn('sandbox %s: graceful shutdown failed (%s); destroying the VM' % (rec['id'], err))
+    if done:
+        trace.step('guest of sandbox %s powered off' % rec['id'])
+    else:
+        rt.hv.destroy(rec['domain'])
+        trace.step('destroyed VM %s' % rec['domain'])
+
+
+def _wait_vm_off(rt, name, timeout):
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if rt.hv.state(name) in ('shutoff', 'missing', 'crashed'):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def pause(rt, sid, trace=None):
+    trace = trace or rt.trace()
+    with rt.store.lock(sid):
+        rec = _must_load(rt, sid)
+        vm = vm_state(rt, rec)
+        if vm != 'running':
+            raise Conflict('sandbox %s cannot be paused: its VM is %s (start it first)' % (sid, vm))
+        rt.hv.suspend(rec['domain'])
+        trace.step('paused VM %s' % rec['domain'])
+        rec['state'] = 'paused'
+        rt.store.save_sandbox(rec)
+    return rec
+
+
+def update(rt, sid, changes, trace=None):
+    """Update mutable settings (labels, annotations) in place."""
+    trace = trace or rt.trace()
+    with rt.store.lock(sid):
+        rec = _must_load(rt, sid)
+        for key, value in changes.items():
+            if key not in MUTABLE:
+                raise InvalidArgument('%s cannot be changed in place' % key)
+            rec[key] = value
+            trace.step('updated %s of sandbox %s' % (key, sid))
+        rt.store.save_sandbox(rec)
+    return rec
+
+
+def _must_load(rt, sid):
+    rec = load(rt, sid)
+    if rec is None:
+        raise NotFound('sandbox %s does not exist' % sid)
+    return rec
+
+
+def delete(rt, sid, force=False, trace=None):
+    """The seed's delete for a pod_sandbox: returns True when something was removed.
+
+    1. validate; take the sandbox lock; load the record (missing -> nothing to do).
+    2. running containers and not force -> Conflict, nothing changed.
+    3. kill every container, destroy the VM and drop its definition.
+    4. delete every container: its poststop hooks, cgroups, mapping, record.
+    5. the sandbox's poststop hooks (failures are warnings).
+    6. remove the sandbox's cgroup paths, its state and its ID mapping.
+    Each step is idempotent: an interrupted delete finishes when run again.
+    """
+    trace = trace or rt.trace()
+    validate_id(sid, 'sandbox')
+    if not os.path.exists(rt.store.sandbox_dir(sid)):
+        return False  # nothing to delete; do not even create a lock file
+    with rt.store.lock(sid):
+        try:
+            rec = rt.store.load_sandbox(sid)
+        except CorruptRecord as err:
+            if not force:
+                raise
+            trace.warn('sandbox %s: %s; deleting what can be found' % (sid, err))
+            rec = {'id': sid, 'domain': rt.hv.domain_name(sid), 'state': 'dead'}
+        if rec is None:
+            return False
+        containers, corrupt = rt.store.list_containers(sid)
+        vm = vm_state(rt, rec)
+        if not force:
+            running = _running_containers(rt, sid, vm) if vm == 'running' else []
+            if running:
+                raise Conflict('sandbox %s still has running containers (%s): stop them first or use force=true'
+                               % (sid, ', '.join(running)))
+        if vm == 'running' and containers:
+            try:
+                with rt.agent(sid, timeout=2) as client:
+                    client.call('kill_all', signal=int(signal.SIGKILL))
+                trace.step('killed every container of sandbox %s' % sid)
+            except AgentError as err:
+                trace.step('agent unreachable (%s): the VM is destroyed with its containers' % err)
+        if vm != 'missing':
+            if vm in ('running', 'paused'):
+                rt.hv.destroy(rec['domain'])
+                trace.step('destroyed VM %s' % rec['domain'])
+            rt.hv.undefine(rec['domain'])
+            trace.step('undefined VM %s' % rec['domain'])
+        rec['state'] = 'deleting'
+        if 'vcpus' in rec:
+            rt.store.save_sandbox(rec)
+        for c in containers:
+            ctr.cleanup(rt, rec, c, trace)
+        for c in corrupt:
+            rt.store.remove_container(sid, c['id'])
+            rt.store.remove_mapping(c['id'])
+            trace.step('removed corrupt record of container %s' % c['id'])
+        _teardown(rt, rec, trace, poststop=True)
+    return True
+
+
+def _teardown(rt, rec, trace, poststop):
+    """Remove the VM (if any), hooks, cgroups, state and mapping of a sandbox. Idempotent."""
+    sid = rec['id']
+    vm = rt.hv.state(rec['domain'])
+    if vm in ('running', 'paused'):
+        rt.hv.destroy(rec['domain'])
+        trace.step('destroyed VM %s' % rec['domain'])
+    if vm != 'missing':
+        rt.hv.undefine(rec['domain'])
+        trace.step('undefined VM %s' % rec['domain'])
+    if poststop:
+        _run_hooks(rt, rec, 'poststop', 'stopped', trace)
+    if rec.get('cgroups_paths'):
+        rt.cgroups.remove(rec['cgroups_paths'])
+        trace.step('removed cgroup paths of sandbox %s' % sid)
+    rt.store.remove_sandbox(sid)
+    trace.step('removed state of sandbox %s' % sid)
+    if rt.store.get_mapping(sid) == sid:
+        rt.store.remove_mapping(sid)
+        trace.step('removed ID mapping %s' % sid)
+
+
+def list_all(rt):
+    """(public dicts of every sandbox, corrupt records) — one libvirt look-up per sandbox."""
+    records, corrupt = rt.store.list_sandboxes()
+    out = []
+    for rec in records:
+        vm = vm_state(rt, rec)
+        containers, dummy = rt.store.list_containers(rec['id'])
+        out.append(info(rt, rec, vm=vm, containers=containers))
+    return out, corrupt
