@@ -1,0 +1,416 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+
+# Copyright: kata.runtime contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+---
+module: kata_sandbox
+short_description: Manage one VM-isolated sandbox (a guest booted through libvirt with an agent inside)
+description:
+  - Declares the state of one sandbox. A sandbox is a guest VM booted through libvirt (KVM, or
+    software emulation where KVM cannot run a stock guest kernel) with an agent inside; OCI
+    containers run inside it (see M(kata.runtime.kata_container)).
+  - The sandbox is also its own container of type C(pod_sandbox), whose container ID is the
+    sandbox ID, as in Kata Containers.
+  - O(state=running) boots a missing sandbox and waits for its agent, boots a stopped one
+    again and resumes a paused one. O(state=stopped) shuts the VM down and keeps the record.
+    O(state=paused) suspends the VM. O(state=absent) deletes everything the sandbox owns.
+  - A changed immutable setting (O(vcpus), O(memory_mb), O(kernel), O(initrd),
+    O(kernel_params), O(accel), O(cgroups_path), O(hooks)) on an existing sandbox fails with
+    a message naming the fields, unless O(recreate=true). Only settings given explicitly are
+    compared. O(labels) and O(annotations) are updated in place.
+version_added: 0.1.0
+author:
+  - kata.runtime contributors
+extends_documentation_fragment:
+  - kata.runtime.kata
+  - kata.runtime.kata.force
+  - kata.runtime.kata.attributes
+  - kata.runtime.kata.actiongroup_kata
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Plans and reports what would be done without touching libvirt, cgroupfs or the state root.
+  diff_mode:
+    support: full
+  idempotent:
+    support: full
+options:
+  name:
+    description:
+      - The sandbox ID. It must match C(^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$).
+    type: str
+    required: true
+    aliases: [id]
+  state:
+    description:
+      - The state the sandbox should be in.
+      - V(absent) with running containers and without O(force) fails and changes nothing.
+        With O(force) every container is killed, the VM destroyed, every container deleted
+        (each one's poststop hooks run), the sandbox's poststop hooks run, and its cgroup
+        paths, state and ID mappings removed.
+    type: str
+    choices: [running, stopped, paused, absent]
+    default: running
+  vcpus:
+    description:
+      - Number of virtual CPUs. Defaults to the config file's C(vcpus) (1).
+    type: int
+  memory_mb:
+    description:
+      - Guest memory in MiB. Defaults to the config file's C(memory_mb) (256).
+    type: int
+  kernel:
+    description:
+      - Guest kernel (an uncompressed vmlinux or a bzImage). Defaults to the config file's
+        C(kernel), the image built by M(kata.runtime.kata_guest_image).
+    type: path
+  initrd:
+    description:
+      - Guest initrd holding the agent. Defaults to the config file's C(initrd).
+    type: path
+  kernel_params:
+    description:
+      - Extra guest kernel command-line parameters, appended to the ones the runtime needs.
+    type: str
+  accel:
+    description:
+      - How the guest CPU runs. V(kvm) needs a KVM that can run a stock guest kernel;
+        V(tcg) is software emulation; V(auto) picks V(kvm) where it is usable, else V(tcg),
+        and the reason is returned in RV(sandbox.accel_reason).
+      - Defaults to the config file's C(accel), whose default is V(auto).
+    type: str
+    choices: [auto, kvm, tcg]
+  labels:
+    description:
+      - Labels (string keys and values) for selecting sandboxes, for example with
+        M(kata.runtime.kata_sandbox_info) or M(kata.runtime.kata_prune). Updated in place.
+    type: dict
+  annotations:
+    description:
+      - OCI annotations of the sandbox's own pod_sandbox container. Updated in place.
+    type: dict
+  hooks:
+    description:
+      - OCI hooks (runtime-spec 1.3) of the sandbox's own pod_sandbox container, keyed by
+        kind (V(prestart), V(createRuntime), V(createContainer), V(startContainer),
+        V(poststart), V(poststop)); each a list of C({path, args, env, timeout}).
+      - Paths must be absolute and executable. The container state JSON is on the hook's stdin.
+      - A failing hook before or during start fails the operation and removes what it made;
+        a failing poststop hook is a warning and the delete goes on.
+    type: dict
+  cgroups_path:
+    description:
+      - Cgroup path of the sandbox. An absolute path is taken relative to each cgroup mount;
+        a relative one goes under the config file's C(cgroup_parent). Empty means
+        C(<cgroup_parent>/<name>).
+    type: str
+  recreate:
+    description:
+      - Delete and create the sandbox again when an immutable setting differs.
+      - Running containers are killed only with O(force).
+    type: bool
+    default: false
+  timeout:
+    description:
+      - Seconds to wait for the agent after the VM starts. Defaults to the config file's
+        C(agent_timeout) (60).
+    type: int
+notes:
+  - On hosts where KVM cannot run a stock guest kernel (no C(/dev/kvm), no permission, or
+    paravirtual-only KVM), V(auto) falls back to software emulation, which boots in seconds.
+seealso:
+  - module: kata.runtime.kata_container
+  - module: kata.runtime.kata_sandbox_info
+  - module: kata.runtime.kata_prune
+'''
+
+EXAMPLES = r'''
+- name: Boot a sandbox with 2 vCPUs
+  kata.runtime.kata_sandbox:
+    name: web-1
+    vcpus: 2
+    memory_mb: 512
+    labels:
+      tenant: acme
+
+- name: Pause it
+  kata.runtime.kata_sandbox:
+    name: web-1
+    state: paused
+
+- name: Delete it, killing whatever still runs inside
+  kata.runtime.kata_sandbox:
+    name: web-1
+    state: absent
+    force: true
+'''
+
+RETURN = r'''
+sandbox:
+  description: The sandbox as it is after the module ran (in check mode, as it would be). Empty when absent.
+  returned: always
+  type: dict
+  contains:
+    id:
+      description: Sandbox ID.
+      type: str
+      sample: web-1
+    state:
+      description:
+        - V(running), V(paused), V(stopped), V(absent), or V(dead) when the record expects a VM
+          and libvirt has none running (crashed VM, rebooted host).
+      type: str
+      sample: running
+    vm_state:
+      description: The VM state libvirt reports (V(running), V(paused), V(shutoff), V(crashed), V(missing)).
+      type: str
+      sample: running
+    accel:
+      description: The accelerator the VM runs with (V(kvm) or V(tcg)).
+      type: str
+      sample: tcg
+    accel_reason:
+      description: Why that accelerator was chosen.
+      type: str
+      sample: "paravirtual-only KVM (kvm_pvm): cannot run a stock guest kernel"
+    vcpus:
+      description: Virtual CPUs.
+      type: int
+      sample: 1
+    memory_mb:
+      description: Guest memory in MiB.
+      type: int
+      sample: 256
+    kernel:
+      description: Guest kernel path.
+      type: str
+    initrd:
+      description: Guest initrd path.
+      type: str
+    kernel_params:
+      description: Extra guest kernel parameters.
+      type: str
+    pid:
+      description: PID of the VMM (qemu) on the host, when the VM runs.
+      type: int
+      sample: 4242
+    domain:
+      description: The libvirt domain name.
+      type: str
+      sample: kata-web-1
+    containers:
+      description: IDs of the sandbox's containers (pod_container).
+      type: list
+      elements: str
+      sample: [app, sidecar]
+    labels:
+      description: Labels.
+      type: dict
+      sample: {tenant: acme}
+    annotations:
+      description: Annotations.
+      type: dict
+    cgroups_path:
+      description: The requested cgroup path.
+      type: str
+    cgroups_paths:
+      description: The cgroup directories created for the sandbox.
+      type: list
+      elements: str
+    console_log:
+      description: Path of the guest serial console log on the host.
+      type: str
+    created_at:
+      description: When the sandbox was created (RFC 3339, UTC).
+      type: str
+      sample: '2026-01-01T12:00:00Z'
+actions:
+  description: What was done (or, in check mode, would be done), in order.
+  returned: always
+  type: list
+  elements: str
+  sample: ["recorded sandbox web-1", "defined and started VM kata-web-1 (accel tcg)", "agent of sandbox web-1 is ready"]
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
+from ansible_collections.kata.runtime.plugins.module_utils.kata.common import (
+    Differences,
+    Progress,
+    common_argument_spec,
+    load_module_config,
+)
+from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
+    Conflict,
+    CorruptRecord,
+    InvalidArgument,
+    KataError,
+)
+from ansible_collections.kata.runtime.plugins.module_utils.kata.ids import validate_id
+from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import Runtime, coerce_str_dict
+
+SETTING_OPTIONS = ('vcpus', 'memory_mb', 'kernel', 'initrd', 'kernel_params', 'accel', 'labels', 'annotations',
+                   'hooks', 'cgroups_path')
+
+
+class SandboxManager:
+    """Plans and applies one kata_sandbox call; the plan is the same in check mode."""
+
+    def __init__(self, module):
+        self.module = module
+        self.p = module.params
+        self.check = module.check_mode
+        self.progress = Progress(module)
+        self.config = load_module_config(module)
+        self.rt = Runtime(self.config, progress=self.progress)
+        self.trace = self.rt.trace()
+        self.changed = False
+        self.diff = {'before': {}, 'after': {}}
+        self.sid = validate_id(self.p['name'], 'sandbox')
+
+    def act(self, msg, func, *args, **kwargs):
+        """Record a planned step; run it unless in check mode."""
+        self.changed = True
+        if self.check:
+            self.trace.step('would ' + msg)
+            return None
+        return func(*args, trace=self.trace, **kwargs)
+
+    def current(self):
+        try:
+            rec = sbx.load(self.rt, self.sid)
+        except CorruptRecord:
+            if self.p['state'] == 'absent' and self.p['force']:
+                return {'id': self.sid, 'domain': self.rt.hv.domain_name(self.sid), 'state': 'dead'}, 'dead'
+            raise
+        if rec is None:
+            return None, 'absent'
+        return rec, sbx.state_of(rec, sbx.vm_state(self.rt, rec))
+
+    def run(self):
+        rec, state = self.current()
+        self.diff['before'] = {'state': state}
+        if self.p['state'] == 'absent':
+            self.absent(rec, state)
+        else:
+            self.present(rec, state)
+        result = dict(changed=self.changed, actions=self.trace.actions, sandbox=self.result_sandbox())
+        if self.module._diff:
+            result['diff'] = self.diff
+        for w in self.trace.warnings:
+            self.module.warn(w)
+        self.module.exit_json(**result)
+
+    def result_sandbox(self):
+        rec = None if (self.check and self.changed) else sbx.load(self.rt, self.sid)
+        if rec is not None:
+            return sbx.info(self.rt, rec)
+        if self.p['state'] == 'absent' or not self.check:
+            return {}
+        planned = dict(self.planned or {})
+        planned.update({'id': self.sid, 'state': self.p['state']})
+        return planned
+
+    planned = None
+
+    def absent(self, rec, state):
+        self.diff['after'] = {'state': 'absent'}
+        if rec is None:
+            return
+        if not self.p['force'] and state == 'running':
+            running = sbx._running_containers(self.rt, self.sid, 'running')
+            if running:
+                raise Conflict('sandbox %s still has running containers (%s): stop them first or use force=true'
+                               % (self.sid, ', '.join(running)))
+        self.act('delete sandbox %s' % self.sid, sbx.delete, self.rt, self.sid, force=self.p['force'])
+
+    def present(self, rec, state):
+        opts = {k: self.p[k] for k in SETTING_OPTIONS}
+        for key in ('labels', 'annotations'):
+            if opts[key] is not None:
+                opts[key] = coerce_str_dict(opts[key], key)
+        settings = sbx.settings_from(self.config, opts)
+        given = [k for k in SETTING_OPTIONS if self.p[k] is not None]
+        want = self.p['state']
+        timeout = self.p['timeout']
+        if rec is not None:
+            diffs = Differences()
+            for key, current, desired in sbx.differences(rec, settings, given):
+                diffs.add(key, parameter=desired, active=current)
+            immutable = [n for n in diffs.names() if n in sbx.IMMUTABLE]
+            before, after = diffs.get_before_after()
+            self.diff['before'].update(before)
+            self.diff['after'].update(after)
+            if immutable and not self.p['recreate']:
+                raise InvalidArgument(
+                    'sandbox %s exists with different %s (%s); set recreate=true to delete and create it again'
+                    % (self.sid, ', '.join(immutable),
+                       '; '.join('%s: %r -> %r' % (n, before[n], after[n]) for n in immutable)))
+            if immutable:
+                self.act('delete sandbox %s to recreate it' % self.sid, sbx.delete, self.rt, self.sid,
+                         force=self.p['force'])
+                rec, state = None, 'absent'
+            else:
+                mutable = {n: after[n] for n in diffs.names() if n in sbx.MUTABLE}
+                if mutable:
+                    self.act('update %s of sandbox %s' % (', '.join(sorted(mutable)), self.sid),
+                             sbx.update, self.rt, self.sid, mutable)
+        self.diff['after']['state'] = want
+        if rec is None:
+            self.planned = dict(settings, id=self.sid)
+            self.diff['after'].update({k: settings[k] for k in ('vcpus', 'memory_mb', 'accel', 'labels')})
+            self.act('create sandbox %s' % self.sid, sbx.create, self.rt, self.sid, settings, timeout=timeout,
+                     boot=(want != 'stopped'))
+            state = 'stopped' if want == 'stopped' else 'running'
+        if want == 'running' and state != 'running':
+            self.act('start sandbox %s (it is %s)' % (self.sid, state), sbx.start, self.rt, self.sid,
+                     timeout=timeout)
+        elif want == 'stopped' and state in ('running', 'paused', 'dead'):
+            self.act('stop sandbox %s (it is %s)' % (self.sid, state), sbx.stop, self.rt, self.sid,
+                     force=self.p['force'])
+        elif want == 'paused' and state != 'paused':
+            if state != 'running':
+                self.act('start sandbox %s (it is %s)' % (self.sid, state), sbx.start, self.rt, self.sid,
+                         timeout=timeout)
+            self.act('pause sandbox %s' % self.sid, sbx.pause, self.rt, self.sid)
+
+
+def main():
+    argument_spec = common_argument_spec(
+        name=dict(type='str', required=True, aliases=['id']),
+        state=dict(type='str', default='running', choices=['running', 'stopped', 'paused', 'absent']),
+        force=dict(type='bool', default=False),
+        vcpus=dict(type='int'),
+        memory_mb=dict(type='int'),
+        kernel=dict(type='path'),
+        initrd=dict(type='path'),
+        kernel_params=dict(type='str'),
+        accel=dict(type='str', choices=['auto', 'kvm', 'tcg']),
+        labels=dict(type='dict'),
+        annotations=dict(type='dict'),
+        hooks=dict(type='dict'),
+        cgroups_path=dict(type='str'),
+        recreate=dict(type='bool', default=False),
+        timeout=dict(type='int'),
+    )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    manager = None
+    try:
+        manager = SandboxManager(module)
+        manager.run()
+    except KataError as err:
+        # Whatever was done before the error is reported; a failed create has already
+        # removed what it made, and its actions say so.
+        actions = manager.trace.actions if manager else []
+        module.fail_json(msg=str(err), changed=bool(actions) and not module.check_mode, actions=actions)
+
+
+if __name__ == '__main__':
+    main()
