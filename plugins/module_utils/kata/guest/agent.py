@@ -244,9 +244,13 @@ class ListenTransport:
         self.path = path
         if os.path.exists(path):
             os.unlink(path)
+        # Bind under a temporary name and rename once listening, so the socket never
+        # exists without a listener (a client would get "connection refused").
+        tmp = '%s.%d.tmp' % (path, os.getpid())
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.server.bind(path)
+        self.server.bind(tmp)
         self.server.listen(8)
+        os.rename(tmp, path)
         self.server.setblocking(False)
         self.conn = None
 

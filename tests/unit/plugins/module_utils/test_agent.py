@@ -1,0 +1,564 @@
+# Copyright: kata.runtime contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The guest agent and its host client, end to end on the host.
+
+The real guest agent runs as a subprocess serving a unix socket (``--listen``, the way qemu's
+chardev serves the host) or connecting to one (``--connect``, the way the guest sees a port
+whose host side comes and goes). Containers run for real in new pid/mount/uts/ipc namespaces
+with a static busybox as their rootfs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import pytest
+from ansible_collections.kata.runtime.plugins.module_utils.kata import agent as agent_mod
+from ansible_collections.kata.runtime.plugins.module_utils.kata.agent import AgentClient
+from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import AgentError
+
+GUEST_AGENT = os.path.join(os.path.dirname(agent_mod.__file__), 'guest', 'agent.py')
+BUSYBOX = shutil.which('busybox') or '/bin/busybox'
+APPLETS = ('sh', 'sleep', 'echo', 'cat', 'id', 'hostname', 'true', 'ls')
+
+
+def _namespaces_work():
+    if os.geteuid() != 0 or not os.access(BUSYBOX, os.X_OK):
+        return False
+    try:
+        res = subprocess.run([BUSYBOX, 'unshare', '-p', '-m', '-u', '-i', '-f', '--', BUSYBOX, 'true'],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10,
+                             check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return res.returncode == 0
+
+
+needs_ns = pytest.mark.skipif(not _namespaces_work(),
+                              reason='needs root, a static busybox and `busybox unshare -pmui`')
+
+
+@pytest.fixture
+def short_dir():
+    """A short directory: sun_path holds only 108 bytes, pytest's tmp_path can be longer."""
+    path = tempfile.mkdtemp(prefix='kag-', dir='/tmp')
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope='module')
+def rootfs():
+    path = tempfile.mkdtemp(prefix='kag-rootfs-', dir='/tmp')
+    os.chmod(path, 0o755)  # mkdtemp makes it 0700: a non-root container user could not enter
+    os.makedirs(os.path.join(path, 'bin'))
+    os.makedirs(os.path.join(path, 'proc'))
+    os.makedirs(os.path.join(path, 'work'))
+    shutil.copy2(BUSYBOX, os.path.join(path, 'bin', 'busybox'))
+    for applet in APPLETS:
+        os.symlink('busybox', os.path.join(path, 'bin', applet))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class AgentProc:
+    """The guest agent as a host process serving a unix socket."""
+
+    def __init__(self, base, sock_name='agent.sock'):
+        self.base = base
+        self.sock = os.path.join(base, sock_name)
+        self.shared = os.path.join(base, 'shared')
+        self.log_path = os.path.join(base, 'agent.log')
+        self.proc = None
+
+    def start(self, wait=True):
+        self.log = open(self.log_path, 'ab')
+        self.proc = subprocess.Popen(
+            [sys.executable, GUEST_AGENT, '--listen', self.sock, '--no-poweroff',
+             '--shared-dir', self.shared, '--run-dir', os.path.join(self.base, 'run')],
+            stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
+        deadline = time.monotonic() + 10
+        while wait and not os.path.exists(self.sock):
+            assert self.proc.poll() is None, self.read_log()
+            assert time.monotonic() < deadline, 'agent did not create its socket'
+            time.sleep(0.01)
+        return self
+
+    def read_log(self):
+        with open(self.log_path, 'rb') as fh:
+            return fh.read().decode('utf-8', 'replace')
+
+    def stop(self):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # host mode: kill containers, then exit
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.log.close()
+        self.proc = None
+
+
+@pytest.fixture
+def agent(short_dir):
+    proc = AgentProc(short_dir).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def client(agent):
+    cli = AgentClient(agent.sock, timeout=10)
+    yield cli
+    cli.close()
+
+
+def raw_exchange(path, payload, timeout=5):
+    """Send raw bytes on a fresh connection and return the reply lines as objects."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(payload)
+        want = payload.count(b'\n')
+        buf = b''
+        while buf.count(b'\n') < want:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    return [json.loads(line) for line in buf.splitlines() if line.strip()]
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open('/proc/%d/stat' % pid) as fh:
+            return fh.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except OSError:
+        return False
+
+
+# --- protocol basics ----------------------------------------------------------------------------
+
+
+def test_ping_reports_version_protocol_pid_uptime(agent, client):
+    res = client.ping()
+    assert res['protocol'] == 1
+    assert isinstance(res['version'], str) and res['version']
+    assert res['pid'] == agent.proc.pid
+    assert 0 <= res['uptime'] < 60
+
+
+def test_malformed_lines_get_an_error_and_the_agent_keeps_serving(agent):
+    replies = raw_exchange(agent.sock, b'this is not json\n[1, 2]\n'
+                                       b'{"id": 7, "method": "no_such_method"}\n'
+                                       b'{"id": 8, "method": "ping", "params": 3}\n'
+                                       b'{"id": 9, "method": "ping"}\n')
+    assert replies[0]['id'] is None and 'malformed' in replies[0]['error']
+    assert replies[1]['id'] is None and 'malformed' in replies[1]['error']
+    assert replies[2] == {'id': 7, 'error': "unknown method 'no_such_method'"}
+    assert replies[3]['id'] == 8 and 'params' in replies[3]['error']
+    assert replies[4]['id'] == 9 and replies[4]['result']['protocol'] == 1
+    assert agent.proc.poll() is None
+
+
+def test_partial_line_from_a_departed_client_is_dropped(agent):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(agent.sock)
+        sock.sendall(b'{"id": 1, "method": "shutd')
+    # Had the torn line been kept, this ping would be glued to it and fail to parse.
+    replies = raw_exchange(agent.sock, b'{"id": 2, "method": "ping"}\n')
+    assert replies == [{'id': 2, 'result': replies[0]['result']}]
+    assert agent.proc.poll() is None
+
+
+def test_unknown_and_invalid_container_ids(client):
+    with pytest.raises(AgentError, match='container nope not found'):
+        client.container_state('nope')
+    with pytest.raises(AgentError, match='not found'):
+        client.start_container('nope')
+    with pytest.raises(AgentError, match='not found'):
+        client.signal_container('nope', 'SIGKILL')
+    with pytest.raises(AgentError, match='not found'):
+        client.wait_container('nope', 0)
+    with pytest.raises(AgentError, match='invalid container id'):
+        client.container_state('../etc')
+    assert client.remove_container('nope') == {'id': 'nope', 'removed': False}
+    assert client.list_containers() == []
+
+
+def test_create_rejects_bad_input(client, rootfs, short_dir):
+    with pytest.raises(AgentError, match='not a directory'):
+        client.create_container('c1', ['true'], rootfs=os.path.join(short_dir, 'missing'))
+    with pytest.raises(AgentError, match='must not be empty'):
+        client.create_container('c1', [], rootfs=rootfs)
+    with pytest.raises(AgentError, match='KEY=VALUE'):
+        client.create_container('c1', ['true'], rootfs=rootfs, env=['NOEQUALS'])
+    with pytest.raises(AgentError, match='uid must be'):
+        client.create_container('c1', ['true'], rootfs=rootfs, uid=-1)
+    assert client.list_containers() == []
+    client.create_container('c1', ['true'], rootfs=rootfs)
+    with pytest.raises(AgentError, match='already exists'):
+        client.create_container('c1', ['true'], rootfs=rootfs)
+
+
+# --- containers --------------------------------------------------------------------------------
+
+
+@needs_ns
+def test_container_prints_and_exits_3(client, agent, rootfs):
+    created = client.create_container(
+        'c3', ['sh', '-c', 'echo "out $$ $(hostname) $FOO $(pwd)"; echo err >&2; exit 3'],
+        rootfs=rootfs, env=['FOO=bar'], cwd='/work', hostname='box3')
+    assert created['status'] == 'created' and created['pid'] is None
+    assert client.container_state('c3')['status'] == 'created'
+    started = client.start_container('c3')
+    assert isinstance(started['pid'], int) and started['pid'] > 0
+    assert client.wait_container('c3', 10) == {'id': 'c3', 'status': 'stopped', 'exit_code': 3}
+    state = client.container_state('c3')
+    assert state['status'] == 'stopped' and state['exit_code'] == 3
+    assert state['pid'] == started['pid']
+    assert state['started_at'] and state['finished_at'] and state['created_at']
+    with open(os.path.join(agent.shared, 'c3', 'stdout')) as fh:
+        # $$ is 1: the process is PID 1 of its own pid namespace; the hostname is its own.
+        assert fh.read() == 'out 1 box3 bar /work\n'
+    with open(os.path.join(agent.shared, 'c3', 'stderr')) as fh:
+        assert fh.read() == 'err\n'
+    assert socket.gethostname() != 'box3'
+    assert client.remove_container('c3') == {'id': 'c3', 'removed': True}
+    assert client.remove_container('c3') == {'id': 'c3', 'removed': False}
+
+
+@needs_ns
+def test_sleeper_lifecycle_and_sigkill(client, agent, rootfs):
+    client.create_container('sl', ['sleep', '60'], rootfs=rootfs)
+    assert client.container_state('sl')['status'] == 'created'
+    pid = client.start_container('sl')['pid']
+    state = client.container_state('sl')
+    assert state['status'] == 'running' and state['exit_code'] is None
+    # The reported pid is the container process itself, in namespaces of its own.
+    with open('/proc/%d/cmdline' % pid, 'rb') as fh:
+        assert fh.read().split(b'\0')[:2] == [b'sleep', b'60']
+    with open('/proc/%d/status' % pid) as fh:
+        nspid = [line.split()[1:] for line in fh if line.startswith('NSpid:')][0]
+    assert nspid == [str(pid), '1']
+    for ns in ('pid', 'mnt', 'uts', 'ipc'):
+        assert os.readlink('/proc/%d/ns/%s' % (pid, ns)) != os.readlink('/proc/self/ns/%s' % ns)
+    assert client.wait_container('sl', 0.2) == {'id': 'sl', 'status': 'running', 'exit_code': None}
+    with pytest.raises(AgentError, match='still running'):
+        client.remove_container('sl')
+    with pytest.raises(AgentError, match='status is running'):
+        client.start_container('sl')
+    res = client.signal_container('sl', 'SIGKILL')
+    assert res['signaled'] is True and res['signal'] == 9
+    assert client.wait_container('sl', 10) == {'id': 'sl', 'status': 'stopped', 'exit_code': 137}
+    assert not pid_alive(pid)
+    assert client.signal_container('sl', 9)['signaled'] is False
+    assert client.remove_container('sl')['removed'] is True
+
+
+@needs_ns
+def test_sigterm_by_name_reaches_a_trapping_init(client, rootfs):
+    client.create_container('tr', ['sh', '-c', 'trap "exit 7" TERM; echo ready; '
+                                               'while true; do sleep 0.05; done'], rootfs=rootfs)
+    client.start_container('tr')
+    time.sleep(0.3)  # let the shell install its trap
+    assert client.signal_container('tr', 'TERM')['signal'] == 15
+    assert client.wait_container('tr', 10)['exit_code'] == 7
+
+
+@needs_ns
+def test_uid_gid_switch(client, agent, rootfs):
+    client.create_container('who', ['sh', '-c', 'echo $(id -u):$(id -g)'], rootfs=rootfs,
+                            uid=1234, gid=4321)
+    client.start_container('who')
+    assert client.wait_container('who', 10)['exit_code'] == 0
+    with open(os.path.join(agent.shared, 'who', 'stdout')) as fh:
+        assert fh.read() == '1234:4321\n'
+
+
+@needs_ns
+def test_missing_executable_fails_start_with_reason(client, rootfs):
+    client.create_container('bad', ['no-such-binary'], rootfs=rootfs)
+    with pytest.raises(AgentError, match='no-such-binary: executable file not found'):
+        client.start_container('bad')
+    state = client.container_state('bad')
+    assert state['status'] == 'stopped' and state['exit_code'] == 127
+
+
+def test_signal_to_created_container_stops_it(client, rootfs):
+    client.create_container('cr', ['true'], rootfs=rootfs)
+    assert client.signal_container('cr', 'SIGWINCH')['status'] == 'created'
+    res = client.signal_container('cr', 'SIGTERM')
+    assert res['status'] == 'stopped'
+    assert client.container_state('cr')['exit_code'] == 128 + 15
+    with pytest.raises(AgentError, match='unknown signal'):
+        client.signal_container('cr', 'SIGNOPE')
+
+
+@needs_ns
+def test_kill_all_and_list(client, rootfs):
+    pids = []
+    for cid in ('k1', 'k2'):
+        client.create_container(cid, ['sleep', '60'], rootfs=rootfs)
+        pids.append(client.start_container(cid)['pid'])
+    client.create_container('k3', ['true'], rootfs=rootfs)
+    listed = {c['id']: c['status'] for c in client.list_containers()}
+    assert listed == {'k1': 'running', 'k2': 'running', 'k3': 'created'}
+    assert client.kill_all()['count'] == 2
+    for cid in ('k1', 'k2'):
+        assert client.wait_container(cid, 10)['exit_code'] == 137
+    assert not any(pid_alive(p) for p in pids)
+
+
+@needs_ns
+def test_shutdown_kills_containers_and_exits_in_host_mode(client, agent, rootfs):
+    client.create_container('s1', ['sleep', '60'], rootfs=rootfs)
+    pid = client.start_container('s1')['pid']
+    assert client.shutdown() == {'poweroff': False}
+    assert agent.proc.wait(10) == 0
+    deadline = time.monotonic() + 5
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not pid_alive(pid)
+
+
+# --- client behaviour -------------------------------------------------------------------------
+
+
+def test_client_reconnects_once_after_the_connection_dropped(short_dir):
+    first = AgentProc(short_dir).start()
+    cli = AgentClient(first.sock, timeout=5)
+    try:
+        pid1 = cli.ping()['pid']
+        first.proc.kill()  # the far end goes away under an idle, open connection
+        first.proc.wait(5)
+        first.stop()
+        os.unlink(first.sock)
+        second = AgentProc(short_dir).start()
+        try:
+            pid2 = cli.ping()['pid']
+            assert pid2 == second.proc.pid != pid1
+        finally:
+            second.stop()
+    finally:
+        cli.close()
+
+
+def test_clients_take_turns(agent):
+    with AgentClient(agent.sock, timeout=5) as one:
+        assert one.ping()['pid'] == agent.proc.pid
+    with AgentClient(agent.sock, timeout=5) as two:
+        assert two.ping()['pid'] == agent.proc.pid
+    # The first client reconnects lazily after close().
+    assert one.ping()['pid'] == agent.proc.pid
+    one.close()
+
+
+class FakeAgent:
+    """A scripted peer: for each request line it sends ``script(request)`` bytes back."""
+
+    def __init__(self, path, script):
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(path)
+        self.server.listen(1)
+        self.script = script
+        self.received = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        conn, _ = self.server.accept()
+        with conn:
+            buf = b''
+            while True:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                buf += chunk
+                while b'\n' in buf:
+                    line, buf = buf.split(b'\n', 1)
+                    self.received.append(line)
+                    if line.strip():
+                        conn.sendall(self.script(json.loads(line)))
+
+    def close(self):
+        self.server.close()
+
+
+def test_client_skips_stale_ids_and_torn_lines(short_dir):
+    path = os.path.join(short_dir, 'fake.sock')
+
+    def script(req):
+        return (b'{"id": 424242, "result": "stale"}\n'
+                b'{"id": 9, "res\n'
+                b'{"id": null, "error": "malformed request"}\n'
+                + json.dumps({'id': req['id'], 'result': {'echo': req['params']}}).encode() + b'\n')
+
+    fake = FakeAgent(path, script)
+    try:
+        with AgentClient(path, timeout=5) as cli:
+            assert cli.call('echo', x=1, y='z') == {'echo': {'x': 1, 'y': 'z'}}
+        # Every connection opens with an empty line that ends a torn line left in the guest.
+        assert fake.received[0] == b''
+    finally:
+        fake.close()
+
+
+def test_error_reply_raises_agent_error_naming_the_call(short_dir):
+    path = os.path.join(short_dir, 'fake.sock')
+    fake = FakeAgent(path, lambda req: json.dumps({'id': req['id'], 'error': 'boom'}).encode() + b'\n')
+    try:
+        with AgentClient(path, timeout=5) as cli, pytest.raises(AgentError) as info:
+            cli.call('start_container', id='x')
+        assert str(info.value) == "agent call 'start_container' failed: boom"
+    finally:
+        fake.close()
+
+
+def test_timeout_when_nobody_answers(short_dir):
+    path = os.path.join(short_dir, 'silent.sock')
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(4)  # connections queue but nothing ever answers
+    try:
+        cli = AgentClient(path, timeout=0.5)
+        start = time.monotonic()
+        with pytest.raises(AgentError) as info:
+            cli.ping()
+        assert 0.4 < time.monotonic() - start < 3
+        msg = str(info.value)
+        assert "'ping'" in msg and path in msg and 'timed out after 0.5s' in msg
+        with pytest.raises(AgentError, match="'container_state'.*timed out after 0.2s"):
+            cli.call('container_state', timeout=0.2, id='x')
+    finally:
+        server.close()
+
+
+def test_missing_or_dead_socket_is_reported_as_unavailable(short_dir):
+    path = os.path.join(short_dir, 'gone.sock')
+    with pytest.raises(AgentError, match='agent socket .*gone.sock not available.*is the sandbox running'):
+        AgentClient(path).ping()
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.close()  # the file stays, nobody listens: connection refused
+    with pytest.raises(AgentError, match='not available .*refused.*is the sandbox running'):
+        AgentClient(path).ping()
+
+
+# --- wait_ready -------------------------------------------------------------------------------
+
+
+def test_wait_ready_returns_ping_once_the_agent_comes_up(short_dir):
+    proc = AgentProc(short_dir)
+    timer = threading.Timer(0.6, proc.start, kwargs={'wait': False})
+    timer.start()
+    ticks = []
+    try:
+        start = time.monotonic()
+        res = AgentClient(proc.sock).wait_ready(10, progress=ticks.append)
+        assert res['protocol'] == 1
+        assert 0.5 < time.monotonic() - start < 8
+    finally:
+        timer.join()
+        proc.stop()
+
+
+def test_wait_ready_times_out_with_a_clear_message(short_dir):
+    path = os.path.join(short_dir, 'silent.sock')
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(4)
+    ticks = []
+    try:
+        cli = AgentClient(path, console_log='/var/log/console.log')
+        start = time.monotonic()
+        with pytest.raises(AgentError) as info:
+            cli.wait_ready(2.2, progress=ticks.append)
+        assert 2.0 < time.monotonic() - start < 4
+        msg = str(info.value)
+        assert 'did not answer within 2.2s' in msg and path in msg
+        assert '/var/log/console.log' in msg
+        assert len(ticks) >= 2 and all(0.9 < t < 2.5 for t in ticks)
+    finally:
+        server.close()
+
+
+def test_wait_ready_gives_up_early_when_the_vm_is_dead(short_dir):
+    path = os.path.join(short_dir, 'dead.sock')
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.close()  # a socket file with nobody behind it
+    start = time.monotonic()
+    with pytest.raises(AgentError, match=r'unreachable after \d+\.\ds .*died.*console log'):
+        AgentClient(path).wait_ready(30)
+    assert time.monotonic() - start < 5
+
+
+def test_wait_ready_notices_the_socket_vanishing(short_dir):
+    path = os.path.join(short_dir, 'vanish.sock')
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(4)
+
+    def vm_dies():
+        server.close()
+        os.unlink(path)
+
+    timer = threading.Timer(0.5, vm_dies)
+    timer.start()
+    start = time.monotonic()
+    try:
+        with pytest.raises(AgentError, match=r'(vanished|unreachable) after \d+\.\ds'):
+            AgentClient(path).wait_ready(30)
+        assert time.monotonic() - start < 6
+    finally:
+        timer.join()
+
+
+# --- the guest side of a port whose host comes and goes ------------------------------------------
+
+
+def test_connect_mode_reconnects_and_drops_torn_lines(short_dir):
+    path = os.path.join(short_dir, 'port.sock')
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+    server.settimeout(10)
+    log = open(os.path.join(short_dir, 'agent.log'), 'wb')
+    proc = subprocess.Popen([sys.executable, GUEST_AGENT, '--connect', path, '--no-poweroff',
+                             '--run-dir', os.path.join(short_dir, 'run')],
+                            stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    try:
+        conn, _ = server.accept()
+        conn.settimeout(5)
+        conn.sendall(b'{"id": 1, "method": "ping"}\n')
+        assert json.loads(conn.makefile('rb').readline())['result']['pid'] == proc.pid
+        conn.sendall(b'{"id": 2, "method": "shut')  # torn: the host side goes away mid-line
+        conn.close()
+        conn, _ = server.accept()  # the agent comes back on its own
+        conn.settimeout(5)
+        conn.sendall(b'{"id": 3, "method": "ping"}\n')
+        reply = json.loads(conn.makefile('rb').readline())
+        assert reply['id'] == 3 and reply['result']['protocol'] == 1
+        conn.close()
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+        server.close()
