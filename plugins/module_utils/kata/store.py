@@ -64,8 +64,10 @@ _held = threading.local()
 
 
 def _held_locks():
-    if not hasattr(_held, 'locks'):
+    # keyed per process too: a child forked while a lock is held does not hold it
+    if getattr(_held, 'pid', None) != os.getpid():
         _held.locks = {}
+        _held.pid = os.getpid()
     return _held.locks
 
 

@@ -355,12 +355,26 @@ def test_lock_is_per_sandbox_and_reentrant(store):
     assert mode(store.lock_path('s1')) == 0o600
 
 
+def _wait_until_open(pid, path, timeout=20):
+    deadline = time.monotonic() + timeout
+    fd_dir = f'/proc/{pid}/fd'
+    while time.monotonic() < deadline:
+        try:
+            targets = [os.readlink(os.path.join(fd_dir, fd)) for fd in os.listdir(fd_dir)]
+        except OSError:
+            targets = []
+        if os.path.realpath(path) in targets:
+            return
+        time.sleep(0.02)
+    pytest.fail(f'process {pid} never opened {path}')
+
+
 def test_waiter_retries_when_lock_file_was_unlinked(store):
     """remove_sandbox unlinks the lock file while held; a waiter must not keep a stale inode."""
     store.save_sandbox({'id': 's1'})
     with store.lock('s1'):
         proc = _holder(store.root, 's1', 10)
-        time.sleep(0.3)  # the holder process is now blocked waiting on the old inode
+        _wait_until_open(proc.pid, store.lock_path('s1'))  # now waiting on the old inode
         store.remove_sandbox('s1')
         assert not os.path.exists(store.lock_path('s1'))
     try:
@@ -497,3 +511,20 @@ def test_remove_sandbox_refuses_mount_points(store, tmp_path, how):
     if how == 'bind':
         assert (tmp_path / 'user-rootfs' / 'user-data').read_text() == 'not ours'
     assert store.remove_sandbox('s1') is True
+
+
+def test_forked_child_does_not_inherit_a_held_lock(store):
+    """Re-entrancy is per thread of one process: a fork()ed child must wait like anyone."""
+    with store.lock('s1'):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            code = 1
+            try:
+                with store.lock('s1', timeout=0.2):
+                    code = 2
+            except LockTimeout:
+                code = 0
+            finally:
+                os._exit(code)
+        _pid, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
