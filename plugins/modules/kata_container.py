@@ -340,7 +340,13 @@ class ContainerManager:
             opts[key] = coerce_str_dict(opts[key], key)
         if opts['bundle']:
             opts['cwd'] = None if self.p['cwd'] == '/' else self.p['cwd']
-        settings = ctr.settings_from(opts)
+        if rec is not None and not (opts['bundle'] or opts['rootfs'] or opts['command']):
+            # Addressed by name only: the recorded settings are the request (labels aside).
+            settings = {k: rec.get(k) for k in ctr.IMMUTABLE + ctr.MUTABLE + ('type',)}
+            if opts['labels'] is not None:
+                settings['labels'] = opts['labels']
+        else:
+            settings = ctr.settings_from(opts)
         want = self.p['state']
         status = cur['status'] if cur else 'absent'
         if rec is not None:
