@@ -685,10 +685,9 @@ class Agent:
             for fd in fds:
                 os.close(fd)
             raise RequestError('container %s: cannot create %s: %s' % (ctr.id, fifo, err)) from None
-        init = dict(spec, status_fifo=fifo, busybox=self.busybox)
         python = sys.executable or '/usr/bin/python3'
-        argv = [self.busybox, 'unshare', '-p', '-m', '-u', '-i', '-f', '--',
-                python, '-S', os.path.abspath(__file__), '--exec-init', json.dumps(init)]
+        argv = ([self.busybox, 'unshare', '-p', '-m', '-u', '-i', '-f', '--']
+                + exec_init_argv(python, spec, fifo, self.busybox))
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fds[0], stderr=fds[1],
                                     start_new_session=True, close_fds=True)
@@ -902,75 +901,89 @@ class Agent:
 # ---------------------------------------------------------------------------------------------
 
 
-def resolve_command(name, env):
-    if '/' in name:
-        return name
-    path = DEFAULT_PATH
-    for item in env:
-        if item.startswith('PATH='):
-            path = item[5:]
-    for directory in path.split(':'):
-        candidate = os.path.join(directory or '.', name)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    raise FileNotFoundError(errno.ENOENT, 'executable file not found in $PATH', name)
+# The container's init, run as ``python3 -I -S -c EXEC_INIT ...`` right after ``busybox unshare``:
+# PID 1 of the new namespaces, it mounts proc, sets the hostname, enters the rootfs, drops to
+# the container's uid/gid and execs the command. It imports only os and sys (frozen into the
+# interpreter), so it starts in a fraction of the agent's own start-up time, which counts under
+# software emulation. argv: fifo busybox rootfs hostname cwd uid gid N env[N] args...
+EXEC_INIT = r"""
+import os, sys
 
-
-def exec_init(spec):
+def main(argv):
+    fifo, busybox, rootfs, hostname, cwd, uid, gid, nenv = argv[:8]
+    env = argv[8:8 + int(nenv)]
+    args = argv[8 + int(nenv):]
     try:
-        status_fd = os.open(spec['status_fifo'], os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        os.set_blocking(status_fd, True)
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        os.set_blocking(fd, True)
     except OSError:
-        status_fd = 2  # the agent stopped waiting; stderr is the best place left
+        fd = 2  # the agent gave up waiting: stderr is the best place left
 
     def fail(code, message):
         try:
-            os.write(status_fd, message.encode('utf-8', 'replace'))
+            os.write(fd, message.encode('utf-8', 'replace'))
         except OSError:
             pass
         os._exit(code)
 
-    rootfs = spec['rootfs']
     try:
-        proc_dir = os.path.join(rootfs, 'proc')
-        if os.path.isdir(proc_dir):
-            subprocess.run([spec['busybox'], 'mount', '-t', 'proc', 'proc', proc_dir],
-                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, check=False)
-        if spec.get('hostname'):
+        proc = os.path.join(rootfs, 'proc')
+        if os.path.isdir(proc):
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    null = os.open('/dev/null', os.O_RDWR)
+                    os.dup2(null, 1)
+                    os.dup2(null, 2)
+                    os.execv(busybox, [busybox, 'mount', '-t', 'proc', 'proc', proc])
+                finally:
+                    os._exit(127)
+            os.waitpid(pid, 0)
+        if hostname:
             with open('/proc/sys/kernel/hostname', 'w') as fh:
-                fh.write(spec['hostname'])
+                fh.write(hostname)
         os.chroot(rootfs)
         os.chdir('/')
     except OSError as err:
         fail(1, 'cannot enter rootfs %s: %s' % (rootfs, err))
     try:
-        os.chdir(spec['cwd'])
+        os.chdir(cwd)
     except OSError as err:
-        fail(1, 'cannot change to cwd %s: %s' % (spec['cwd'], err.strerror))
-    env = spec['env']
-    try:
-        path = resolve_command(spec['args'][0], env)
-    except OSError as err:
-        fail(127, 'exec %s: %s' % (spec['args'][0], err.strerror))
-    try:
-        os.setgroups([])
-        os.setgid(spec['gid'])
-        os.setuid(spec['uid'])
-    except OSError as err:
-        fail(1, 'cannot switch to uid %s gid %s: %s' % (spec['uid'], spec['gid'], err.strerror))
+        fail(1, 'cannot change to cwd %s: %s' % (cwd, err.strerror))
     environ = {}
     for item in env:
         key, _, value = item.partition('=')
         environ[key] = value
-    if 'PATH' not in environ:
-        environ['PATH'] = DEFAULT_PATH
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    environ.setdefault('PATH', @DEFAULT_PATH@)
+    path = args[0]
+    if '/' not in path:
+        for directory in environ['PATH'].split(':'):
+            candidate = os.path.join(directory or '.', args[0])
+            if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+                path = candidate
+                break
+        else:
+            fail(127, 'exec %s: executable file not found in $PATH' % args[0])
     try:
-        os.execve(path, spec['args'], environ)
+        os.setgroups([])
+        os.setgid(int(gid))
+        os.setuid(int(uid))
     except OSError as err:
-        code = 126 if err.errno in (errno.EACCES, errno.ENOEXEC) else 127
-        fail(code, 'exec %s: %s' % (spec['args'][0], err.strerror))
+        fail(1, 'cannot switch to uid %s gid %s: %s' % (uid, gid, err.strerror))
+    try:
+        os.execve(path, args, environ)
+    except OSError as err:
+        fail(126 if err.errno in (13, 8) else 127, 'exec %s: %s' % (args[0], err.strerror))
+
+main(sys.argv[1:])
+""".replace('@DEFAULT_PATH@', repr(DEFAULT_PATH))
+
+
+def exec_init_argv(python, spec, fifo, busybox):
+    """The command line that turns into the container process after ``busybox unshare``."""
+    return ([python, '-I', '-S', '-c', EXEC_INIT, fifo, busybox, spec['rootfs'],
+             spec['hostname'] or '', spec['cwd'], str(spec['uid']), str(spec['gid']),
+             str(len(spec['env']))] + list(spec['env']) + list(spec['args']))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -978,10 +991,10 @@ def exec_init(spec):
 
 def parse_args(argv):
     opts = {'listen': None, 'connect': None, 'device': None, 'poweroff': True,
-            'shared_dir': SHARED_DIR, 'run_dir': RUN_DIR, 'exec_init': None}
+            'shared_dir': SHARED_DIR, 'run_dir': RUN_DIR}
     it = iter(argv)
     for arg in it:
-        if arg in ('--listen', '--connect', '--device', '--shared-dir', '--run-dir', '--exec-init'):
+        if arg in ('--listen', '--connect', '--device', '--shared-dir', '--run-dir'):
             try:
                 opts[arg[2:].replace('-', '_')] = next(it)
             except StopIteration:
@@ -995,9 +1008,6 @@ def parse_args(argv):
 
 def main(argv=None):
     opts = parse_args(sys.argv[1:] if argv is None else argv)
-    if opts['exec_init'] is not None:
-        exec_init(json.loads(opts['exec_init']))
-        return
     if opts['listen']:
         transport = ListenTransport(opts['listen'])
     elif opts['connect']:
