@@ -18,6 +18,7 @@ import hashlib
 import os
 import secrets
 import shutil
+import signal
 import statistics
 import subprocess
 import time
@@ -278,3 +279,23 @@ def test_start_failure_leaves_nothing_defined(hv, vm_for):
     assert vm['console_log'] in msg  # where to look next
     assert hv.state(vm['name']) == 'missing'
     assert vm['name'] not in virsh_names()
+
+
+def test_destroy_does_not_wait_for_a_vmm_that_ignores_sigterm(hv, vm_for):
+    """A stopped (SIGSTOP) qemu cannot act on SIGTERM: libvirt alone would wait 10 s before
+    SIGKILL; destroy() kills it after its 1 s grace instead."""
+    vm = vm_for('stuck')
+    name = vm['name']
+    hv.create(vm)
+    try:
+        wait_for_marker(vm['console_log'])
+        os.kill(hv.pid(name), signal.SIGSTOP)
+        t0 = time.monotonic()
+        assert hv.destroy(name) is True
+        took = time.monotonic() - t0
+        print('\ndestroy of a VMM ignoring SIGTERM: %.2f s' % took)
+        assert took < 8
+        assert hv.state(name) == 'shutoff'  # destroyed on request, not "crashed"
+    finally:
+        hv.destroy(name)
+        hv.undefine(name)
