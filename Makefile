@@ -50,8 +50,9 @@ venv: $(VENV_STAMP)
 
 # Rebuilt only when the requirements change (or the venv is gone).
 $(VENV_STAMP): requirements-dev.txt
-	@$(STEP) "venv: $(VENV) from $(BASE_PYTHON)" bash -c '\
+	@$(STEP) "venv: $(VENV) from $(BASE_PYTHON)" flock $(ROOT) bash -c '\
 	  set -euo pipefail; \
+	  if [ "$(VENV_STAMP)" -nt requirements-dev.txt ]; then echo "built meanwhile by another run"; exit 0; fi; \
 	  if [ ! -x "$(BIN)/python" ]; then \
 	    echo "creating venv with $$($(BASE_PYTHON) --version)"; \
 	    $(BASE_PYTHON) -m venv "$(VENV)"; \
@@ -67,16 +68,16 @@ sanity-bootstrap: venv
 	@$(BIN)/python $(ROOT)/scripts/install-get-pip-standin.py
 
 # ---------------------------------------------------------------------------------------------
+# Only the directories that exist (a fresh clone may not have benchmarks/ yet).
+LINT_PATHS := $(wildcard plugins tests benchmarks)
+
 lint: venv
-	@$(STEP) "lint: ruff check" $(BIN)/ruff check plugins tests benchmarks
+	@$(STEP) "lint: ruff check $(LINT_PATHS)" $(BIN)/ruff check $(LINT_PATHS)
 
 # ansible-test needs its working directory inside a real ansible_collections/kata/runtime
-# tree, so it runs from a synced copy of the working tree (scripts/sync-collection.sh).
+# tree, so it runs from a synced copy of the working tree (scripts/run-sanity.sh).
 sanity: venv sanity-bootstrap
-	@$(ROOT)/scripts/sync-collection.sh --sanity
-	@$(STEP) "sanity: ansible-test sanity --python $(PY_VERSION)" bash -c '\
-	  cd "$(SANITY_DIR)" && \
-	  ansible-test sanity --requirements --python $(PY_VERSION) --color no'
+	@$(STEP) "sanity: ansible-test sanity --python $(PY_VERSION)" env PY_VERSION=$(PY_VERSION) $(ROOT)/scripts/run-sanity.sh
 
 unit: venv collection
 	@$(STEP) "unit: pytest tests/unit" env $(TEST_ENV) $(ROOT)/scripts/run-pytest.sh tests/unit
@@ -86,14 +87,23 @@ integration: venv collection
 	@$(STEP) "integration: pytest tests/integration" env $(TEST_ENV) KATA_REQUIRE_RUN=$${KATA_REQUIRE_RUN:-1} \
 	  $(ROOT)/scripts/run-pytest.sh tests/integration
 
+# deps must succeed; then every check runs even when an earlier one failed, so one run shows
+# all problems, and the summary lists each step's result and time. Exit status: 0 only when
+# every step passed.
 test:
 	@start=$$(date +%s); \
+	export STEP_LOG=$(OUTPUT)/steps.txt; mkdir -p $(OUTPUT); : >"$$STEP_LOG"; \
 	$(MAKE) --no-print-directory deps; \
-	$(MAKE) --no-print-directory lint; \
-	$(MAKE) --no-print-directory sanity; \
-	$(MAKE) --no-print-directory unit; \
-	$(MAKE) --no-print-directory integration; \
-	echo; echo "===== make test: all steps passed in $$(( $$(date +%s) - start ))s ====="
+	failed=(); \
+	for t in lint sanity unit integration; do \
+	  $(MAKE) --no-print-directory $$t || failed+=("$$t"); \
+	done; \
+	echo; echo "===== make test summary ====="; cat "$$STEP_LOG"; \
+	total=$$(( $$(date +%s) - start )); \
+	if [ $${#failed[@]} -gt 0 ]; then \
+	  echo "===== make test: FAILED ($${failed[*]}) after $${total}s =====" >&2; exit 1; \
+	fi; \
+	echo "===== make test: all steps passed in $${total}s ====="
 
 # ---------------------------------------------------------------------------------------------
 # localhost runs with the venv's Python, which has libvirt-python and the other module needs.

@@ -35,6 +35,13 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 command -v dpkg-query >/dev/null 2>&1 || die "only Debian/Ubuntu hosts are supported by this script"
 
+# One run at a time per host (several checkouts may run make test together).
+exec 9>/run/lock/kata-runtime-prepare-host.lock
+if ! flock -n 9; then
+    log "another prepare-host run is in progress; waiting for it"
+    flock 9
+fi
+
 # --- packages -------------------------------------------------------------------------------
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -15,4 +15,8 @@ if [ "$rc" -eq 0 ]; then
 else
     printf '===== %s: FAILED (exit %d) after %ss =====\n' "$name" "$rc" "$elapsed" >&2
 fi
+if [ -n "${STEP_LOG:-}" ]; then
+    if [ "$rc" -eq 0 ]; then result=ok; else result="FAILED (exit $rc)"; fi
+    printf '%-55s %8ss  %s\n' "$name" "$elapsed" "$result" >>"$STEP_LOG"
+fi
 exit "$rc"

@@ -20,8 +20,11 @@ root=$(pwd -P)
 link_dir=.collections/ansible_collections/kata
 mkdir -p "$link_dir"
 if [ "$(readlink "$link_dir/runtime" 2>/dev/null || true)" != "../../.." ]; then
-    rm -rf "${link_dir:?}/runtime"
-    ln -s ../../.. "$link_dir/runtime"
+    if [ -e "$link_dir/runtime" ] && [ ! -L "$link_dir/runtime" ]; then
+        rm -rf "${link_dir:?}/runtime"
+    fi
+    # -n: replace a symlink in place (another run may have made it meanwhile)
+    ln -sfn ../../.. "$link_dir/runtime"
     echo "collection path: $link_dir/runtime -> repository root"
 fi
 
