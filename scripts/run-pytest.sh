@@ -5,6 +5,9 @@
 #  - with KATA_REQUIRE_RUN=1 a suite in which every test was skipped fails too (CI hosts can
 #    run everything, so "all skipped" there means the environment is broken).
 set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+export PATH="$PWD/.venv/bin:$PATH"
+export PYTHONPATH="$PWD/.collections${PYTHONPATH:+:$PYTHONPATH}"
 suite_dir=$1
 shift
 suite=$(basename "$suite_dir")

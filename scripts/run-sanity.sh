@@ -8,6 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd -P)
 py_version=${PY_VERSION:-3.11}
+export PATH="$root/.venv/bin:$PATH"
 mkdir -p .collections
 
 exec 9<.collections
