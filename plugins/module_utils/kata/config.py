@@ -156,8 +156,8 @@ class Config:
     __slots__ = tuple(DEFAULTS) + ('path',)
 
     def __init__(self, values=None, path=None):
-        """Build from a dict of already-checked values; missing keys take the defaults."""
-        values = dict(values or {})
+        """Build from a dict of settings (checked here too); missing keys take the defaults."""
+        values = check_values(dict(values or {}), source='setting')
         self.path = path
         for key, default in DEFAULTS.items():
             setattr(self, key, values.get(key, default))

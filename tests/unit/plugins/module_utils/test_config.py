@@ -211,3 +211,11 @@ def test_loading_changes_nothing(tmp_path):
     with pytest.raises(InvalidArgument):
         load_config(path, overrides={'vcpus': 0})
     assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_config_object_checks_its_values_too():
+    assert Config({'vcpus': 2}).vcpus == 2
+    with pytest.raises(InvalidArgument, match="'vcpus' = 0"):
+        Config({'vcpus': 0})
+    with pytest.raises(InvalidArgument, match="'bogus'"):
+        Config({'bogus': 1})
