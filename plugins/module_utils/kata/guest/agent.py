@@ -50,6 +50,10 @@ class RequestError(Exception):
     """A request failed; the message goes back to the host as the error reply."""
 
 
+class HostGone(Exception):
+    """The host hung up while a request was in progress: its reply has nobody to go to."""
+
+
 def log(msg):
     try:
         sys.stderr.write('kata-agent[%d]: %s\n' % (os.getpid(), msg))
@@ -554,6 +558,9 @@ class Agent:
         except RequestError as err:
             self.send({'id': rid, 'error': str(err)})
             return
+        except HostGone:
+            log('host left during %s; reply dropped' % method)
+            return
         except Exception as err:  # noqa: BLE001 - PID 1 must survive any request
             log('%s failed: %r' % (method, err))
             self.send({'id': rid, 'error': '%s failed: %s: %s' % (method, type(err).__name__, err)})
@@ -829,9 +836,32 @@ class Agent:
     def m_wait_container(self, params):
         ctr = self._get(params)
         timeout = min(_number_param(params, 'timeout', 0.0), MAX_WAIT)
-        if ctr.status == 'running':
-            self._wait_stopped(ctr, timeout)
+        if ctr.status == 'running' and not self._wait_or_hangup(ctr, timeout):
+            raise HostGone()
         return {'id': ctr.id, 'status': ctr.status, 'exit_code': ctr.exit_code}
+
+    def _wait_or_hangup(self, ctr, timeout):
+        """Wait for ``ctr`` to stop; False as soon as the host hangs up (it no longer waits,
+        and the next client must not queue behind a wait nobody reads)."""
+        deadline = time.monotonic() + timeout
+        self.reap()
+        while ctr.status == 'running' and time.monotonic() < deadline:
+            rfd = self.transport.fd()
+            rlist = [self._wake_r] + ([rfd] if rfd is not None else [])
+            try:
+                ready, _, _ = select.select(rlist, [], [], min(1.0, max(0.0, deadline - time.monotonic())))
+            except InterruptedError:
+                continue
+            self._drain_wakeup()
+            self.reap()
+            if rfd is not None and rfd in ready:
+                data = self.transport.on_readable()
+                if data == b'':
+                    self._disconnect()
+                    return False
+                if data:
+                    self.inbuf += data  # handled once this request is answered
+        return True
 
     def m_container_state(self, params):
         ctr = self._get(params)
@@ -902,7 +932,7 @@ class Agent:
 
 
 # The container's init, run as ``python3 -I -S -c EXEC_INIT ...`` right after ``busybox unshare``:
-# PID 1 of the new namespaces, it mounts proc, sets the hostname, enters the rootfs, drops to
+# PID 1 of the new namespaces, it mounts proc and a small /dev, sets the hostname, enters the rootfs, drops to
 # the container's uid/gid and execs the command. It imports only os and sys (frozen into the
 # interpreter), so it starts in a fraction of the agent's own start-up time, which counts under
 # software emulation. argv: fifo busybox rootfs hostname cwd uid gid N env[N] args...
@@ -926,19 +956,41 @@ def main(argv):
             pass
         os._exit(code)
 
+    def mount(*argv):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                null = os.open('/dev/null', os.O_RDWR)
+                os.dup2(null, 1)
+                os.dup2(null, 2)
+                os.execv(busybox, [busybox, 'mount'] + list(argv))
+            finally:
+                os._exit(127)
+        return os.waitpid(pid, 0)[1] == 0
+
     try:
         proc = os.path.join(rootfs, 'proc')
         if os.path.isdir(proc):
-            pid = os.fork()
-            if pid == 0:
+            mount('-t', 'proc', '-o', 'nosuid,nodev,noexec', 'proc', proc)
+        dev = os.path.join(rootfs, 'dev')
+        if os.path.isdir(dev) and mount('-t', 'tmpfs', '-o', 'nosuid,noexec,mode=755,size=65536k',
+                                        'tmpfs', dev):
+            # A private /dev with the usual nodes, as runtimes give OCI containers.
+            for name, major, minor in (('null', 1, 3), ('zero', 1, 5), ('full', 1, 7),
+                                       ('random', 1, 8), ('urandom', 1, 9), ('tty', 5, 0)):
+                node = os.path.join(dev, name)
                 try:
-                    null = os.open('/dev/null', os.O_RDWR)
-                    os.dup2(null, 1)
-                    os.dup2(null, 2)
-                    os.execv(busybox, [busybox, 'mount', '-t', 'proc', 'proc', proc])
-                finally:
-                    os._exit(127)
-            os.waitpid(pid, 0)
+                    os.mknod(node, 0o020666, os.makedev(major, minor))
+                    os.chmod(node, 0o666)
+                except OSError:
+                    pass
+            for name, target in (('fd', '/proc/self/fd'), ('stdin', '/proc/self/fd/0'),
+                                 ('stdout', '/proc/self/fd/1'), ('stderr', '/proc/self/fd/2'),
+                                 ('ptmx', 'pts/ptmx')):
+                os.symlink(target, os.path.join(dev, name))
+            for name in ('pts', 'shm'):
+                os.mkdir(os.path.join(dev, name))
+            os.chmod(os.path.join(dev, 'shm'), 0o1777)
         if hostname:
             with open('/proc/sys/kernel/hostname', 'w') as fh:
                 fh.write(hostname)

@@ -28,7 +28,7 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import Ag
 
 GUEST_AGENT = os.path.join(os.path.dirname(agent_mod.__file__), 'guest', 'agent.py')
 BUSYBOX = shutil.which('busybox') or '/bin/busybox'
-APPLETS = ('sh', 'sleep', 'echo', 'cat', 'id', 'hostname', 'true', 'ls')
+APPLETS = ('sh', 'sleep', 'echo', 'cat', 'id', 'hostname', 'true', 'ls', 'head', 'wc', 'grep')
 
 
 def _namespaces_work():
@@ -62,6 +62,7 @@ def rootfs():
     os.makedirs(os.path.join(path, 'bin'))
     os.makedirs(os.path.join(path, 'proc'))
     os.makedirs(os.path.join(path, 'work'))
+    os.makedirs(os.path.join(path, 'dev'))
     shutil.copy2(BUSYBOX, os.path.join(path, 'bin', 'busybox'))
     for applet in APPLETS:
         os.symlink('busybox', os.path.join(path, 'bin', applet))
@@ -292,12 +293,44 @@ def test_uid_gid_switch(client, agent, rootfs):
 
 
 @needs_ns
+def test_container_gets_private_proc_and_dev(client, agent, rootfs):
+    client.create_container('dv', ['sh', '-c', 'echo gone > /dev/null && head -c 5 /dev/zero | wc -c; '
+                                               'ls /proc | grep -c "^[0-9]"'], rootfs=rootfs, uid=1000)
+    client.start_container('dv')
+    assert client.wait_container('dv', 10)['exit_code'] == 0
+    with open(os.path.join(agent.shared, 'dv', 'stdout')) as fh:
+        # /dev/null and /dev/zero work for an unprivileged user; /proc shows only this ns.
+        zeros, pids = fh.read().split()
+    assert zeros == '5'
+    assert 1 <= int(pids) <= 3  # sh, ls, grep: the host's own processes are not visible
+    # The mounts stayed inside the container's mount namespace.
+    assert os.listdir(os.path.join(rootfs, 'dev')) == [] and os.listdir(os.path.join(rootfs, 'proc')) == []
+
+
+@needs_ns
 def test_missing_executable_fails_start_with_reason(client, rootfs):
     client.create_container('bad', ['no-such-binary'], rootfs=rootfs)
     with pytest.raises(AgentError, match='no-such-binary: executable file not found'):
         client.start_container('bad')
     state = client.container_state('bad')
     assert state['status'] == 'stopped' and state['exit_code'] == 127
+
+
+@needs_ns
+def test_host_hanging_up_ends_a_pending_wait(agent, rootfs):
+    with AgentClient(agent.sock, timeout=5) as cli:
+        cli.create_container('w1', ['sleep', '60'], rootfs=rootfs)
+        cli.start_container('w1')
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(agent.sock)
+        sock.sendall(b'{"id": 5, "method": "wait_container", "params": {"id": "w1", "timeout": 60}}\n')
+        time.sleep(0.2)
+    start = time.monotonic()
+    with AgentClient(agent.sock, timeout=5) as cli:
+        assert cli.container_state('w1')['status'] == 'running'
+        assert time.monotonic() - start < 3  # not queued behind the abandoned 60 s wait
+        cli.signal_container('w1', 'SIGKILL')
+        assert cli.wait_container('w1', 10)['exit_code'] == 137
 
 
 def test_signal_to_created_container_stops_it(client, rootfs):
