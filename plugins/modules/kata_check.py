@@ -244,6 +244,7 @@ import platform
 import re
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.kata.runtime.plugins.module_utils.kata.cgroups import detect_layout
 from ansible_collections.kata.runtime.plugins.module_utils.kata.common import (
     common_argument_spec,
     fail_on_kata_error,
@@ -347,22 +348,8 @@ def check_libvirt(uri, problems):
     return result
 
 
-def cgroup_layout(root):
-    """``v2``, ``hybrid``, ``v1`` or ``none``, from the files under the cgroup root."""
-    if os.path.exists(os.path.join(root, 'cgroup.controllers')):
-        return 'v2'
-    controllers = [name for name in ('cpu', 'cpuacct', 'memory', 'pids', 'cpuset', 'blkio',
-                                     'devices', 'freezer')
-                   if os.path.isdir(os.path.join(root, name))]
-    if not controllers:
-        return 'none'
-    if os.path.exists(os.path.join(root, 'unified', 'cgroup.controllers')):
-        return 'hybrid'
-    return 'v1'
-
-
 def check_cgroups(root, problems):
-    layout = cgroup_layout(root)
+    layout = detect_layout(root)[0]
     if layout == 'none':
         problems.append('no cgroup file system found under %s' % root)
     return dict(root=root, layout=layout)

@@ -185,19 +185,22 @@ def test_explicit_missing_config_fails(capsys, tmp_path):
 
 @pytest.mark.parametrize('layout, paths', [
     ('v2', ['cgroup.controllers']),
-    ('hybrid', ['cpu/', 'memory/', 'unified/cgroup.controllers']),
-    ('v1', ['cpu/', 'memory/', 'pids/']),
+    ('hybrid', ['cpu/tasks', 'memory/tasks', 'unified/cgroup.controllers']),
+    ('v1', ['cpu/tasks', 'memory/tasks', 'pids/tasks']),
     ('none', []),
 ])
-def test_cgroup_layouts(tmp_path, layout, paths):
+def test_cgroup_layouts(capsys, tmp_path, layout, paths):
+    cgroup = tmp_path / 'cgroup'
+    cgroup.mkdir()
     for rel in paths:
-        path = tmp_path / rel
-        if rel.endswith('/'):
-            path.mkdir(parents=True)
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text('')
-    assert kata_check.cgroup_layout(str(tmp_path)) == layout
+        path = cgroup / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text('')
+    config = tmp_path / 'config.yaml'
+    config.write_text(json.dumps({'cgroup_root': str(cgroup), 'state_root': str(tmp_path)}))
+    kh = run(capsys, {'config': str(config)})['kata_host']
+    assert kh['cgroups'] == {'root': str(cgroup), 'layout': layout}
+    assert any('no cgroup file system' in p for p in kh['problems']) is (layout == 'none')
 
 
 def test_check_mode_and_normal_mode_agree(capsys, host):
