@@ -1,0 +1,151 @@
+# Copyright: kata.runtime contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""kata_guest_image driven through AnsibleModule against the real image builder.
+
+The full build runs only where the host has what it needs (a kernel in /boot with its modules,
+a static busybox, /usr/bin/python3); it takes a few seconds there. Repairs, ``force`` and
+building from a downloaded kernel package are in tests/integration/test_modules_image.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+from ansible.module_utils.testing import patch_module_args
+from ansible_collections.kata.runtime.plugins.module_utils.kata.guest.image import find_host_kernel
+from ansible_collections.kata.runtime.plugins.modules import kata_guest_image
+
+BUSYBOX = '/bin/busybox'
+
+
+def _static(path):
+    if not os.path.isfile(path):
+        return False
+    proc = subprocess.run(['ldd', path], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
+    return b'not a dynamic executable' in proc.stdout or b'statically linked' in proc.stdout
+
+
+HOST_KERNEL = find_host_kernel()
+CAN_BUILD = HOST_KERNEL is not None and _static(BUSYBOX) and os.path.exists('/usr/bin/python3')
+needs_build = pytest.mark.skipif(not CAN_BUILD, reason='needs /boot/vmlinuz-* with modules, a static '
+                                 '/bin/busybox and /usr/bin/python3')
+
+
+def run(capsys, args, check_mode=False, diff=False):
+    args = dict(args)
+    args['_ansible_check_mode'] = check_mode
+    args['_ansible_diff'] = diff
+    with patch_module_args(args):
+        with pytest.raises(SystemExit):
+            kata_guest_image.main()
+    return json.loads(capsys.readouterr().out)
+
+
+def no_config(tmp_path):
+    """A config file with only defaults, so the host's own config does not leak in."""
+    path = tmp_path / 'config.yaml'
+    path.write_text('{}\n')
+    return str(path)
+
+
+# --- refusals -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('option', ['dest', 'kernel', 'modules_dir', 'busybox', 'python'])
+def test_relative_paths_are_refused(capsys, tmp_path, option):
+    args = {'config': no_config(tmp_path), 'dest': str(tmp_path / 'image')}
+    args[option] = 'relative/path'
+    # type=path makes it absolute against the cwd only for '~'-free values when it exists;
+    # a plain relative value must be refused before anything is created.
+    os.chdir(tmp_path)
+    result = run(capsys, args)
+    assert result['failed'] is True and result['changed'] is False
+    assert option in result['msg'] and 'relative/path' in result['msg']
+    assert not (tmp_path / 'image').exists()
+
+
+def test_bad_config_is_refused(capsys, tmp_path):
+    config = tmp_path / 'config.yaml'
+    config.write_text('image_dir: relative\n')
+    result = run(capsys, {'config': str(config)})
+    assert result['failed'] is True and result['changed'] is False
+    assert 'image_dir' in result['msg']
+
+
+def test_check_mode_on_a_missing_dest_reports_a_build_and_writes_nothing(capsys, tmp_path):
+    dest = tmp_path / 'image'
+    result = run(capsys, {'config': no_config(tmp_path), 'dest': str(dest)}, check_mode=True, diff=True)
+    assert result['changed'] is True
+    assert not dest.exists()
+    assert any('would create' in a for a in result['actions'])
+    assert result['image']['kernel_link'] == str(dest / 'vmlinux')
+    assert result['diff']['before'] == {'kernel': None, 'initrd': None}
+
+
+def test_dest_defaults_to_the_config_image_dir(capsys, tmp_path):
+    config = tmp_path / 'config.yaml'
+    config.write_text('image_dir: %s\n' % (tmp_path / 'from-config'))
+    result = run(capsys, {'config': str(config)}, check_mode=True)
+    assert result['image']['initrd_link'] == str(tmp_path / 'from-config' / 'kata-initrd.img')
+    assert not (tmp_path / 'from-config').exists()
+
+
+@pytest.mark.skipif(HOST_KERNEL is None, reason='needs /boot/vmlinuz-* with modules')
+def test_missing_busybox_fails_in_check_mode_too(capsys, tmp_path):
+    dest = tmp_path / 'image'
+    dest.mkdir()
+    for check_mode in (True, False):
+        result = run(capsys, {'config': no_config(tmp_path), 'dest': str(dest),
+                              'busybox': str(tmp_path / 'no-busybox')}, check_mode=check_mode)
+        assert result['failed'] is True and result['changed'] is False
+        assert 'no-busybox' in result['msg']
+    assert sorted(os.listdir(dest)) in ([], ['cache'])
+    assert not [n for n in os.listdir(dest) if n.startswith(('vmlinux', 'kata-initrd'))]
+
+
+def test_missing_kernel_is_refused(capsys, tmp_path):
+    dest = tmp_path / 'image'
+    dest.mkdir()
+    result = run(capsys, {'config': no_config(tmp_path), 'dest': str(dest),
+                          'kernel': str(tmp_path / 'vmlinuz-none')})
+    assert result['failed'] is True and result['changed'] is False
+    assert 'vmlinuz-none' in result['msg']
+
+
+# --- a real build ---------------------------------------------------------------------------
+
+@needs_build
+def test_build_is_idempotent_and_check_mode_agrees(capsys, tmp_path):
+    dest = tmp_path / 'image'
+    args = {'config': no_config(tmp_path), 'dest': str(dest)}
+
+    planned = run(capsys, args, check_mode=True)
+    assert planned['changed'] is True and not dest.exists()
+
+    built = run(capsys, args, diff=True)
+    assert built['changed'] is True, built
+    image = built['image']
+    assert image['kernel_source'] == 'host'
+    assert image['kernel_version'] == HOST_KERNEL[2]
+    assert os.path.realpath(dest / 'vmlinux') == image['kernel']
+    assert os.path.realpath(dest / 'kata-initrd.img') == image['initrd']
+    assert os.path.getsize(image['kernel']) == image['kernel_size']
+    assert os.path.getsize(image['initrd']) == image['initrd_size']
+    assert os.path.basename(image['kernel']).split('-')[-1] == image['kernel_sha256'][:16]
+    assert 'virtio_console' in image['modules'] and '9p' in image['modules']
+    assert built['diff']['before'] == {'kernel': None, 'initrd': None}
+    assert built['diff']['after'] == {'kernel': os.path.basename(image['kernel']),
+                                      'initrd': os.path.basename(image['initrd'])}
+    assert any(a.startswith('pointed vmlinux at') for a in built['actions'])
+
+    again = run(capsys, args, diff=True)
+    assert again['changed'] is False
+    assert again['actions'] == []
+    assert again['diff'] == {'before': {}, 'after': {}}
+    assert again['image'] == image
+
+    checked = run(capsys, args, check_mode=True)
+    assert checked['changed'] is False
+    assert checked['image'] == image
