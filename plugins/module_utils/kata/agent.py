@@ -96,7 +96,15 @@ class AgentClient:
     # -- requests -----------------------------------------------------------------------------
 
     def call(self, method, timeout=None, **params):
-        """Call ``method`` with ``params``; ``timeout`` (seconds) defaults to the client's."""
+        """Call ``method`` with ``params``; ``timeout`` (seconds) defaults to the client's.
+
+        For ``wait_container`` the ``timeout`` is the wait itself (a param of the method):
+        ``call('wait_container', id=c, timeout=30)`` waits up to 30 s in the guest and allows
+        the client's own timeout on top for the reply to arrive.
+        """
+        if method == 'wait_container' and timeout is not None:
+            params['timeout'] = timeout
+            timeout = self.timeout + _number(timeout)
         return self.request(method, params, timeout=timeout)
 
     def request(self, method, params=None, timeout=None):
@@ -300,7 +308,7 @@ class AgentClient:
     def wait_container(self, container_id, timeout=0):
         """Wait up to ``timeout`` seconds in the guest for the container to stop."""
         return self.request('wait_container', {'id': container_id, 'timeout': timeout},
-                            timeout=self.timeout + timeout)
+                            timeout=self.timeout + _number(timeout))
 
     def container_state(self, container_id, timeout=None):
         return self.request('container_state', {'id': container_id}, timeout=timeout)
@@ -324,3 +332,10 @@ class AgentClient:
 
 def _fmt(seconds):
     return ('%.1f' % seconds).rstrip('0').rstrip('.') if isinstance(seconds, float) else str(seconds)
+
+
+def _number(value):
+    try:
+        return max(0.0, float(value))
+    except (TypeError, ValueError):
+        return 0.0  # the agent itself refuses the bad value with a clear message

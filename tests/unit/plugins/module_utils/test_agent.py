@@ -273,6 +273,18 @@ def test_sleeper_lifecycle_and_sigkill(client, agent, rootfs):
 
 
 @needs_ns
+def test_call_wait_container_timeout_is_the_wait(agent, rootfs):
+    with AgentClient(agent.sock, timeout=0.5) as cli:
+        cli.call('create_container', id='cw', args=['sh', '-c', 'sleep 1; exit 5'], rootfs=rootfs)
+        cli.call('start_container', id='cw')
+        # Waits in the guest past the client's own 0.5 s timeout and gets the exit code.
+        res = cli.call('wait_container', id='cw', timeout=10)
+        assert res == {'id': 'cw', 'status': 'stopped', 'exit_code': 5}
+        with pytest.raises(AgentError, match='timeout must be a non-negative number'):
+            cli.call('wait_container', id='cw', timeout='soon')
+
+
+@needs_ns
 def test_sigterm_by_name_reaches_a_trapping_init(client, rootfs):
     client.create_container('tr', ['sh', '-c', 'trap "exit 7" TERM; echo ready; '
                                                'while true; do sleep 0.05; done'], rootfs=rootfs)
