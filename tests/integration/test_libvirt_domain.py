@@ -299,3 +299,24 @@ def test_destroy_does_not_wait_for_a_vmm_that_ignores_sigterm(hv, vm_for):
     finally:
         hv.destroy(name)
         hv.undefine(name)
+
+
+def test_a_vmm_that_dies_reads_crashed(hv, vm_for):
+    """A VMM killed behind libvirt's back (OOM killer, an operator) is 'crashed', not 'shutoff',
+    so a sandbox whose VM died is reported truthfully; it keeps its definition and boots again."""
+    vm = vm_for('crash')
+    name = vm['name']
+    hv.create(vm)
+    try:
+        wait_for_marker(vm['console_log'])
+        os.kill(hv.pid(name), signal.SIGKILL)
+        assert wait_state(hv, name, 'crashed', 30) == 'crashed'
+        assert hv.pid(name) is None
+        assert {'name': name, 'sandbox_id': 'crash', 'state': 'crashed'} in hv.list_ours()
+        assert hv.destroy(name) is False
+        assert hv.start(name) is True  # the console log starts afresh with each boot
+        wait_for_marker(vm['console_log'])
+        assert hv.state(name) == 'running'
+    finally:
+        hv.destroy(name)
+        hv.undefine(name)

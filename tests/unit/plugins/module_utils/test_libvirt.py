@@ -9,6 +9,9 @@ It ships a domain called 'test' that is not ours: every call on it must be refus
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -330,3 +333,27 @@ def test_connection_is_lazy_and_reopened(hv):
     hv.close()
     assert hv._conn is None
     assert hv.conn() is not first
+
+
+def test_without_libvirt_python_xml_works_and_calls_explain(tmp_path):
+    """libvirt-python is imported lazily: building XML needs no libvirt, a call that does gets
+    a HypervisorError saying what to install."""
+    script = tmp_path / 'nolibvirt.py'
+    script.write_text(
+        'import sys\n'
+        "sys.modules['libvirt'] = None  # makes 'import libvirt' raise ImportError\n"
+        'from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import HypervisorError\n'
+        'from ansible_collections.kata.runtime.plugins.module_utils.kata.hypervisor.libvirt import (\n'
+        '    LibvirtHypervisor)\n'
+        "h = LibvirtHypervisor('test:///default')\n"
+        "h.build_xml({'name': 'kata-a', 'sandbox_id': 'a', 'vcpus': 1, 'memory_mb': 64,\n"
+        "             'kernel': '/k', 'initrd': None, 'cmdline': '', 'accel': 'tcg'})\n"
+        'try:\n'
+        "    h.state('kata-a')\n"
+        'except HypervisorError as err:\n'
+        '    print(err)\n')
+    out = subprocess.run([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)), check=True)
+    msg = out.stdout.decode()
+    assert msg.startswith('libvirt-python is not installed on this host')
+    assert 'python3-libvirt' in msg
