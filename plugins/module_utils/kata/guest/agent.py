@@ -491,7 +491,7 @@ class Agent:
         wlist = [wfd] if wfd is not None else []
         timeout = self.transport.timeout() if rfd is None else 1.0
         try:
-            readable, writable, _ = select.select(rlist, wlist, [], timeout)
+            readable, writable = select.select(rlist, wlist, [], timeout)[:2]
         except InterruptedError:
             return
         except (OSError, ValueError) as err:
@@ -735,7 +735,7 @@ class Agent:
             if time.monotonic() >= deadline:
                 return 'timed out after %ds waiting for the container process to exec' % START_TIMEOUT
             try:
-                ready, _, _ = select.select([fd, self._wake_r], [], [], 0.5)
+                ready = select.select([fd, self._wake_r], [], [], 0.5)[0]
             except InterruptedError:
                 continue
             if fd in ready:
@@ -849,7 +849,7 @@ class Agent:
             rfd = self.transport.fd()
             rlist = [self._wake_r] + ([rfd] if rfd is not None else [])
             try:
-                ready, _, _ = select.select(rlist, [], [], min(1.0, max(0.0, deadline - time.monotonic())))
+                ready = select.select(rlist, [], [], min(1.0, max(0.0, deadline - time.monotonic())))[0]
             except InterruptedError:
                 continue
             self._drain_wakeup()
