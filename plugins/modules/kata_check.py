@@ -22,7 +22,7 @@ description:
     SHA-256 checksums, and whether the state root is writable.
   - Never changes anything.
 author:
-  - kata.runtime contributors
+  - kata.runtime contributors (@kata)
 options:
   strict:
     description:

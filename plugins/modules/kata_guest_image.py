@@ -26,7 +26,7 @@ description:
     kernel package is downloaded with C(apt-get download) and unpacked under O(dest)C(/cache)
     (it is not installed on the host).
 author:
-  - kata.runtime contributors
+  - kata.runtime contributors (@kata)
 options:
   dest:
     description:

@@ -8,6 +8,7 @@ libvirt is reached through its built-in ``test:///default`` driver (no daemon ne
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -19,11 +20,7 @@ from ansible_collections.kata.runtime.plugins.modules import kata_check
 
 HAVE_QEMU = any(shutil.which(name) for name in ('qemu-system-x86_64', 'qemu-system-aarch64', 'qemu-kvm'))
 
-try:
-    import libvirt  # noqa: F401
-    HAVE_LIBVIRT = True
-except ImportError:
-    HAVE_LIBVIRT = False
+HAVE_LIBVIRT = importlib.util.find_spec('libvirt') is not None
 
 
 def run(capsys, args, check_mode=False):
