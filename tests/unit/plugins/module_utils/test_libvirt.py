@@ -357,3 +357,21 @@ def test_without_libvirt_python_xml_works_and_calls_explain(tmp_path):
     msg = out.stdout.decode()
     assert msg.startswith('libvirt-python is not installed on this host')
     assert 'python3-libvirt' in msg
+
+
+def test_one_instance_serves_parallel_callers(hv):
+    """prune deletes in parallel through one LibvirtHypervisor: the shared connection copes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sids = ['p%d' % i for i in range(12)]
+
+    def cycle(sid):
+        name = hv.domain_name(sid)
+        hv.create(make_vm(hv, sid))
+        hv.suspend(name)
+        hv.destroy(name)
+        return hv.undefine(name)
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        assert list(pool.map(cycle, sids)) == [True] * len(sids)
+    assert hv.list_ours() == []
