@@ -68,8 +68,15 @@ libvirt_answers() {
 }
 
 daemon_running() {
-    # exact process name match (pgrep -x), never a pattern over command lines
-    pgrep -x "$1" >/dev/null 2>&1
+    # exact process name from /proc/<pid>/comm (minimal images have no procps/pgrep)
+    local comm name
+    for comm in /proc/[0-9]*/comm; do
+        read -r name <"$comm" 2>/dev/null || continue
+        if [ "$name" = "$1" ]; then
+            return 0
+        fi
+    done
+    return 1
 }
 
 if [ "$(cat /proc/1/comm 2>/dev/null || true)" = "systemd" ]; then
