@@ -27,7 +27,7 @@ description:
   - A changed immutable setting fails with a message naming the fields, unless O(recreate=true).
 version_added: 0.1.0
 author:
-  - kata.runtime contributors
+  - kata.runtime contributors (@kata)
 extends_documentation_fragment:
   - kata.runtime.kata
   - kata.runtime.kata.force

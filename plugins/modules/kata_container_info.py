@@ -18,7 +18,7 @@ description:
   - A container whose VM has died is reported as V(stopped), never as running.
 version_added: 0.1.0
 author:
-  - kata.runtime contributors
+  - kata.runtime contributors (@kata)
 extends_documentation_fragment:
   - kata.runtime.kata
   - kata.runtime.kata.attributes

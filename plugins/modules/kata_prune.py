@@ -23,7 +23,7 @@ description:
     C(ansible all -m kata.runtime.kata_prune -a 'labels=tenant=acme force=true').
 version_added: 0.1.0
 author:
-  - kata.runtime contributors
+  - kata.runtime contributors (@kata)
 extends_documentation_fragment:
   - kata.runtime.kata
   - kata.runtime.kata.force

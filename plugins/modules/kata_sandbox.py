@@ -26,7 +26,7 @@ description:
     compared. O(labels) and O(annotations) are updated in place.
 version_added: 0.1.0
 author:
-  - kata.runtime contributors
+  - kata.runtime contributors (@kata)
 extends_documentation_fragment:
   - kata.runtime.kata
   - kata.runtime.kata.force

@@ -18,7 +18,7 @@ description:
   - Records that cannot be read are listed in RV(corrupt), never hidden.
 version_added: 0.1.0
 author:
-  - kata.runtime contributors
+  - kata.runtime contributors (@kata)
 extends_documentation_fragment:
   - kata.runtime.kata
   - kata.runtime.kata.attributes

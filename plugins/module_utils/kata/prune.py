@@ -33,7 +33,7 @@ def selected_ids(rt, names=None, labels=None, query=None, select_all=False):
         picked = select.filter_items(items, names, labels) if (names or labels) else items
         ids = [i['id'] for i in picked]
         if query:
-            ids = [i for i in select.ids_from_query(picked, query)]
+            ids = select.ids_from_query(picked, query)
         if names and not labels and not query:
             ids += [c['id'] for c in corrupt if select.name_matches(c['id'], names)]
     return sorted(set(ids))

@@ -427,7 +427,7 @@ class FakeAgent:
         self.thread.start()
 
     def _run(self):
-        conn, _ = self.server.accept()
+        conn, dummy = self.server.accept()
         with conn:
             buf = b''
             while True:
@@ -589,13 +589,13 @@ def test_connect_mode_reconnects_and_drops_torn_lines(short_dir):
                              '--run-dir', os.path.join(short_dir, 'run')],
                             stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     try:
-        conn, _ = server.accept()
+        conn, dummy = server.accept()
         conn.settimeout(5)
         conn.sendall(b'{"id": 1, "method": "ping"}\n')
         assert json.loads(conn.makefile('rb').readline())['result']['pid'] == proc.pid
         conn.sendall(b'{"id": 2, "method": "shut')  # torn: the host side goes away mid-line
         conn.close()
-        conn, _ = server.accept()  # the agent comes back on its own
+        conn, dummy = server.accept()  # the agent comes back on its own
         conn.settimeout(5)
         conn.sendall(b'{"id": 3, "method": "ping"}\n')
         reply = json.loads(conn.makefile('rb').readline())

@@ -333,8 +333,10 @@ def test_bad_user_is_refused(tmp_path, user):
 def test_generate_spec_bad_input(tmp_path, kwargs, named):
     args = {'rootfs': str(tmp_path), 'args': ['true']}
     args.update(kwargs)
+    rootfs = args.pop('rootfs')
+    command = args.pop('args')
     with pytest.raises(InvalidArgument) as info:
-        oci.generate_spec(args.pop('rootfs'), args.pop('args'), **args)
+        oci.generate_spec(rootfs, command, **args)
     assert named in str(info.value), str(info.value)
 
 
