@@ -46,7 +46,7 @@ import zlib
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import ImageError
 
 # Bump when the layout of the initrd changes, so an old cached build is not reused.
-BUILDER_VERSION = '1'
+BUILDER_VERSION = '2'
 
 # The kernel command line the runtime should pass (the builder's /init relies on none of it).
 # quiet + serial console; panic=-1 reboots at once on a panic (the VM is configured to stop on
@@ -128,10 +128,14 @@ for t in /sys/bus/virtio/drivers/9pnet_virtio/*/mount_tag; do
     fi
 done
 echo "@INIT_MARKER@"
-export PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+# A fixed hash seed spares the agent the kernel's first-read entropy wait (~1 s under TCG when
+# the crng is not seeded yet). The precompiled agent skips compiling it at every boot.
+export PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PYTHONHASHSEED=0
+agent=@AGENT_PATH@
+[ -f @AGENT_PATH@c ] && agent=@AGENT_PATH@c
 # The agent becomes PID 1 (it reaps orphans and powers the machine off on shutdown). Should it
 # ever exit, the kernel panics and panic=-1 ends the VM; if the exec itself fails, power off.
-exec /usr/bin/python3 -S @AGENT_PATH@
+exec /usr/bin/python3 -S "$agent"
 echo "kata-init: cannot start the agent, powering off"
 poweroff -f
 '''
@@ -658,6 +662,10 @@ for name, mod in mf.modules.items():
                            invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
         pyc = [pyc_path, pyc]
     files[name] = [fn, pyc]
+agent_pyc = os.path.join(stage, 'agent.pyc')
+py_compile.compile(agent, cfile=agent_pyc, dfile=sys.argv[5], doraise=True,
+                   invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+files['__main__'] = [sys.argv[5], [sys.argv[5] + 'c', agent_pyc]]
 print(json.dumps({'stdlib': stdlib, 'version': '%d.%d' % sys.version_info[:2],
                   'executable': os.path.realpath(sys.executable), 'files': files,
                   'missing': sorted(mf.badmodules)}))
@@ -672,7 +680,7 @@ def python_closure(python, agent_file, stage_dir, extra=EXTRA_STDLIB, excludes=S
     an archive whose mtimes are all 0.
     """
     proc = subprocess.run([python, '-I', '-S', '-c', _PY_PROBE, agent_file, stage_dir, ','.join(extra),
-                           ','.join(excludes)],
+                           ','.join(excludes), AGENT_PATH],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
     if proc.returncode != 0:
         raise ImageError('finding the agent\'s stdlib closure with %s failed: %s' % (
@@ -842,7 +850,10 @@ def _collect_inputs(modules_dir, kernel_version, modules, busybox, python, agent
     items.append(('/usr/bin/python%s' % ver, 'file', 0o755, exe))
     items.append(('/usr/bin/python3', 'symlink', 0, 'python%s' % ver))
     elves = [exe]
-    for _mod, (src, pyc) in sorted(probe['files'].items()):
+    for mod, (src, pyc) in sorted(probe['files'].items()):
+        if mod == '__main__':   # the agent itself, byte-compiled: /opt/kata/agent.pyc
+            items.append((pyc[0], 'pyc', 0o644, pyc[1]))
+            continue
         if src.endswith('.so'):
             elves.append(src)
             items.append((src, 'file', 0o644, src))
@@ -868,11 +879,15 @@ def _collect_inputs(modules_dir, kernel_version, modules, busybox, python, agent
     items.append(('/etc/hostname', 'bytes', 0o644, b'kata\n'))
     items.append(('/etc/hosts', 'bytes', 0o644, b'127.0.0.1 localhost kata\n::1 localhost\n'))
     for dest, src in sorted((extra_files or {}).items()):
-        if isinstance(src, (bytes, str)) and not (isinstance(src, str) and os.path.isfile(src)):
-            data = src.encode('utf-8') if isinstance(src, str) else src
-            items.append((dest, 'bytes', 0o644, data))
+        mode = None
+        if isinstance(src, (tuple, list)):
+            src, mode = src
+        if isinstance(src, bytes):
+            items.append((dest, 'bytes', 0o644 if mode is None else mode, src))
+        elif isinstance(src, str) and os.path.isfile(src):
+            items.append((dest, 'file', os.stat(src).st_mode & 0o7777 if mode is None else mode, src))
         else:
-            items.append((dest, 'file', os.stat(src).st_mode & 0o7777, src))
+            raise ImageError('extra_files[%r] must be bytes or an existing file, got %r' % (dest, src))
     return items, names, probe
 
 
@@ -972,7 +987,8 @@ def build_image(out_dir, kernel=None, modules_dir=None, busybox='/bin/busybox', 
       or, when there is none, the distribution kernel package fetched into ``out_dir/cache``.
     - ``modules_dir``: ``/lib/modules/<ver>`` matching the kernel (derived when not given).
     - ``busybox``: a static busybox; ``python``: the interpreter the guest runs the agent with.
-    - ``extra_files``: {guest path: host path or bytes} added to the initrd.
+    - ``extra_files``: {guest path: host path | bytes | (either, mode)} added to the initrd
+      (last, so they may replace generated files such as ``/init``).
     - ``progress``: callable(str) told about slow steps.
     - ``modules``: module names the guest loads (closure added); ``agent``: path or bytes of the
       agent (default guest/agent.py of this package); ``compress``: 'none' or 'gzip'.

@@ -356,7 +356,8 @@ def test_initrd_contents(tmp_path):
     for n in names:
         assert entries['lib/modules/%s.ko' % n]['data'][:4] == b'\x7fELF'   # .xz ones unpacked
     assert 'kataShared' in init and image.INIT_MARKER in init
-    assert 'exec /usr/bin/python3 -S /opt/kata/agent.py' in init
+    assert 'exec /usr/bin/python3 -S "$agent"' in init and '[ -f /opt/kata/agent.pyc ]' in init
+    assert entries['opt/kata/agent.pyc']['data'][16:] != b''      # the agent, precompiled
     assert entries['bin/sh']['data'] == b'busybox'
     for applet in ('mount', 'insmod', 'poweroff', 'unshare', 'chroot', 'setpriv'):
         assert entries['bin/' + applet]['data'] == b'busybox', applet
@@ -394,6 +395,11 @@ def test_initrd_python_runs_the_agent_chrooted(tmp_path):
             p.write_bytes(e['data'])
             os.chmod(p, e['mode'] & 0o7777)
     proc = subprocess.run([CHROOT, str(root), '/usr/bin/python3', '-S', '/opt/kata/agent.py'],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={'PATH': '/bin'})
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert b'"agent": "placeholder"' in proc.stdout
+    # the precompiled agent the init prefers runs the same
+    proc = subprocess.run([CHROOT, str(root), '/usr/bin/python3', '-S', '/opt/kata/agent.pyc'],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={'PATH': '/bin'})
     assert proc.returncode == 0, proc.stderr.decode()
     assert b'"agent": "placeholder"' in proc.stdout
