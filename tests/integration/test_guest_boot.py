@@ -107,11 +107,9 @@ def test_guest_boots_to_the_agent_and_runs_a_container(built, tmp_path):
 
 
 def _median_boot(kernel, initrd, runs):
-    inits, agents = [], []
-    for _ in range(runs):
-        r = image.probe_boot(kernel, initrd, timeout=120)
-        inits.append(r['init_s'])
-        agents.append(r['agent_s'])
+    boots = [image.probe_boot(kernel, initrd, timeout=120) for i in range(runs)]
+    inits = [r['init_s'] for r in boots]
+    agents = [r['agent_s'] for r in boots]
     return {'init_s': round(statistics.median(inits), 2), 'agent_s': round(statistics.median(agents), 2),
             'init_all': [round(x, 2) for x in inits], 'agent_all': [round(x, 2) for x in agents],
             'initrd_size': os.path.getsize(initrd)}

@@ -520,7 +520,7 @@ def parse_modules_dep(text):
         line = line.strip()
         if not line or ':' not in line:
             continue
-        mod, _, rest = line.partition(':')
+        mod, rest = line.split(':', 1)
         deps[mod.strip()] = rest.split()
     return deps
 
@@ -583,7 +583,7 @@ def modinfo(data):
         name, _typ, _flags, _addr, off, size = struct.unpack_from('<IIQQQQ', data, shoff + i * shentsize)
         return name, off, size
 
-    _, stroff, _ = section(shstrndx)
+    stroff = section(shstrndx)[1]
     fields = {}
     for i in range(shnum):
         name, off, size = section(i)
@@ -592,7 +592,7 @@ def modinfo(data):
             continue
         for item in data[off:off + size].split(b'\0'):
             if b'=' in item:
-                k, _, v = item.decode('utf-8', 'replace').partition('=')
+                k, v = item.decode('utf-8', 'replace').split('=', 1)
                 fields.setdefault(k, []).append(v)
     return fields
 
@@ -1104,7 +1104,8 @@ def probe_boot(kernel, initrd, append=DEFAULT_KERNEL_PARAMS, timeout=90, shared_
                 else:
                     conn.sendall(b''.join(json.dumps(r).encode('utf-8') + b'\n' for r in pending))
                     sel.register(conn, selectors.EVENT_READ, 'agent')
-            for key, _ in sel.select(0.05):
+            for ready in sel.select(0.05):
+                key = ready[0]
                 if key.data == 'console':
                     chunk = os.read(proc.stdout.fileno(), 65536)
                     if not chunk:
