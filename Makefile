@@ -38,7 +38,7 @@ help:
 	@echo "make sanity       ansible-test sanity (local, python $(PY_VERSION))"
 	@echo "make unit         pytest tests/unit"
 	@echo "make integration  pytest tests/integration (boots real guests)"
-	@echo "make clean        remove .venv, .collections and test outputs"
+	@echo "make clean        remove .venv, .collections, .cache and test outputs"
 
 # ---------------------------------------------------------------------------------------------
 deps: host venv collection sanity-bootstrap
@@ -116,8 +116,8 @@ demo:
 	@$(STEP) "demo: ansible-playbook playbooks/demo.yml" env $(TEST_ENV) \
 	  ansible-playbook -i localhost, -c local -e ansible_python_interpreter=$(BIN)/python playbooks/demo.yml
 
-# Only paths inside the repository.
+# Only paths inside the repository (.cache holds test artifacts such as the extracted kernel).
 clean:
-	rm -rf "$(VENV)" "$(COLLECTIONS)" "$(OUTPUT)" "$(ROOT)/.pytest_cache" "$(ROOT)/.ruff_cache"
+	rm -rf "$(VENV)" "$(COLLECTIONS)" "$(OUTPUT)" "$(ROOT)/.cache" "$(ROOT)/.pytest_cache" "$(ROOT)/.ruff_cache"
 	find "$(ROOT)/plugins" "$(ROOT)/tests" "$(ROOT)/benchmarks" "$(ROOT)/scripts" \
 	  -name __pycache__ -type d -prune -exec rm -rf {} + 2>/dev/null || true
