@@ -26,8 +26,6 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # Tests and the demo see the collection through the symlink made by scripts/sync-collection.sh.
 TEST_ENV := PYTHONPATH=$(COLLECTIONS) ANSIBLE_COLLECTIONS_PATH=$(COLLECTIONS)
 
-VENV_STAMP := $(VENV)/.kata-deps-stamp
-
 .PHONY: help deps host venv collection sanity-bootstrap lint sanity unit integration test demo clean
 
 help:
@@ -46,20 +44,10 @@ deps: host venv collection sanity-bootstrap
 host:
 	@$(STEP) "host: packages and libvirt daemons" $(ROOT)/scripts/prepare-host.sh
 
-venv: $(VENV_STAMP)
-
-# Rebuilt only when the requirements change (or the venv is gone).
-$(VENV_STAMP): requirements-dev.txt
-	@$(STEP) "venv: $(VENV) from $(BASE_PYTHON)" flock $(ROOT) bash -c '\
-	  set -euo pipefail; \
-	  if [ "$(VENV_STAMP)" -nt requirements-dev.txt ]; then echo "built meanwhile by another run"; exit 0; fi; \
-	  if [ ! -x "$(BIN)/python" ]; then \
-	    echo "creating venv with $$($(BASE_PYTHON) --version)"; \
-	    $(BASE_PYTHON) -m venv "$(VENV)"; \
-	  fi; \
-	  "$(BIN)/python" -m pip install --quiet -r requirements-dev.txt; \
-	  "$(BIN)/python" -m pip list 2>/dev/null | grep -Ei "^(ansible-core|pytest|ruff|libvirt-python|molecule|jmespath|pyyaml) "; \
-	  touch "$(VENV_STAMP)"'
+# Cheap when nothing changed (stamp newer than requirements-dev.txt, venv made from
+# BASE_PYTHON); otherwise (re)builds. See scripts/make-venv.sh.
+venv:
+	@$(STEP) "venv: .venv from $(BASE_PYTHON)" env BASE_PYTHON=$(BASE_PYTHON) $(ROOT)/scripts/make-venv.sh
 
 collection:
 	@$(ROOT)/scripts/sync-collection.sh
