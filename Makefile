@@ -26,6 +26,12 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # Tests and the demo see the collection through the symlink made by scripts/sync-collection.sh.
 TEST_ENV := PYTHONPATH=$(COLLECTIONS) ANSIBLE_COLLECTIONS_PATH=$(COLLECTIONS)
 
+# Single targets prepare what they need; `make test` runs deps once and passes SKIP_DEPS=1
+# to the checks.
+NEED_VENV       := $(if $(SKIP_DEPS),,venv)
+NEED_BOOTSTRAP  := $(if $(SKIP_DEPS),,sanity-bootstrap)
+NEED_COLLECTION := $(if $(SKIP_DEPS),,collection)
+
 .PHONY: help deps host venv collection sanity-bootstrap lint sanity unit integration test demo clean
 
 help:
@@ -59,19 +65,19 @@ sanity-bootstrap: venv
 # Only the directories that exist (a fresh clone may not have benchmarks/ yet).
 LINT_PATHS := $(wildcard plugins tests benchmarks)
 
-lint: venv
+lint: $(NEED_VENV)
 	@$(STEP) "lint: ruff check $(LINT_PATHS)" $(BIN)/ruff check $(LINT_PATHS)
 
 # ansible-test needs its working directory inside a real ansible_collections/kata/runtime
 # tree, so it runs from a synced copy of the working tree (scripts/run-sanity.sh).
-sanity: venv sanity-bootstrap
+sanity: $(NEED_VENV) $(NEED_BOOTSTRAP)
 	@$(STEP) "sanity: ansible-test sanity --python $(PY_VERSION)" env PY_VERSION=$(PY_VERSION) $(ROOT)/scripts/run-sanity.sh
 
-unit: venv collection
+unit: $(NEED_VENV) $(NEED_COLLECTION)
 	@$(STEP) "unit: pytest tests/unit" env $(TEST_ENV) $(ROOT)/scripts/run-pytest.sh tests/unit
 
 # KATA_REQUIRE_RUN=1: on a host that make deps prepared, an all-skipped suite is a failure.
-integration: venv collection
+integration: $(NEED_VENV) $(NEED_COLLECTION)
 	@$(STEP) "integration: pytest tests/integration" env $(TEST_ENV) KATA_REQUIRE_RUN=$${KATA_REQUIRE_RUN:-1} \
 	  $(ROOT)/scripts/run-pytest.sh tests/integration
 
@@ -84,7 +90,7 @@ test:
 	$(MAKE) --no-print-directory deps; \
 	failed=(); \
 	for t in lint sanity unit integration; do \
-	  $(MAKE) --no-print-directory $$t || failed+=("$$t"); \
+	  $(MAKE) --no-print-directory SKIP_DEPS=1 $$t || failed+=("$$t"); \
 	done; \
 	echo; echo "===== make test summary ====="; cat "$$STEP_LOG"; \
 	total=$$(( $$(date +%s) - start )); \
