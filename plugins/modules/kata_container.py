@@ -335,7 +335,7 @@ class ContainerManager:
     def present(self, sid, rec, cur):
         opts = {k: self.p[k] for k in SETTING_OPTIONS}
         if opts['env'] is not None:
-            opts['env'] = ['%s=%s' % (k, v) for k, v in coerce_str_dict(opts['env'], 'env').items()]
+            opts['env'] = coerce_str_dict(opts['env'], 'env')  # oci.generate_spec makes the K=V list
         for key in ('labels', 'annotations'):
             opts[key] = coerce_str_dict(opts[key], key)
         if opts['bundle']:
