@@ -31,6 +31,7 @@ TEST_ENV := PYTHONPATH=$(COLLECTIONS) ANSIBLE_COLLECTIONS_PATH=$(COLLECTIONS)
 NEED_VENV       := $(if $(SKIP_DEPS),,venv)
 NEED_BOOTSTRAP  := $(if $(SKIP_DEPS),,sanity-bootstrap)
 NEED_COLLECTION := $(if $(SKIP_DEPS),,collection)
+NEED_HOST       := $(if $(SKIP_DEPS),,host)
 
 .PHONY: help deps host venv collection sanity-bootstrap lint sanity unit integration test demo clean
 
@@ -77,7 +78,7 @@ unit: $(NEED_VENV) $(NEED_COLLECTION)
 	@$(STEP) "unit: pytest tests/unit" env $(TEST_ENV) $(ROOT)/scripts/run-pytest.sh tests/unit
 
 # KATA_REQUIRE_RUN=1: on a host that make deps prepared, an all-skipped suite is a failure.
-integration: $(NEED_VENV) $(NEED_COLLECTION)
+integration: $(NEED_HOST) $(NEED_VENV) $(NEED_COLLECTION)
 	@$(STEP) "integration: pytest tests/integration" env $(TEST_ENV) KATA_REQUIRE_RUN=$${KATA_REQUIRE_RUN:-1} \
 	  $(ROOT)/scripts/run-pytest.sh tests/integration
 
