@@ -1,0 +1,245 @@
+# Copyright: kata.runtime contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Boot time and idle memory of a sandbox, next to a bare QEMU boot measured in the same run.
+
+Boot: ``sandbox.create`` until the agent in the guest answered (split into the host work
+before the VM, libvirt define + start, and the wait for the agent) against
+``qemu-system-x86_64`` booting the same kernel, initrd and command line with the same accel,
+memory, vCPUs and guest devices (serial console, virtio-serial agent port, 9p share), timed
+to the init's marker on the console (the floor) and to the agent's first ping reply. The two
+alternate run by run, so drift on a noisy machine hits both alike; each run gives one pair.
+
+Memory: RSS and PSS (``/proc/<pid>/smaps_rollup``) of the VMM of one idle sandbox, a few
+seconds after its agent is ready, at each guest memory size; the bare QEMU at the same size
+is the baseline.
+
+    PYTHONPATH=.collections .venv/bin/python benchmarks/boot.py [--runs N] [--json]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import _bench as b
+from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
+from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import image
+
+TARGET = 1.2  # ours / bare floor
+
+
+def boot_ours(bench, sid, memory_mb=None):
+    """Create a sandbox and time it; returns (figures, record)."""
+    rt = bench.rt
+    hv = rt.hv
+    trace = b.TimedTrace()
+    settings = bench.settings(memory_mb=memory_mb)
+    console = rt.store.console_log(sid)
+    with b.timed_method(hv, 'create') as hvc, b.FileMarker(console, image.INIT_MARKER) as init:
+        t0 = time.perf_counter()
+        rec = sbx.create(rt, sid, settings, trace=trace)
+        t1 = time.perf_counter()
+        pid = hv.pid(rec['domain'])
+        cpu = b.cpu_seconds(pid)
+        spawned = b.process_start(pid)
+    (c0, c1), = hvc.calls
+    ready = [t for t, msg in trace.times if msg.startswith('agent of sandbox')][-1]
+    return {
+        'total_s': t1 - t0,
+        'host_prep_s': c0 - t0,        # validation, record, cgroups, share dir, libvirt lookup
+        'define_start_s': c1 - c0,     # LibvirtHypervisor.create: define + start (qemu spawned)
+        # ... of which libvirt's work until it forked the VMM, and after (exec, qemu init, QMP, cont)
+        'libvirt_to_spawn_s': None if spawned is None else spawned - c0,
+        'spawn_to_running_s': None if spawned is None else c1 - spawned,
+        'agent_wait_s': ready - c1,    # guest boot + agent start, seen through the socket
+        'after_ready_s': t1 - ready,   # hooks (none here), final record
+        # the same marker the bare boot is timed to, read from the console log file
+        'init_s': None if init.at is None else init.at - t0,
+        'init_to_agent_s': None if init.at is None else ready - init.at,
+        'vmm_cpu_s': cpu,              # CPU the VMM used until just after the agent answered
+    }, rec
+
+
+def boot_bare(bench, spec, memory_mb=None):
+    vm = b.BareVM(spec['kernel'], spec['initrd'], spec['cmdline'], spec['accel'],
+                  memory_mb or spec['memory_mb'], spec['vcpus'], bench.tmp)
+    try:
+        vm.boot()
+        return {'init_s': vm.init_s, 'agent_s': vm.agent_s, 'vmm_cpu_s': vm.agent_cpu_s}
+    finally:
+        vm.stop()
+
+
+def run_boot(bench, runs, warmup):
+    # A first sandbox opens the libvirt connection and warms the page cache for the image;
+    # its record also gives the exact VM spec the bare boot copies.
+    b.log('warm-up: one sandbox and one bare boot')
+    dummy, rec = boot_ours(bench, 'warmup')
+    spec = sbx._vm_spec(bench.rt, rec)
+    sbx.delete(bench.rt, 'warmup', force=True)
+    for _ in range(warmup):
+        boot_bare(bench, spec)
+    pairs = []
+    for i in range(runs):
+        order = ('ours', 'bare') if i % 2 == 0 else ('bare', 'ours')
+        pair = {'run': i + 1, 'first': order[0]}
+        for which in order:
+            if which == 'ours':
+                sid = 'boot-%d' % (i + 1)
+                pair['ours'], dummy = boot_ours(bench, sid)
+                t = time.perf_counter()
+                sbx.delete(bench.rt, sid, force=True)
+                pair['ours']['delete_s'] = time.perf_counter() - t
+            else:
+                pair['bare'] = boot_bare(bench, spec)
+        o, r = pair['ours'], pair['bare']
+        pair['ratio_init'] = b.ratio(o['total_s'], r['init_s'])
+        pair['ratio_agent'] = b.ratio(o['total_s'], r['agent_s'])
+        b.log('run %d/%d: ours %.2fs (define+start %.2f, agent wait %.2f)  bare init %.2fs agent %.2fs'
+              % (i + 1, runs, o['total_s'], o['define_start_s'], o['agent_wait_s'], r['init_s'], r['agent_s']))
+        pairs.append(pair)
+    med = {k: b.summary([p['ours'][k] for p in pairs]) for k in pairs[0]['ours']}
+    med.update({'bare_' + k: b.summary([p['bare'][k] for p in pairs]) for k in pairs[0]['bare']})
+    out = {
+        'spec': {k: spec[k] for k in ('accel', 'vcpus', 'memory_mb', 'cmdline', 'kernel', 'initrd')},
+        'runs': pairs,
+        'summary': med,
+        'ratio_of_medians': {
+            'ours_vs_bare_init': b.ratio(med['total_s']['median'], med['bare_init_s']['median']),
+            'ours_vs_bare_agent': b.ratio(med['total_s']['median'], med['bare_agent_s']['median']),
+            'vmm_cpu_ours_vs_bare': b.ratio(med['vmm_cpu_s']['median'], med['bare_vmm_cpu_s']['median']),
+        },
+        'median_of_paired_ratios': {
+            'ours_vs_bare_init': b.median([p['ratio_init'] for p in pairs]),
+            'ours_vs_bare_agent': b.median([p['ratio_agent'] for p in pairs]),
+        },
+        'target': TARGET,
+    }
+    return out
+
+
+def idle_memory(bench, spec, sizes, settle):
+    out = []
+    for size in sizes:
+        sid = 'mem-%d' % size
+        b.log('memory: sandbox at %d MiB' % size)
+        dummy, rec = boot_ours(bench, sid, memory_mb=size)
+        try:
+            time.sleep(settle)
+            pid = bench.rt.hv.pid(rec['domain'])
+            ours = b.smaps_rollup(pid)
+        finally:
+            sbx.delete(bench.rt, sid, force=True)
+        b.log('memory: bare qemu at %d MiB' % size)
+        vm = b.BareVM(spec['kernel'], spec['initrd'], spec['cmdline'], spec['accel'], size, spec['vcpus'], bench.tmp)
+        try:
+            vm.boot()
+            time.sleep(settle)
+            bare = b.smaps_rollup(vm.pid)
+        finally:
+            vm.stop()
+        out.append({'memory_mb': size, 'ours_kib': ours, 'bare_kib': bare})
+    return out
+
+
+def print_report(res):
+    m = res['machine']
+    print('boot.py  %s  %d CPUs, %d MiB, %s, load at start %s' % (
+        m['date'], m['cpus'], m.get('mem_mib', 0), m.get('qemu', '?'), m.get('loadavg_at_start')))
+    if 'boot' in res:
+        bt = res['boot']
+        s = bt['summary']
+        spec = bt['spec']
+        print()
+        print('Boot to agent ready: %d paired runs, accel %s, %d vCPU, %d MiB; cmdline "%s"' % (
+            len(bt['runs']), spec['accel'], spec['vcpus'], spec['memory_mb'], spec['cmdline']))
+        rows = []
+        for key, label in (('total_s', 'ours: sandbox.create -> agent ready'),
+                           ('host_prep_s', '  host prep (record, cgroups)'),
+                           ('define_start_s', '  libvirt define + start'),
+                           ('libvirt_to_spawn_s', '    (until libvirt forked the VMM process, +-10 ms)'),
+                           ('spawn_to_running_s', '    (fork -> running: exec, qemu init, QMP, cont)'),
+                           ('agent_wait_s', '  agent wait (guest boot + agent)'),
+                           ('init_s', '  (create -> init marker in console log)'),
+                           ('init_to_agent_s', '  (init marker -> agent ready)'),
+                           ('after_ready_s', '  after ready (record)'),
+                           ('bare_init_s', 'bare qemu -> init marker (floor)'),
+                           ('bare_agent_s', 'bare qemu -> agent ping reply'),
+                           ('delete_s', '(ours: forced delete afterwards)'),
+                           ('vmm_cpu_s', 'ours: VMM CPU seconds to agent ready'),
+                           ('bare_vmm_cpu_s', 'bare: qemu CPU seconds to agent ready')):
+            x = s[key]
+            rows.append((label, b.fmt_s(x['median']), b.fmt_s(x['min']), b.fmt_s(x['max'])))
+        print(b.table(('seconds', 'median', 'min', 'max'), rows))
+        rm, pr = bt['ratio_of_medians'], bt['median_of_paired_ratios']
+        print()
+        print(b.table(('ratio', 'of medians', 'median of pairs', 'target'), [
+            ('ours / bare to init (floor)', b.fmt_x(rm['ours_vs_bare_init']), b.fmt_x(pr['ours_vs_bare_init']),
+             '<= %.1fx' % bt['target']),
+            ('ours / bare to agent', b.fmt_x(rm['ours_vs_bare_agent']), b.fmt_x(pr['ours_vs_bare_agent']), ''),
+            ('VMM CPU to agent: ours / bare', b.fmt_x(rm['vmm_cpu_ours_vs_bare']), '', ''),
+        ]))
+        print()
+        print(b.table(('run', 'first', 'ours', 'define+start', 'agent wait', 'bare init', 'bare agent', 'ratio init',
+                       'ratio agent'),
+                      [(p['run'], p['first'], b.fmt_s(p['ours']['total_s']), b.fmt_s(p['ours']['define_start_s']),
+                        b.fmt_s(p['ours']['agent_wait_s']), b.fmt_s(p['bare']['init_s']),
+                        b.fmt_s(p['bare']['agent_s']), b.fmt_x(p['ratio_init']), b.fmt_x(p['ratio_agent']))
+                       for p in bt['runs']]))
+    if 'memory' in res:
+        print()
+        print('Idle VMM memory, %ss after the agent answered (MiB; PSS split anon/file)' % res['memory_settle_s'])
+        rows = []
+        for e in res['memory']:
+            for who in ('ours', 'bare'):
+                k = e[who + '_kib']
+                rows.append(('%s @ %d MiB guest' % ('sandbox VMM' if who == 'ours' else 'bare qemu', e['memory_mb']),
+                             '%.1f' % (k['Rss'] / 1024), '%.1f' % (k['Pss'] / 1024),
+                             '%.1f' % (k.get('Pss_Anon', 0) / 1024), '%.1f' % (k.get('Pss_File', 0) / 1024)))
+        print(b.table(('process', 'RSS', 'PSS', 'PSS anon', 'PSS file'), rows))
+    if res.get('cleanup_problems'):
+        print()
+        print('CLEANUP PROBLEMS: ' + '; '.join(res['cleanup_problems']))
+
+
+def main():
+    p = b.parser(__doc__.splitlines()[0], runs=5)
+    p.add_argument('--warmup', type=int, default=1, help='unmeasured bare boots first (default %(default)s)')
+    p.add_argument('--memory-sizes', default='128,256', help='guest MiB for the memory figures (default %(default)s)')
+    p.add_argument('--settle', type=float, default=3.0, help='seconds idle before reading memory (default %(default)s)')
+    p.add_argument('--skip-boot', action='store_true')
+    p.add_argument('--skip-memory', action='store_true')
+    args = p.parse_args()
+    b.die_on_signals()
+    bench = b.Bench('boot', args)
+    res = {'machine': b.machine(), 'image': bench.image}
+    rc = 0
+    try:
+        if not args.skip_boot:
+            res['boot'] = run_boot(bench, args.runs, args.warmup)
+            spec = res['boot']['spec']
+        else:
+            dummy, rec = boot_ours(bench, 'warmup')
+            spec = sbx._vm_spec(bench.rt, rec)
+            sbx.delete(bench.rt, 'warmup', force=True)
+        if not args.skip_memory:
+            sizes = [int(x) for x in args.memory_sizes.split(',') if x]
+            res['memory'] = idle_memory(bench, spec, sizes, args.settle)
+            res['memory_settle_s'] = args.settle
+    finally:
+        problems = bench.cleanup()
+        res['cleanup_problems'] = problems
+        if problems:
+            rc = 1
+            b.log('cleanup problems: %s' % '; '.join(problems))
+    if args.json:
+        json.dump(res, sys.stdout, indent=1, sort_keys=True)
+        print()
+    else:
+        print_report(res)
+    return rc
+
+
+if __name__ == '__main__':
+    sys.exit(main())
