@@ -15,13 +15,14 @@ set -euo pipefail
 #   python3-venv python3-dev        the dev venv; ensurepip for ansible-test's sanity venvs
 #   busybox-static cpio xz-utils zstd
 #                                   guest initrd: busybox, cpio archive, vmlinuz/modules decompression
-#   linux-image-amd64               the guest kernel and its modules (/boot, /lib/modules)
+# No kernel package is installed: the guest kernel comes from the image builder, which
+# downloads the distribution kernel package and unpacks it into its own image directory
+# (installing it would change what a production host boots).
 PACKAGES=(
     qemu-system-x86 qemu-utils
     libvirt-daemon-system libvirt-clients libvirt-dev pkg-config gcc
     python3-venv python3-dev
     busybox-static cpio xz-utils zstd
-    linux-image-amd64
 )
 
 LIBVIRT_URI=qemu:///system
