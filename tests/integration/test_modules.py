@@ -353,27 +353,6 @@ def test_bad_ids_are_refused_before_anything(shared_pod, busybox_rootfs):
     assert kata.mapping('fine') is None
 
 
-def test_stop_signal_reaches_the_container(shared_pod, busybox_rootfs, request):
-    """A container that handles SIGTERM stops on SIGTERM, well before stop_timeout: the
-    signal dispositions of the guest's PID 1 must not leak into containers."""
-    kata, sid = shared_pod
-    request.addfinalizer(lambda: remove_containers(kata, 'graceful'))
-    run = kata.playbook([
-        {'name': 'start', 'kata.runtime.kata_container': {
-            'name': 'graceful', 'sandbox': sid, 'rootfs': busybox_rootfs,
-            'command': ['/bin/sh', '-c', "trap 'echo got TERM; exit 0' TERM; echo ready; "
-                                         "while :; do sleep 1; done"]}},
-        {'name': 'stop', 'kata.runtime.kata_container': {'name': 'graceful', 'state': 'stopped',
-                                                         'signal': 'SIGTERM', 'stop_timeout': 10}},
-    ])
-    assert run.ok('start')['container']['status'] == 'running'
-    stop = run.ok('stop')
-    with open(stop['container']['stdout_path']) as f:
-        output = f.read()
-    assert not any('SIGKILL' in a for a in stop['actions']), (stop['actions'], output)
-    assert stop['container']['exit_code'] == 0 and 'got TERM' in output, (stop['container'], output)
-
-
 def test_info_filters_and_a_vm_killed_behind_our_back(kata, busybox_rootfs):
     base = {'sandbox': 'web-1', 'rootfs': busybox_rootfs}
     run = kata.playbook([
@@ -545,3 +524,24 @@ def test_prune(kata, busybox_rootfs, capsys):
     assert not os.listdir(os.path.join(kata.state_root, 'mappings'))
     with capsys.disabled():
         print('\nstate root after kata_prune all=true force=true: %s' % kata.state_dirs())
+
+
+def test_stop_signal_reaches_the_container(shared_pod, busybox_rootfs, request):
+    """A container that handles SIGTERM stops on SIGTERM, well before stop_timeout: the
+    signal dispositions of the guest's PID 1 must not leak into containers."""
+    kata, sid = shared_pod
+    request.addfinalizer(lambda: remove_containers(kata, 'graceful'))
+    run = kata.playbook([
+        {'name': 'start', 'kata.runtime.kata_container': {
+            'name': 'graceful', 'sandbox': sid, 'rootfs': busybox_rootfs,
+            'command': ['/bin/sh', '-c', "trap 'echo got TERM; exit 0' TERM; echo ready; "
+                                         "while :; do sleep 1; done"]}},
+        {'name': 'stop', 'kata.runtime.kata_container': {'name': 'graceful', 'state': 'stopped',
+                                                         'signal': 'SIGTERM', 'stop_timeout': 10}},
+    ])
+    assert run.ok('start')['container']['status'] == 'running'
+    stop = run.ok('stop')
+    with open(stop['container']['stdout_path']) as f:
+        output = f.read()
+    assert not any('SIGKILL' in a for a in stop['actions']), (stop['actions'], output)
+    assert stop['container']['exit_code'] == 0 and 'got TERM' in output, (stop['container'], output)
