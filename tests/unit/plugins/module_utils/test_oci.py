@@ -331,12 +331,11 @@ def test_bad_user_is_refused(tmp_path, user):
     ({'hooks': {'poststop': [{'path': 'relative/hook'}]}}, 'relative/hook'),
 ])
 def test_generate_spec_bad_input(tmp_path, kwargs, named):
-    args = {'rootfs': str(tmp_path), 'args': ['true']}
-    args.update(kwargs)
-    rootfs = args.pop('rootfs')
-    command = args.pop('args')
+    options = dict(kwargs)
+    rootfs = options.pop('rootfs', str(tmp_path))
+    command = options.pop('args', ['true'])
     with pytest.raises(InvalidArgument) as info:
-        oci.generate_spec(rootfs, command, **args)
+        oci.generate_spec(rootfs, command, **options)
     assert named in str(info.value), str(info.value)
 
 
