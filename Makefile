@@ -33,13 +33,14 @@ NEED_BOOTSTRAP  := $(if $(SKIP_DEPS),,sanity-bootstrap)
 NEED_COLLECTION := $(if $(SKIP_DEPS),,collection)
 NEED_HOST       := $(if $(SKIP_DEPS),,host)
 
-.PHONY: help deps host venv collection sanity-bootstrap lint sanity unit integration test demo clean
+.PHONY: help deps host venv collection sanity-bootstrap lint docs sanity unit integration test demo clean
 
 help:
 	@echo "make test         everything CI runs: deps, lint, sanity, unit, integration"
 	@echo "make demo         run playbooks/demo.yml on localhost"
 	@echo "make deps         host packages + libvirt daemons, .venv, collection path"
-	@echo "make lint         ruff check plugins tests benchmarks"
+	@echo "make lint         ruff check plugins tests benchmarks; docs/modules/ up to date"
+	@echo "make docs         regenerate docs/modules/ from the modules' own documentation"
 	@echo "make sanity       ansible-test sanity (local, python $(PY_VERSION))"
 	@echo "make unit         pytest tests/unit"
 	@echo "make integration  pytest tests/integration (boots real guests)"
@@ -68,6 +69,10 @@ LINT_PATHS := $(wildcard plugins tests benchmarks)
 
 lint: $(NEED_VENV)
 	@$(STEP) "lint: ruff check $(LINT_PATHS)" $(BIN)/ruff check $(LINT_PATHS)
+	@$(STEP) "lint: docs/modules/ matches the modules' documentation" $(BIN)/python scripts/gen-module-docs.py --check
+
+docs: $(NEED_VENV)
+	@$(BIN)/python scripts/gen-module-docs.py
 
 # ansible-test needs its working directory inside a real ansible_collections/kata/runtime
 # tree, so it runs from a synced copy of the working tree (scripts/run-sanity.sh).
