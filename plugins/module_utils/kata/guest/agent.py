@@ -1022,6 +1022,15 @@ def main(argv):
         os.setuid(int(uid))
     except OSError as err:
         fail(1, 'cannot switch to uid %s gid %s: %s' % (uid, gid, err.strerror))
+    # Ignored signals survive exec: the agent (PID 1 of the guest) ignores HUP/INT/TERM and
+    # Python ignores PIPE/XFSZ, so the container would start deaf to a graceful stop and
+    # unable to trap TERM. Like other runtimes, every signal gets its default disposition.
+    import _signal
+    for signum in range(1, _signal.NSIG):
+        try:
+            _signal.signal(signum, _signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass  # SIGKILL, SIGSTOP and the numbers that are no signal
     try:
         os.execve(path, args, environ)
     except OSError as err:

@@ -245,6 +245,18 @@ def test_container_prints_and_exits_3(client, agent, rootfs):
 
 
 @needs_ns
+def test_container_starts_with_no_ignored_signals(client, agent, rootfs):
+    """Ignored dispositions survive exec; the agent's (PID 1 ignores TERM, Python ignores
+    PIPE) must not reach the container, or it could never trap TERM or die of SIGPIPE."""
+    client.create_container('sigs', ['grep', 'SigIgn', '/proc/self/status'], rootfs=rootfs)
+    client.start_container('sigs')
+    assert client.wait_container('sigs', 10)['exit_code'] == 0
+    with open(os.path.join(agent.shared, 'sigs', 'stdout')) as fh:
+        assert fh.read().split() == ['SigIgn:', '0000000000000000']
+    client.remove_container('sigs')
+
+
+@needs_ns
 def test_sleeper_lifecycle_and_sigkill(client, agent, rootfs):
     client.create_container('sl', ['sleep', '60'], rootfs=rootfs)
     assert client.container_state('sl')['status'] == 'created'
