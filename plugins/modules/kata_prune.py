@@ -119,7 +119,16 @@ orphans_removed:
       description: Why it is an orphan.
       type: str
 failed:
-  description: What could not be deleted, each with the reason.
+  description:
+    - What could not be deleted, each with the reason. Empty when everything went.
+    - When it is not empty the task fails, and Ansible replaces this key with V(true) in the
+      task result; the same list is in RV(failures).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{id: web-3, reason: "sandbox web-3 still has running containers (app): stop them first or use force=true"}]
+failures:
+  description: The same list as RV(failed), kept under a name Ansible does not overwrite.
   returned: always
   type: list
   elements: dict
@@ -155,7 +164,7 @@ def main():
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params
-    with fail_on_kata_error(module, deleted=[], orphans_removed=[], failed=[], actions=[]):
+    with fail_on_kata_error(module, deleted=[], orphans_removed=[], failures=[], actions=[]):
         if p['workers'] < 1:
             raise InvalidArgument('workers must be at least 1, got %d' % p['workers'])
         rt = Runtime(load_module_config(module), progress=Progress(module))
@@ -168,6 +177,7 @@ def main():
                              orphans=p['orphans'])
     for w in result.pop('warnings'):
         module.warn(w)
+    result['failures'] = list(result['failed'])
     changed = bool(result['deleted'] or result['orphans_removed'])
     if result['failed']:
         module.fail_json(msg='%d item(s) could not be removed: %s' % (
