@@ -340,8 +340,8 @@ def test_bad_ids_are_refused_before_anything(shared_pod, busybox_rootfs):
                 'name': 'fine', 'sandbox': bad, 'rootfs': busybox_rootfs, 'command': ['true']}},
             {'name': 'absent %d' % n, 'kata.runtime.kata_container': {'name': bad, 'state': 'absent', 'force': True}},
             {'name': 'sandbox %d' % n, 'kata.runtime.kata_sandbox': {'name': bad}},
-            {'name': 'sandbox absent %d' % n, 'kata.runtime.kata_sandbox': {'name': bad, 'state': 'absent',
-                                                                           'force': True}},
+            {'name': 'sandbox absent %d' % n,
+             'kata.runtime.kata_sandbox': {'name': bad, 'state': 'absent', 'force': True}},
         ]
     run = kata.playbook(tasks)
     for task in tasks:
