@@ -311,7 +311,7 @@ class BareVM:
                         conn = None
                     else:
                         sel.register(conn, selectors.EVENT_READ, 'agent')
-                for key, _ in sel.select(0.02):
+                for key, _dummy in sel.select(0.02):
                     if key.data == 'console':
                         chunk = os.read(self.proc.stdout.fileno(), 65536)
                         if not chunk:

@@ -78,7 +78,7 @@ def run_boot(bench, runs, warmup):
     dummy, rec = boot_ours(bench, 'warmup')
     spec = sbx._vm_spec(bench.rt, rec)
     sbx.delete(bench.rt, 'warmup', force=True)
-    for _ in range(warmup):
+    for _dummy in range(warmup):
         boot_bare(bench, spec)
     pairs = []
     for i in range(runs):
