@@ -236,44 +236,31 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata import container
 from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
 from ansible_collections.kata.runtime.plugins.module_utils.kata.common import (
     Differences,
-    Progress,
+    StateManager,
     common_argument_spec,
-    load_module_config,
+    run_manager,
 )
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
     Conflict,
     InvalidArgument,
-    KataError,
     NotFound,
 )
 from ansible_collections.kata.runtime.plugins.module_utils.kata.ids import validate_id
-from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import Runtime, coerce_str_dict
+from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import coerce_str_dict
 
 SETTING_OPTIONS = ('bundle', 'rootfs', 'command', 'env', 'cwd', 'user', 'hooks', 'cgroups_path', 'annotations',
                    'labels')
 
 
-class ContainerManager:
+class ContainerManager(StateManager):
+    """Plans and applies one kata_container call; the plan is the same in check mode."""
+
     def __init__(self, module):
-        self.module = module
-        self.p = module.params
-        self.check = module.check_mode
-        self.config = load_module_config(module)
-        self.rt = Runtime(self.config, progress=Progress(module))
-        self.trace = self.rt.trace()
-        self.changed = False
-        self.diff = {'before': {}, 'after': {}}
+        super(ContainerManager, self).__init__(module)
         self.cid = validate_id(self.p['name'], 'container')
         if self.p['sandbox'] is not None:
             validate_id(self.p['sandbox'], 'sandbox')
         self.planned = None
-
-    def act(self, msg, func, *args, **kwargs):
-        self.changed = True
-        if self.check:
-            self.trace.step('would ' + msg)
-            return None
-        return func(*args, trace=self.trace, **kwargs)
 
     def observe(self):
         """(sandbox id, record, public dict) of the container now; (None, None, None) if missing."""
@@ -301,12 +288,7 @@ class ContainerManager:
                 raise InvalidArgument('%s is a sandbox (pod_sandbox): manage it with kata.runtime.kata_sandbox'
                                       % self.cid)
             self.present(sid, rec, cur)
-        result = dict(changed=self.changed, actions=self.trace.actions, container=self.result_container())
-        if self.module._diff:
-            result['diff'] = self.diff
-        for w in self.trace.warnings:
-            self.module.warn(w)
-        self.module.exit_json(**result)
+        self.finish(container=self.result_container())
 
     def result_container(self):
         if self.check and self.changed:
@@ -429,13 +411,7 @@ def main():
         supports_check_mode=True,
         mutually_exclusive=[('bundle', 'rootfs'), ('bundle', 'command'), ('bundle', 'env'), ('bundle', 'user')],
     )
-    manager = None
-    try:
-        manager = ContainerManager(module)
-        manager.run()
-    except KataError as err:
-        actions = manager.trace.actions if manager else []
-        module.fail_json(msg=str(err), changed=bool(actions) and not module.check_mode, actions=actions)
+    run_manager(module, ContainerManager)
 
 
 if __name__ == '__main__':

@@ -243,45 +243,28 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
 from ansible_collections.kata.runtime.plugins.module_utils.kata.common import (
     Differences,
-    Progress,
+    StateManager,
     common_argument_spec,
-    load_module_config,
+    run_manager,
 )
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
     Conflict,
     CorruptRecord,
     InvalidArgument,
-    KataError,
 )
 from ansible_collections.kata.runtime.plugins.module_utils.kata.ids import validate_id
-from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import Runtime, coerce_str_dict
+from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import coerce_str_dict
 
 SETTING_OPTIONS = ('vcpus', 'memory_mb', 'kernel', 'initrd', 'kernel_params', 'accel', 'labels', 'annotations',
                    'hooks', 'cgroups_path')
 
 
-class SandboxManager:
+class SandboxManager(StateManager):
     """Plans and applies one kata_sandbox call; the plan is the same in check mode."""
 
     def __init__(self, module):
-        self.module = module
-        self.p = module.params
-        self.check = module.check_mode
-        self.progress = Progress(module)
-        self.config = load_module_config(module)
-        self.rt = Runtime(self.config, progress=self.progress)
-        self.trace = self.rt.trace()
-        self.changed = False
-        self.diff = {'before': {}, 'after': {}}
+        super(SandboxManager, self).__init__(module)
         self.sid = validate_id(self.p['name'], 'sandbox')
-
-    def act(self, msg, func, *args, **kwargs):
-        """Record a planned step; run it unless in check mode."""
-        self.changed = True
-        if self.check:
-            self.trace.step('would ' + msg)
-            return None
-        return func(*args, trace=self.trace, **kwargs)
 
     def current(self):
         try:
@@ -301,12 +284,7 @@ class SandboxManager:
             self.absent(rec, state)
         else:
             self.present(rec, state)
-        result = dict(changed=self.changed, actions=self.trace.actions, sandbox=self.result_sandbox())
-        if self.module._diff:
-            result['diff'] = self.diff
-        for w in self.trace.warnings:
-            self.module.warn(w)
-        self.module.exit_json(**result)
+        self.finish(sandbox=self.result_sandbox())
 
     def result_sandbox(self):
         rec = None if (self.check and self.changed) else sbx.load(self.rt, self.sid)
@@ -401,15 +379,7 @@ def main():
         timeout=dict(type='int'),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    manager = None
-    try:
-        manager = SandboxManager(module)
-        manager.run()
-    except KataError as err:
-        # Whatever was done before the error is reported; a failed create has already
-        # removed what it made, and its actions say so.
-        actions = manager.trace.actions if manager else []
-        module.fail_json(msg=str(err), changed=bool(actions) and not module.check_mode, actions=actions)
+    run_manager(module, SandboxManager)
 
 
 if __name__ == '__main__':

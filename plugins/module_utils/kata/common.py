@@ -179,3 +179,54 @@ class Differences(object):
     def as_list(self):
         """``[{'name', 'parameter', 'active'}]``, for results and messages."""
         return [dict(item) for item in self._items]
+
+
+class StateManager(object):
+    """The shared half of the declarative modules (kata_sandbox, kata_container).
+
+    A subclass plans its steps once through ``act()``: in check mode each step is only
+    recorded (``would ...``), otherwise it runs with the shared Trace. So check mode and a
+    real run cannot disagree about what they do. ``finish()`` reports the result the same way
+    for every module: ``changed``, ``actions``, ``diff`` (with --diff), warnings.
+    """
+
+    def __init__(self, module):
+        from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import Runtime
+        self.module = module
+        self.p = module.params
+        self.check = module.check_mode
+        self.config = load_module_config(module)
+        self.rt = Runtime(self.config, progress=Progress(module))
+        self.trace = self.rt.trace()
+        self.changed = False
+        self.diff = {'before': {}, 'after': {}}
+
+    def act(self, msg, func, *args, **kwargs):
+        """Record a planned step; run it unless in check mode."""
+        self.changed = True
+        if self.check:
+            self.trace.step('would ' + msg)
+            return None
+        return func(*args, trace=self.trace, **kwargs)
+
+    def finish(self, **result):
+        for warning in self.trace.warnings:
+            self.module.warn(warning)
+        if self.module._diff:
+            result['diff'] = self.diff
+        self.module.exit_json(changed=self.changed, actions=self.trace.actions, **result)
+
+
+def run_manager(module, manager_class):
+    """Build and run a StateManager; a KataError fails the task with what was already done.
+
+    A failed create has already removed what it made, and its ``actions`` say so; ``changed``
+    is true when steps ran before the error (never in check mode).
+    """
+    manager = None
+    try:
+        manager = manager_class(module)
+        manager.run()
+    except KataError as err:
+        actions = manager.trace.actions if manager else []
+        module.fail_json(msg=str(err), changed=bool(actions) and not module.check_mode, actions=actions)
