@@ -15,6 +15,7 @@ set -euo pipefail
 #   python3-venv python3-dev        the dev venv; ensurepip for ansible-test's sanity venvs
 #   busybox-static cpio xz-utils zstd
 #                                   guest initrd: busybox, cpio archive, vmlinuz/modules decompression
+#   tini                            without systemd: reaps the VMMs libvirtd daemonizes (see below)
 # No kernel package is installed: the guest kernel comes from the image builder, which
 # downloads the distribution kernel package and unpacks it into its own image directory
 # (installing it would change what a production host boots).
@@ -23,6 +24,7 @@ PACKAGES=(
     libvirt-daemon-system libvirt-clients libvirt-dev pkg-config gcc
     python3-venv python3-dev
     busybox-static cpio xz-utils zstd
+    tini
 )
 
 LIBVIRT_URI=qemu:///system
@@ -92,11 +94,15 @@ else
         log "starting virtlogd -d (no systemd)"
         virtlogd -d
     fi
+    # libvirtd daemonizes each qemu, so a VMM's parent is whoever adopts orphans, and
+    # 'virsh destroy' returns only once the dead qemu has been reaped. Without systemd that
+    # adopter may reap seconds late (a container's PID 1 often does); tini -s makes itself
+    # the subreaper right above libvirtd and reaps at once, which is most of a forced delete.
     if daemon_running libvirtd; then
         log "libvirtd already running"
     else
-        log "starting libvirtd -d (no systemd)"
-        libvirtd -d
+        log "starting libvirtd under tini -s (no systemd; tini reaps the VMMs it daemonizes)"
+        setsid -f tini -s -- libvirtd </dev/null >/dev/null 2>&1
     fi
 fi
 
