@@ -33,7 +33,7 @@ NEED_BOOTSTRAP  := $(if $(SKIP_DEPS),,sanity-bootstrap)
 NEED_COLLECTION := $(if $(SKIP_DEPS),,collection)
 NEED_HOST       := $(if $(SKIP_DEPS),,host)
 
-.PHONY: help deps host venv collection sanity-bootstrap lint docs sanity unit integration test demo clean
+.PHONY: help deps host venv collection sanity-bootstrap lint docs sanity unit integration molecule test demo clean
 
 help:
 	@echo "make test         everything CI runs: deps, lint, sanity, unit, integration"
@@ -44,6 +44,7 @@ help:
 	@echo "make sanity       ansible-test sanity (local, python $(PY_VERSION))"
 	@echo "make unit         pytest tests/unit"
 	@echo "make integration  pytest tests/integration (boots real guests)"
+	@echo "make molecule     molecule test -s default: the kata_host role on this machine, then a sandbox"
 	@echo "make clean        remove .venv, .collections, .cache and test outputs"
 
 # ---------------------------------------------------------------------------------------------
@@ -87,6 +88,12 @@ integration: $(NEED_HOST) $(NEED_VENV) $(NEED_COLLECTION)
 	@$(STEP) "integration: pytest tests/integration" env $(TEST_ENV) KATA_REQUIRE_RUN=$${KATA_REQUIRE_RUN:-1} \
 	  $(ROOT)/scripts/run-pytest.sh tests/integration
 
+# The kata_host role applied to this machine (twice: the second run must change nothing, then
+# in check mode), then a sandbox with a container booted and force-deleted in it.
+molecule: $(NEED_HOST) $(NEED_VENV) $(NEED_COLLECTION)
+	@$(STEP) "molecule: kata_host role (extensions/molecule/default)" env $(TEST_ENV) \
+	  molecule test -s default
+
 # deps must succeed; then every check runs even when an earlier one failed, so one run shows
 # all problems, and the summary lists each step's result and time. Exit status: 0 only when
 # every step passed.
@@ -95,7 +102,7 @@ test:
 	export STEP_LOG=$(OUTPUT)/steps.txt; mkdir -p $(OUTPUT); : >"$$STEP_LOG"; \
 	$(MAKE) --no-print-directory deps; \
 	failed=(); \
-	for t in lint sanity unit integration; do \
+	for t in lint sanity unit integration molecule; do \
 	  $(MAKE) --no-print-directory SKIP_DEPS=1 $$t || failed+=("$$t"); \
 	done; \
 	echo; echo "===== make test summary ====="; cat "$$STEP_LOG"; \
