@@ -115,10 +115,6 @@ test:
 # ---------------------------------------------------------------------------------------------
 # localhost runs with the venv's Python, which has libvirt-python and the other module needs.
 demo:
-	@if [ ! -f playbooks/demo.yml ]; then \
-	  echo "playbooks/demo.yml is not there yet: the demo arrives together with the modules." >&2; \
-	  exit 1; \
-	fi
 	@$(MAKE) --no-print-directory deps
 	@$(STEP) "demo: ansible-playbook playbooks/demo.yml" env $(TEST_ENV) \
 	  ansible-playbook -i localhost, -c local -e ansible_python_interpreter=$(BIN)/python playbooks/demo.yml
