@@ -306,7 +306,7 @@ class ContainerManager(StateManager):
             return
         if cur is not None and cur['status'] == 'running' and not self.p['force']:
             if cur['type'] == 'pod_sandbox':
-                running = sbx._running_containers(self.rt, sid, 'running')
+                running = sbx.running_containers(self.rt, sid, 'running')
                 if running:
                     raise Conflict('sandbox %s still has running containers (%s): stop them first or use force=true'
                                    % (sid, ', '.join(running)))

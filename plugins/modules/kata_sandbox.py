@@ -303,7 +303,7 @@ class SandboxManager(StateManager):
         if rec is None:
             return
         if not self.p['force'] and state == 'running':
-            running = sbx._running_containers(self.rt, self.sid, 'running')
+            running = sbx.running_containers(self.rt, self.sid, 'running')
             if running:
                 raise Conflict('sandbox %s still has running containers (%s): stop them first or use force=true'
                                % (self.sid, ', '.join(running)))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 from ansible_collections.kata.runtime.plugins.module_utils.kata import container as ctr
 from ansible_collections.kata.runtime.plugins.module_utils.kata import hooks as oci_hooks
@@ -314,7 +315,8 @@ def start(rt, sid, timeout=None, trace=None):
     return rec
 
 
-def _running_containers(rt, sid, vm):
+def running_containers(rt, sid, vm):
+    """IDs of the sandbox's containers whose process runs now (asks the agent once)."""
     containers, dummy = rt.store.list_containers(sid)
     live = ctr.live_states(rt, sid, vm)
     return [c['id'] for c in containers if ctr.status_of(c, vm, live) == 'running']
@@ -337,7 +339,7 @@ def stop(rt, sid, force=False, timeout=30, trace=None):
         rec = _must_load(rt, sid)
         vm = vm_state(rt, rec)
         if vm in ('running', 'paused'):
-            running = _running_containers(rt, sid, vm) if vm == 'running' else []
+            running = running_containers(rt, sid, vm) if vm == 'running' else []
             if running and not force:
                 raise Conflict('sandbox %s still has running containers (%s): stop them first or use force=true'
                                % (sid, ', '.join(running)))
@@ -367,7 +369,6 @@ def _shutdown_vm(rt, rec, vm, timeout, trace):
 
 
 def _wait_vm_off(rt, name, timeout):
-    import time
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if rt.hv.state(name) in ('shutoff', 'missing', 'crashed'):
@@ -433,13 +434,14 @@ def delete(rt, sid, force=False, trace=None):
             if not force:
                 raise
             trace.warn('sandbox %s: %s; deleting what can be found' % (sid, err))
-            rec = {'id': sid, 'domain': rt.hv.domain_name(sid), 'state': 'dead'}
+            # What any sandbox owns, by name alone; not saved (the file on disk is unreadable).
+            rec = {'id': sid, 'domain': rt.hv.domain_name(sid), 'state': 'dead', 'unreadable': True}
         if rec is None:
             return False
         containers, corrupt = rt.store.list_containers(sid)
         vm = vm_state(rt, rec)
         if not force:
-            running = _running_containers(rt, sid, vm) if vm == 'running' else []
+            running = running_containers(rt, sid, vm) if vm == 'running' else []
             if running:
                 raise Conflict('sandbox %s still has running containers (%s): stop them first or use force=true'
                                % (sid, ', '.join(running)))
@@ -457,7 +459,7 @@ def delete(rt, sid, force=False, trace=None):
             rt.hv.undefine(rec['domain'])
             trace.step('undefined VM %s' % rec['domain'])
         rec['state'] = 'deleting'
-        if 'vcpus' in rec:
+        if not rec.get('unreadable'):
             rt.store.save_sandbox(rec)
         for c in containers:
             ctr.cleanup(rt, rec, c, trace)
