@@ -24,11 +24,12 @@ import os
 import re
 import select
 import signal
-import socket
 import stat
-import subprocess
 import sys
 import time
+
+# socket (host test modes only) and subprocess (first container start) are imported where
+# they are used: under emulation every import at start-up delays the agent's first answer.
 
 AGENT_VERSION = '1.0.0'
 PROTOCOL = 1
@@ -198,6 +199,7 @@ class ConnectTransport:
 
     def fd(self):
         if self.sock is None and time.monotonic() >= self._retry_at:
+            import socket
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 sock.connect(self.path)
@@ -251,6 +253,7 @@ class ListenTransport:
         # Bind under a temporary name and rename once listening, so the socket never
         # exists without a listener (a client would get "connection refused").
         tmp = '%s.%d.tmp' % (path, os.getpid())
+        import socket
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.server.bind(tmp)
         self.server.listen(8)
@@ -695,6 +698,7 @@ class Agent:
         python = sys.executable or '/usr/bin/python3'
         argv = ([self.busybox, 'unshare', '-p', '-m', '-u', '-i', '-f', '--']
                 + exec_init_argv(python, spec, fifo, self.busybox))
+        import subprocess
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fds[0], stderr=fds[1],
                                     start_new_session=True, close_fds=True)
@@ -918,6 +922,7 @@ class Agent:
             pass
         self.running = False
         if self.poweroff:
+            import subprocess
             try:
                 subprocess.run([self.busybox, 'poweroff', '-f'], check=False)
             except OSError as err:
