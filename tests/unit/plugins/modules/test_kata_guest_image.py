@@ -9,6 +9,7 @@ building from a downloaded kernel package are in tests/integration/test_modules_
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import subprocess
@@ -28,10 +29,30 @@ def _static(path):
     return b'not a dynamic executable' in proc.stdout or b'statically linked' in proc.stdout
 
 
+def _cached_package_kernel():
+    """A kernel the integration tests already unpacked from the distribution package (no
+    download here): hosts that run sandboxes need not have a kernel of their own in /boot."""
+    cache = os.path.join(os.environ.get('KATA_TEST_IMAGE_DIR', '/var/lib/kata-runtime/image-test'), 'cache')
+    for vmlinuz in sorted(glob.glob(os.path.join(cache, 'kernel-*', 'boot', 'vmlinuz-*')), reverse=True):
+        ver = os.path.basename(vmlinuz)[len('vmlinuz-'):]
+        mdir = os.path.join(os.path.dirname(os.path.dirname(vmlinuz)), 'lib', 'modules', ver)
+        if os.path.isdir(mdir):
+            return vmlinuz, mdir, ver
+    return None
+
+
 HOST_KERNEL = find_host_kernel()
-CAN_BUILD = HOST_KERNEL is not None and _static(BUSYBOX) and os.path.exists('/usr/bin/python3')
-needs_build = pytest.mark.skipif(not CAN_BUILD, reason='needs /boot/vmlinuz-* with modules, a static '
-                                 '/bin/busybox and /usr/bin/python3')
+# (vmlinuz, modules_dir, version, source): the host's own kernel, else a cached package's
+KERNEL = (HOST_KERNEL + ('host',)) if HOST_KERNEL else (
+    (_cached_package_kernel() + ('given',)) if _cached_package_kernel() else None)
+CAN_BUILD = KERNEL is not None and _static(BUSYBOX) and os.path.exists('/usr/bin/python3')
+needs_build = pytest.mark.skipif(not CAN_BUILD, reason='needs a kernel (/boot/vmlinuz-* or an unpacked package '
+                                 'in the integration image cache), a static /bin/busybox and /usr/bin/python3')
+
+
+def kernel_args():
+    """Module options naming the kernel when it is not the host's own."""
+    return {} if KERNEL[3] == 'host' else {'kernel': KERNEL[0], 'modules_dir': KERNEL[1]}
 
 
 def run(capsys, args, check_mode=False, diff=False):
@@ -92,13 +113,13 @@ def test_dest_defaults_to_the_config_image_dir(capsys, tmp_path):
     assert not (tmp_path / 'from-config').exists()
 
 
-@pytest.mark.skipif(HOST_KERNEL is None, reason='needs /boot/vmlinuz-* with modules')
+@pytest.mark.skipif(KERNEL is None, reason='needs /boot/vmlinuz-* or an unpacked kernel package in the cache')
 def test_missing_busybox_fails_in_check_mode_too(capsys, tmp_path):
     dest = tmp_path / 'image'
     dest.mkdir()
     for check_mode in (True, False):
-        result = run(capsys, {'config': no_config(tmp_path), 'dest': str(dest),
-                              'busybox': str(tmp_path / 'no-busybox')}, check_mode=check_mode)
+        result = run(capsys, dict(kernel_args(), config=no_config(tmp_path), dest=str(dest),
+                                  busybox=str(tmp_path / 'no-busybox')), check_mode=check_mode)
         assert result['failed'] is True and result['changed'] is False
         assert 'no-busybox' in result['msg']
     assert sorted(os.listdir(dest)) in ([], ['cache'])
@@ -119,7 +140,7 @@ def test_missing_kernel_is_refused(capsys, tmp_path):
 @needs_build
 def test_build_is_idempotent_and_check_mode_agrees(capsys, tmp_path):
     dest = tmp_path / 'image'
-    args = {'config': no_config(tmp_path), 'dest': str(dest)}
+    args = dict(kernel_args(), config=no_config(tmp_path), dest=str(dest))
 
     planned = run(capsys, args, check_mode=True)
     assert planned['changed'] is True and not dest.exists()
@@ -127,8 +148,8 @@ def test_build_is_idempotent_and_check_mode_agrees(capsys, tmp_path):
     built = run(capsys, args, diff=True)
     assert built['changed'] is True, built
     image = built['image']
-    assert image['kernel_source'] == 'host'
-    assert image['kernel_version'] == HOST_KERNEL[2]
+    assert image['kernel_source'] == KERNEL[3]
+    assert image['kernel_version'] == KERNEL[2]
     assert os.path.realpath(dest / 'vmlinux') == image['kernel']
     assert os.path.realpath(dest / 'kata-initrd.img') == image['initrd']
     assert os.path.getsize(image['kernel']) == image['kernel_size']
