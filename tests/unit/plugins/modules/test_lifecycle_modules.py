@@ -337,3 +337,28 @@ def test_prune_all_removes_corrupt_records_too(capsys, host):
     out = run(capsys, kata_prune, host.args(all=True, force=True))
     assert out['deleted'] == ['sb'], out
     assert host.rt.store.list_sandboxes() == ([], [])
+
+
+def test_prune_removes_our_vm_without_record_and_leaves_others(capsys, host):
+    """A host whose state root was lost (tmpfs after a reboot) keeps persistent domains: the
+    ones carrying our metadata are orphans; a domain that is not ours is never touched."""
+    hv = host.rt.hv
+    spec = {'name': hv.domain_name('lost'), 'sandbox_id': 'lost', 'vcpus': 1, 'memory_mb': 128,
+            'kernel': str(host.image / 'vmlinux'), 'initrd': str(host.image / 'kata-initrd.img'),
+            'cmdline': 'console=ttyS0', 'accel': 'tcg'}
+    hv.conn().defineXML(hv.build_xml(spec))
+    stranger = hv.build_xml(dict(spec, name='kata-unit-stranger', sandbox_id='stranger'))
+    stranger = stranger.replace('https://kata.runtime', 'https://not-kata.example')
+    hv.conn().defineXML(stranger)
+    try:
+        out = run(capsys, kata_prune, host.args(names=[], force=True), check_mode=True)
+        assert {(o['kind'], o['id']) for o in out['orphans_removed']} == {('vm_without_state', 'kata-unit-lost')}
+        assert hv.state('kata-unit-lost') == 'shutoff'
+        out = run(capsys, kata_prune, host.args(names=[], force=True))
+        assert [(o['kind'], o['id']) for o in out['orphans_removed']] == [('vm_without_state', 'kata-unit-lost')]
+        assert hv.state('kata-unit-lost') == 'missing'
+        assert 'kata-unit-stranger' in hv.conn().listDefinedDomains()
+    finally:
+        for name in ('kata-unit-lost', 'kata-unit-stranger'):
+            if name in hv.conn().listDefinedDomains():
+                hv.conn().lookupByName(name).undefine()
