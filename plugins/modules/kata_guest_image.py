@@ -176,134 +176,24 @@ actions:
   sample: ["writing vmlinux-c3718796ffdb206c (xz@21196)", "writing kata-initrd-5f9c623264907891.img (19141996 bytes)"]
 '''
 
-import glob
-import json
 import os
-import shutil
-import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kata.runtime.plugins.module_utils.kata import common
-from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import ImageError, InvalidArgument
+from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import InvalidArgument
 from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import image as builder
 
-KERNEL_LINK = 'vmlinux'
-INITRD_LINK = 'kata-initrd.img'
-NEW_BUILD = '(new build)'
+KERNEL_LINK = builder.KERNEL_LINK
+INITRD_LINK = builder.INITRD_LINK
 SYSTEM_PYTHON = '/usr/bin/python3'
 
-IMAGE_KEYS = ('kernel', 'initrd', 'kernel_link', 'initrd_link', 'kernel_version', 'kernel_source',
-              'vmlinux_extracted', 'kernel_method', 'kernel_sha256', 'initrd_sha256', 'kernel_size',
-              'initrd_size', 'modules')
+IMAGE_KEYS = builder.IMAGE_KEYS
 
 
 def default_python():
     if os.path.exists(SYSTEM_PYTHON):
         return os.path.realpath(SYSTEM_PYTHON)
     return None
-
-
-def _readlink(path):
-    try:
-        return os.readlink(path)
-    except OSError:
-        return None
-
-
-def _load_index(path):
-    try:
-        with open(path, encoding='utf-8') as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
-        return None
-
-
-def _output_ok(dest, rec, verify):
-    """Is the output named by the cache record ``rec`` there (and intact, with ``verify``)?"""
-    if not rec or 'name' not in rec:
-        return False
-    path = os.path.join(dest, rec['name'])
-    if not os.path.isfile(path):
-        return False
-    if verify:
-        return os.path.getsize(path) == rec.get('size') and builder._sha256_file(path) == rec.get('sha256')
-    return True
-
-
-def plan(params, dest):
-    """What a build into ``dest`` would do, found without downloading or writing anything.
-
-    Mirrors the builder's own decisions: the kernel and initrd cache records are keyed by the
-    checksums of their inputs, and an output is reused when its record and file exist.
-    Returns ``(changed, image, actions, links_after)``.
-    """
-    actions = []
-    image = dict.fromkeys(IMAGE_KEYS)
-    image['kernel_link'] = os.path.join(dest, KERNEL_LINK)
-    image['initrd_link'] = os.path.join(dest, INITRD_LINK)
-    after = {'kernel': NEW_BUILD, 'initrd': NEW_BUILD}
-    if not os.path.isdir(dest):
-        actions.append('would create %s and build the kernel and initrd' % dest)
-        return True, image, actions, after
-    cache = os.path.join(dest, 'cache')
-
-    # the kernel: given, the host's, or a package that would have to be fetched
-    if params['kernel'] is None and builder.find_host_kernel() is None:
-        pkg = builder._resolve_kernel_package()
-        unpacked = pkg and glob.glob(os.path.join(cache, 'kernel-%s' % pkg[len('linux-image-'):], 'boot', 'vmlinuz-*'))
-        if not unpacked:
-            actions.append('would download and unpack the kernel package %s into %s'
-                           % (pkg or builder.KERNEL_PACKAGE, cache))
-            return True, image, actions, after
-    vmlinuz, mdir, version, source = builder._prepare_kernel(dest, params['kernel'], params['modules_dir'], None)
-    if not os.path.isdir(mdir):
-        raise ImageError('kernel modules directory %s does not exist' % mdir)
-    image.update(kernel_version=version, kernel_source=source)
-
-    changed = False
-    krec = _load_index(os.path.join(cache, 'kernel-%s.json' % builder._sha256_file(vmlinuz)[:32]))
-    if _output_ok(dest, krec, params['force']):
-        image.update(kernel=os.path.join(dest, krec['name']), kernel_sha256=krec['sha256'],
-                     kernel_size=krec['size'], vmlinux_extracted=krec['extracted'],
-                     kernel_method=krec['method'])
-        after['kernel'] = krec['name']
-    else:
-        changed = True
-        actions.append('would write the kernel from %s' % vmlinuz)
-
-    stage = tempfile.mkdtemp(prefix='kata-image-plan-')
-    try:
-        items, _names, _probe = builder._collect_inputs(
-            mdir, version, builder.DEFAULT_MODULES, params['busybox'], params['python'],
-            builder.agent_source(), None, stage)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    digest = builder._digest_inputs(items, 'none')
-    irec = _load_index(os.path.join(cache, 'initrd-%s.json' % digest[:32]))
-    if _output_ok(dest, irec, params['force']):
-        image.update(initrd=os.path.join(dest, irec['name']), initrd_sha256=irec['sha256'],
-                     initrd_size=irec['size'], modules=irec.get('modules'))
-        after['initrd'] = irec['name']
-    else:
-        changed = True
-        actions.append('would build the initrd (%d entries)' % len(items))
-
-    for key, link in (('kernel', KERNEL_LINK), ('initrd', INITRD_LINK)):
-        if after[key] != NEW_BUILD and _readlink(os.path.join(dest, link)) != after[key]:
-            changed = True
-            actions.append('would point %s at %s' % (link, after[key]))
-    return changed, image, actions, after
-
-
-def forget_build_records(dest):
-    """Drop the cache's records of earlier builds so the builder re-derives and verifies every output.
-
-    Only the small JSON records go; downloaded kernel packages stay.
-    """
-    cache = os.path.join(dest, 'cache')
-    for pattern in ('kernel-*.json', 'initrd-*.json'):
-        for path in glob.glob(os.path.join(cache, pattern)):
-            os.unlink(path)
 
 
 def run(module, params, progress):
@@ -326,22 +216,24 @@ def run(module, params, progress):
             raise InvalidArgument('%s %s does not exist%s' % (
                 name, value, '' if isfile else ' or is not a directory'))
     dest = os.path.normpath(dest)
-    before = {'kernel': _readlink(os.path.join(dest, KERNEL_LINK)),
-              'initrd': _readlink(os.path.join(dest, INITRD_LINK))}
+    before = {'kernel': builder.readlink_or_none(os.path.join(dest, KERNEL_LINK)),
+              'initrd': builder.readlink_or_none(os.path.join(dest, INITRD_LINK))}
 
     if module.check_mode:
-        changed, image, actions, after = plan(params, dest)
+        changed, image, actions, after = builder.plan_image(
+            dest, kernel=params['kernel'], modules_dir=params['modules_dir'], busybox=params['busybox'],
+            python=params['python'], verify=params['force'])
         return changed, image, actions, before, after
 
     if params['force']:
         progress('forgetting earlier build records in %s' % os.path.join(dest, 'cache'))
-        forget_build_records(dest)
+        builder.forget_build_records(dest)
     result = builder.build_image(
         dest, kernel=params['kernel'], modules_dir=params['modules_dir'],
         busybox=params['busybox'], python=params['python'], progress=progress)
     changed = bool(result['changed'])
     image = {key: result.get(key) for key in IMAGE_KEYS}
-    after = {'kernel': _readlink(image['kernel_link']), 'initrd': _readlink(image['initrd_link'])}
+    after = {'kernel': builder.readlink_or_none(image['kernel_link']), 'initrd': builder.readlink_or_none(image['initrd_link'])}
     actions = progress.messages() if changed else []
     for key, link in (('kernel', KERNEL_LINK), ('initrd', INITRD_LINK)):
         if after[key] != before[key]:

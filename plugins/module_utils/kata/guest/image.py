@@ -27,6 +27,7 @@ benchmarks.
 
 from __future__ import annotations
 
+import glob
 import gzip
 import hashlib
 import io
@@ -1009,8 +1010,8 @@ def build_image(out_dir, kernel=None, modules_dir=None, busybox='/bin/busybox', 
     kname, ksha, ksize, extracted, method, kchanged = _build_kernel(out_dir, vmlinuz, progress)
     irec = build_initrd(out_dir, mdir, ver, modules=modules, busybox=busybox, python=python,
                         agent=agent, extra_files=extra_files, compress=compress, progress=progress)
-    klink = os.path.join(out_dir, 'vmlinux')
-    ilink = os.path.join(out_dir, 'kata-initrd.img')
+    klink = os.path.join(out_dir, KERNEL_LINK)
+    ilink = os.path.join(out_dir, INITRD_LINK)
     lchanged = _symlink_atomic(kname, klink)
     lchanged = _symlink_atomic(irec['name'], ilink) or lchanged
     return {
@@ -1030,6 +1031,122 @@ def build_image(out_dir, kernel=None, modules_dir=None, busybox='/bin/busybox', 
         'modules': irec['modules'],
         'changed': bool(kchanged or irec['changed'] or lchanged),
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# planning a build without doing it (check mode)
+
+KERNEL_LINK = 'vmlinux'
+INITRD_LINK = 'kata-initrd.img'
+NEW_BUILD = '(new build)'
+IMAGE_KEYS = ('kernel', 'initrd', 'kernel_link', 'initrd_link', 'kernel_version', 'kernel_source',
+              'vmlinux_extracted', 'kernel_method', 'kernel_sha256', 'initrd_sha256', 'kernel_size',
+              'initrd_size', 'modules')
+
+
+def readlink_or_none(path):
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
+
+
+def _load_index(path):
+    try:
+        with open(path, encoding='utf-8') as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def _output_ok(dest, rec, verify):
+    """Is the output named by the cache record ``rec`` there (and intact, with ``verify``)?"""
+    if not rec or 'name' not in rec:
+        return False
+    path = os.path.join(dest, rec['name'])
+    if not os.path.isfile(path):
+        return False
+    if verify:
+        return os.path.getsize(path) == rec.get('size') and _sha256_file(path) == rec.get('sha256')
+    return True
+
+
+def plan_image(dest, kernel=None, modules_dir=None, busybox='/bin/busybox', python='/usr/bin/python3.11',
+               verify=False):
+    """What a build into ``dest`` would do, found without downloading or writing anything.
+
+    The same decisions build_image makes: the kernel and initrd cache records are keyed by the
+    checksums of their inputs, and an output is reused when its record and file exist (and,
+    with ``verify``, still match their checksums). Returns ``(changed, image, actions,
+    links_after)`` where ``image`` has build_image's keys (None where not known yet).
+    """
+    actions = []
+    image = dict.fromkeys(IMAGE_KEYS)
+    image['kernel_link'] = os.path.join(dest, KERNEL_LINK)
+    image['initrd_link'] = os.path.join(dest, INITRD_LINK)
+    after = {'kernel': NEW_BUILD, 'initrd': NEW_BUILD}
+    if not os.path.isdir(dest):
+        actions.append('would create %s and build the kernel and initrd' % dest)
+        return True, image, actions, after
+    cache = os.path.join(dest, 'cache')
+
+    # the kernel: given, the host's, or a package that would have to be fetched
+    if kernel is None and find_host_kernel() is None:
+        pkg = _resolve_kernel_package()
+        unpacked = pkg and glob.glob(os.path.join(cache, 'kernel-%s' % pkg[len('linux-image-'):], 'boot', 'vmlinuz-*'))
+        if not unpacked:
+            actions.append('would download and unpack the kernel package %s into %s'
+                           % (pkg or KERNEL_PACKAGE, cache))
+            return True, image, actions, after
+    vmlinuz, mdir, version, source = _prepare_kernel(dest, kernel, modules_dir, None)
+    if not os.path.isdir(mdir):
+        raise ImageError('kernel modules directory %s does not exist' % mdir)
+    image.update(kernel_version=version, kernel_source=source)
+
+    changed = False
+    krec = _load_index(os.path.join(cache, 'kernel-%s.json' % _sha256_file(vmlinuz)[:32]))
+    if _output_ok(dest, krec, verify):
+        image.update(kernel=os.path.join(dest, krec['name']), kernel_sha256=krec['sha256'],
+                     kernel_size=krec['size'], vmlinux_extracted=krec['extracted'],
+                     kernel_method=krec['method'])
+        after['kernel'] = krec['name']
+    else:
+        changed = True
+        actions.append('would write the kernel from %s' % vmlinuz)
+
+    stage = tempfile.mkdtemp(prefix='kata-image-plan-')
+    try:
+        items, _names, _probe = _collect_inputs(
+            mdir, version, DEFAULT_MODULES, busybox, python,
+            agent_source(), None, stage)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    digest = _digest_inputs(items, 'none')
+    irec = _load_index(os.path.join(cache, 'initrd-%s.json' % digest[:32]))
+    if _output_ok(dest, irec, verify):
+        image.update(initrd=os.path.join(dest, irec['name']), initrd_sha256=irec['sha256'],
+                     initrd_size=irec['size'], modules=irec.get('modules'))
+        after['initrd'] = irec['name']
+    else:
+        changed = True
+        actions.append('would build the initrd (%d entries)' % len(items))
+
+    for key, link in (('kernel', KERNEL_LINK), ('initrd', INITRD_LINK)):
+        if after[key] != NEW_BUILD and readlink_or_none(os.path.join(dest, link)) != after[key]:
+            changed = True
+            actions.append('would point %s at %s' % (link, after[key]))
+    return changed, image, actions, after
+
+
+def forget_build_records(dest):
+    """Drop the cache's records of earlier builds so the builder re-derives and verifies every output.
+
+    Only the small JSON records go; downloaded kernel packages stay.
+    """
+    cache = os.path.join(dest, 'cache')
+    for pattern in ('kernel-*.json', 'initrd-*.json'):
+        for path in glob.glob(os.path.join(cache, pattern)):
+            os.unlink(path)
 
 
 # ---------------------------------------------------------------------------------------------
