@@ -35,7 +35,9 @@ attributes:
     details:
       - Lists what would be deleted and which orphans would be removed, and touches nothing.
   diff_mode:
-    support: none
+    support: full
+    details:
+      - Before and after lists of the sandbox IDs on the host and of the orphans.
   idempotent:
     support: full
 options:
@@ -169,6 +171,8 @@ def main():
             raise InvalidArgument('workers must be at least 1, got %d' % p['workers'])
         rt = Runtime(load_module_config(module), progress=Progress(module))
         labels = coerce_str_dict(p['labels'], 'labels')
+        records, corrupt = rt.store.list_sandboxes()
+        present = sorted([r['id'] for r in records] + [c['id'] for c in corrupt])
         if p['names'] == [] and not (labels or p['query'] or p['all']):
             ids = []  # explicit empty selection: orphans only
         else:
@@ -179,6 +183,13 @@ def main():
         module.warn(w)
     result['failures'] = list(result['failed'])
     changed = bool(result['deleted'] or result['orphans_removed'])
+    if module._diff:
+        orphans = ['%s %s' % (o['kind'], o['id']) for o in result['orphans_removed']]
+        left = ['%s %s' % (f['kind'], f['id']) for f in result['failed'] if 'kind' in f]
+        result['diff'] = {
+            'before': {'sandboxes': present, 'orphans': sorted(orphans + left)},
+            'after': {'sandboxes': [i for i in present if i not in result['deleted']], 'orphans': sorted(left)},
+        }
     if result['failed']:
         module.fail_json(msg='%d item(s) could not be removed: %s' % (
             len(result['failed']), '; '.join('%s: %s' % (f['id'], f['reason']) for f in result['failed'])),

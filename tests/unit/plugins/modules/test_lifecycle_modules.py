@@ -305,8 +305,10 @@ def test_prune_check_mode_lists_and_touches_nothing(capsys, host):
     host.plant_sandbox('sb', labels={'tenant': 'acme'})
     host.rt.store.set_mapping('ghost', 'nowhere')
     before = host.files()
-    out = run(capsys, kata_prune, host.args(labels={'tenant': 'acme'}, force=True), check_mode=True)
+    out = run(capsys, kata_prune, host.args(labels={'tenant': 'acme'}, force=True), check_mode=True, diff=True)
     assert out['changed'] is True and out['deleted'] == ['sb']
+    assert out['diff'] == {'before': {'sandboxes': ['sb'], 'orphans': ['dangling_mapping ghost']},
+                           'after': {'sandboxes': [], 'orphans': []}}
     assert {(o['kind'], o['id']) for o in out['orphans_removed']} == {('dangling_mapping', 'ghost')}
     assert host.files() == before
 
