@@ -306,10 +306,8 @@ class ContainerManager(StateManager):
             return
         if cur is not None and cur['status'] == 'running' and not self.p['force']:
             if cur['type'] == 'pod_sandbox':
-                running = sbx.running_containers(self.rt, sid, 'running')
-                if running:
-                    raise Conflict('sandbox %s still has running containers (%s): stop them first or use force=true'
-                                   % (sid, ', '.join(running)))
+                srec = self.rt.store.load_sandbox(sid)
+                sbx.refuse_running(self.rt, sid, sbx.vm_state(self.rt, srec))
             else:
                 raise Conflict('container %s is still running: stop it first or use force=true' % self.cid)
         self.act('delete container %s' % self.cid, ctr.delete, self.rt, self.cid, force=self.p['force'])

@@ -248,7 +248,6 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.common import (
     run_manager,
 )
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
-    Conflict,
     CorruptRecord,
     InvalidArgument,
 )
@@ -302,11 +301,8 @@ class SandboxManager(StateManager):
         self.diff['after'] = {'state': 'absent'}
         if rec is None:
             return
-        if not self.p['force'] and state == 'running':
-            running = sbx.running_containers(self.rt, self.sid, 'running')
-            if running:
-                raise Conflict('sandbox %s still has running containers (%s): stop them first or use force=true'
-                               % (self.sid, ', '.join(running)))
+        if not self.p['force']:
+            sbx.refuse_running(self.rt, self.sid, state)  # check mode refuses exactly as a run would
         self.act('delete sandbox %s' % self.sid, sbx.delete, self.rt, self.sid, force=self.p['force'])
 
     def present(self, rec, state):

@@ -316,10 +316,22 @@ def start(rt, sid, timeout=None, trace=None):
 
 
 def running_containers(rt, sid, vm):
-    """IDs of the sandbox's containers whose process runs now (asks the agent once)."""
+    """IDs of the sandbox's containers whose process runs now (asks the agent once; in a
+    paused VM the agent cannot answer and the records say what was running)."""
     containers, dummy = rt.store.list_containers(sid)
     live = ctr.live_states(rt, sid, vm)
     return [c['id'] for c in containers if ctr.status_of(c, vm, live) == 'running']
+
+
+def refuse_running(rt, sid, vm):
+    """The seed's rule: without force, a sandbox whose containers still run is not stopped or
+    deleted; Conflict names them and nothing is changed."""
+    if vm not in ('running', 'paused'):
+        return
+    running = running_containers(rt, sid, vm)
+    if running:
+        raise Conflict('sandbox %s still has running containers (%s): stop them first or use force=true'
+                       % (sid, ', '.join(running)))
 
 
 def _mark_containers_stopped(rt, sid, trace):
@@ -339,10 +351,8 @@ def stop(rt, sid, force=False, timeout=30, trace=None):
         rec = _must_load(rt, sid)
         vm = vm_state(rt, rec)
         if vm in ('running', 'paused'):
-            running = running_containers(rt, sid, vm) if vm == 'running' else []
-            if running and not force:
-                raise Conflict('sandbox %s still has running containers (%s): stop them first or use force=true'
-                               % (sid, ', '.join(running)))
+            if not force:
+                refuse_running(rt, sid, vm)
             _shutdown_vm(rt, rec, vm, timeout, trace)
         _mark_containers_stopped(rt, sid, trace)
         rec['state'] = 'stopped'
@@ -441,10 +451,7 @@ def delete(rt, sid, force=False, trace=None):
         containers, corrupt = rt.store.list_containers(sid)
         vm = vm_state(rt, rec)
         if not force:
-            running = running_containers(rt, sid, vm) if vm == 'running' else []
-            if running:
-                raise Conflict('sandbox %s still has running containers (%s): stop them first or use force=true'
-                               % (sid, ', '.join(running)))
+            refuse_running(rt, sid, vm)
         if vm == 'running' and containers:
             try:
                 with rt.agent(sid, timeout=2) as client:

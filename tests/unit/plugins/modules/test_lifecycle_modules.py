@@ -364,3 +364,28 @@ def test_prune_removes_our_vm_without_record_and_leaves_others(capsys, host):
         for name in ('kata-unit-lost', 'kata-unit-stranger'):
             if name in hv.conn().listDefinedDomains():
                 hv.conn().lookupByName(name).undefine()
+
+
+def test_paused_sandbox_with_running_containers_is_not_deleted_without_force(capsys, host):
+    """In a paused VM the agent cannot answer: the records say what runs, and the seed's rule
+    holds -- no force, no delete, nothing changed (check mode refuses the same way)."""
+    rec = host.plant_sandbox('sb')
+    host.plant_container('sb', 'c1', status='running')
+    hv = host.rt.hv
+    hv.conn().createXML(hv.build_xml({
+        'name': rec['domain'], 'sandbox_id': 'sb', 'vcpus': 1, 'memory_mb': 128, 'cmdline': '',
+        'kernel': str(host.image / 'vmlinux'), 'initrd': str(host.image / 'kata-initrd.img'), 'accel': 'tcg'}))
+    try:
+        hv.suspend(rec['domain'])
+        before = host.files()
+        for check_mode in (True, False):
+            out = run(capsys, kata_sandbox, host.args(name='sb', state='absent'), check_mode=check_mode)
+            assert out['failed'] and out['changed'] is False
+            assert 'c1' in out['msg'] and 'force' in out['msg']
+        assert host.files() == before and hv.state(rec['domain']) == 'paused'
+        out = run(capsys, kata_sandbox, host.args(name='sb', state='absent', force=True))
+        assert out['changed'] is True and hv.state(rec['domain']) == 'missing'
+        assert host.files() == []
+    finally:
+        if hv.state(rec['domain']) != 'missing':
+            hv.conn().lookupByName(rec['domain']).destroy()
