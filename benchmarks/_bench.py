@@ -139,6 +139,25 @@ class Bench:
         return problems
 
 
+def cleaned(bench, res):
+    """Force-delete what the run made; True when nothing had to be removed by hand."""
+    problems = bench.cleanup()
+    res['cleanup_problems'] = problems
+    if problems:
+        log('cleanup problems: %s' % '; '.join(problems))
+    return not problems
+
+
+def report(res, args, print_report, rc):
+    """Print the result as JSON or as the script's tables; return the exit status."""
+    if args.json:
+        json.dump(res, sys.stdout, indent=1, sort_keys=True)
+        print()
+    else:
+        print_report(res)
+    return rc
+
+
 def _cgroup_mounts(root):
     """The directories a cgroup parent may have been created in (v1 controllers, v2, unified)."""
     out = [root]

@@ -18,7 +18,6 @@ is the baseline.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 
@@ -228,17 +227,8 @@ def main():
             res['memory'] = idle_memory(bench, spec, sizes, args.settle)
             res['memory_settle_s'] = args.settle
     finally:
-        problems = bench.cleanup()
-        res['cleanup_problems'] = problems
-        if problems:
-            rc = 1
-            b.log('cleanup problems: %s' % '; '.join(problems))
-    if args.json:
-        json.dump(res, sys.stdout, indent=1, sort_keys=True)
-        print()
-    else:
-        print_report(res)
-    return rc
+        clean = b.cleaned(bench, res)
+    return b.report(res, args, print_report, rc if clean else 1)
 
 
 if __name__ == '__main__':

@@ -17,7 +17,6 @@ VMM's pid no longer exists, so the reaping delay of the VMM's parent is part of 
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -312,17 +311,8 @@ def main():
         res.update(run(bench, args.runs, args.containers))
         res['summary'] = summarize(res)
     finally:
-        problems = bench.cleanup()
-        res['cleanup_problems'] = problems
-        if problems:
-            rc = 1
-            b.log('cleanup problems: %s' % '; '.join(problems))
-    if args.json:
-        json.dump(res, sys.stdout, indent=1, sort_keys=True)
-        print()
-    else:
-        print_report(res)
-    return rc
+        clean = b.cleaned(bench, res)
+    return b.report(res, args, print_report, rc if clean else 1)
 
 
 if __name__ == '__main__':
