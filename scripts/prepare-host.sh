@@ -38,7 +38,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 command -v dpkg-query >/dev/null 2>&1 || die "only Debian/Ubuntu hosts are supported by this script"
 
-# One run at a time per host (several checkouts may run make test together).
+# One run at a time per host (several checkouts may run make test together). The daemons
+# started below must not inherit fd 9 (9>&-): they would hold the lock for their lifetime.
 exec 9>/run/lock/kata-runtime-prepare-host.lock
 if ! flock -n 9; then
     log "another prepare-host run is in progress; waiting for it"
@@ -92,7 +93,7 @@ else
         log "virtlogd already running"
     else
         log "starting virtlogd -d (no systemd)"
-        virtlogd -d
+        virtlogd -d 9>&-
     fi
     # libvirtd daemonizes each qemu, so a VMM's parent is whoever adopts orphans, and
     # 'virsh destroy' returns only once the dead qemu has been reaped. Without systemd that
@@ -102,7 +103,7 @@ else
         log "libvirtd already running"
     else
         log "starting libvirtd under tini -s (no systemd; tini reaps the VMMs it daemonizes)"
-        setsid -f tini -s -- libvirtd </dev/null >/dev/null 2>&1
+        setsid -f tini -s -- libvirtd </dev/null >/dev/null 2>&1 9>&-
     fi
 fi
 
