@@ -50,6 +50,10 @@ def test_two_containers_outputs_exit_codes_stop_and_forced_delete(env, busybox_r
     info = sbx.info(rt, rt.store.load_sandbox('sb'))
     assert info['state'] == 'running' and info['pid'] and os.path.exists('/proc/%d' % info['pid'])
     assert env.domains() == [info['domain']]
+    # As in Kata, the VMM runs in the sandbox's cgroup, in every hierarchy.
+    for path in rt.cgroups.resolve('', 'sb'):
+        with open(os.path.join(path, 'cgroup.procs')) as f:
+            assert str(info['pid']) in f.read().split(), path
 
     run_container(rt, 'sb', 'short', busybox_rootfs, 'echo to-stdout; echo to-stderr >&2; exit 3', trace)
     long_rec = run_container(rt, 'sb', 'long', busybox_rootfs, 'sleep 1000', trace)

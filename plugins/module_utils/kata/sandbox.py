@@ -230,7 +230,8 @@ def _wait_agent(rt, rec, timeout, trace):
 
 
 def _boot(rt, rec, timeout, trace):
-    """Start the VM (defining it if needed) and wait for the agent."""
+    """Start the VM (defining it if needed), put the VMM in the sandbox's cgroups, wait for
+    the agent."""
     os.makedirs(rt.store.shared_dir(rec['id']), mode=0o700, exist_ok=True)
     vm = rt.hv.state(rec['domain'])
     if vm == 'missing':
@@ -241,7 +242,19 @@ def _boot(rt, rec, timeout, trace):
     elif vm in ('shutoff', 'crashed'):
         rt.hv.start(rec['domain'])
         trace.step('started VM %s' % rec['domain'])
+    _place_vmm(rt, rec, trace)
     _wait_agent(rt, rec, timeout, trace)
+
+
+def _place_vmm(rt, rec, trace):
+    """Move the VMM into the sandbox's cgroup (in every hierarchy), as Kata does, so limits
+    set on the sandbox's cgroup path apply to the whole VM."""
+    pid = rt.hv.pid(rec['domain'])
+    if pid is None:
+        return  # a VMM that is not a local process (remote URI, test driver)
+    dirs = rt.cgroups.resolve(rec.get('cgroups_path') or '', rec['id'])
+    rt.cgroups.add_pid(dirs, pid)
+    trace.step('moved VMM pid %d into the sandbox cgroup' % pid)
 
 
 def create(rt, sid, settings, timeout=None, trace=None, boot=True):
