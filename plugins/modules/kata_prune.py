@@ -171,12 +171,12 @@ def main():
             raise InvalidArgument('workers must be at least 1, got %d' % p['workers'])
         rt = Runtime(load_module_config(module), progress=Progress(module))
         labels = coerce_str_dict(p['labels'], 'labels')
-        records, corrupt = rt.store.list_sandboxes()
-        present = sorted([r['id'] for r in records] + [c['id'] for c in corrupt])
+        listing = rt.store.list_sandboxes()
+        present = sorted([r['id'] for r in listing[0]] + [c['id'] for c in listing[1]])
         if p['names'] == [] and not (labels or p['query'] or p['all']):
             ids = []  # explicit empty selection: orphans only
         else:
-            ids = prune.selected_ids(rt, p['names'], labels, p['query'], p['all'])
+            ids = prune.selected_ids(rt, p['names'], labels, p['query'], p['all'], listing=listing)
         result = prune.prune(rt, ids, force=p['force'], check_mode=module.check_mode, workers=p['workers'],
                              orphans=p['orphans'])
     for w in result.pop('warnings'):

@@ -20,22 +20,26 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata import select
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import InvalidArgument, KataError
 
 
-def selected_ids(rt, names=None, labels=None, query=None, select_all=False):
-    """IDs of the sandboxes a selector picks. No selector at all is refused."""
+def selected_ids(rt, names=None, labels=None, query=None, select_all=False, listing=None):
+    """IDs of the sandboxes a selector picks. No selector at all is refused.
+
+    Names and labels are matched on the records themselves; only a JMESPath query needs the
+    live view (libvirt state, VMM pid, containers), so only a query pays for it. ``listing``
+    is ``store.list_sandboxes()`` when the caller already has it.
+    """
     if not (names or labels or query or select_all):
         raise InvalidArgument('kata_prune needs a selector: names, labels, query or all=true '
                               '(refusing to act on every sandbox implicitly)')
-    records, corrupt = rt.store.list_sandboxes()
-    items = [sbx.info(rt, r) for r in records]
+    records, corrupt = listing if listing is not None else rt.store.list_sandboxes()
     if select_all:
-        ids = [i['id'] for i in items] + [c['id'] for c in corrupt]
+        return sorted({r['id'] for r in records} | {c['id'] for c in corrupt})
+    picked = select.filter_items(records, names, labels) if (names or labels) else records
+    if query:
+        ids = select.ids_from_query([sbx.info(rt, r) for r in picked], query)
     else:
-        picked = select.filter_items(items, names, labels) if (names or labels) else items
-        ids = [i['id'] for i in picked]
-        if query:
-            ids = select.ids_from_query(picked, query)
-        if names and not labels and not query:
-            ids += [c['id'] for c in corrupt if select.name_matches(c['id'], names)]
+        ids = [r['id'] for r in picked]
+    if names and not labels and not query:
+        ids += [c['id'] for c in corrupt if select.name_matches(c['id'], names)]
     return sorted(set(ids))
 
 
