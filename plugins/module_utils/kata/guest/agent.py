@@ -188,6 +188,16 @@ class DeviceTransport:
             self._fd = None
 
 
+def _recv(sock):
+    """Bytes read from a host-test socket: None when nothing is there yet, b'' when it is gone."""
+    try:
+        return sock.recv(65536)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return b''
+
+
 class ConnectTransport:
     """Connect to a unix socket (a test harness listening like qemu); reconnect on drop."""
 
@@ -222,13 +232,7 @@ class ConnectTransport:
         return RETRY_DELAY if self.sock is None else 1.0
 
     def on_readable(self):
-        try:
-            data = self.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
-            return None
-        except OSError:
-            data = b''
-        return data
+        return _recv(self.sock)
 
     def write(self, data):
         return self.sock.send(data)
@@ -279,13 +283,7 @@ class ListenTransport:
             conn.setblocking(False)
             self.conn = conn
             return None
-        try:
-            data = self.conn.recv(65536)
-        except (BlockingIOError, InterruptedError):
-            return None
-        except OSError:
-            data = b''
-        return data
+        return _recv(self.conn)
 
     def write(self, data):
         return self.conn.send(data)
