@@ -107,6 +107,228 @@ def _mount_points():
     return points
 
 
+# A guest can nest directories without limit. One fd per level would run into RLIMIT_NOFILE
+# (often 1024) at about the depth where recursion hit the recursion limit, so a tree removal
+# keeps a bounded number of directory fds: the newest _WINDOW_DIRS levels, plus up to
+# _ANCHOR_DIRS levels spread evenly over the rest (evenly: every `spacing`-th level, the
+# spacing doubling as the tree goes deeper). A level without an fd is reopened by name from the
+# nearest one above that has one, and checked against the (st_dev, st_ino) it had. The anchors
+# keep that reopening short: without them it restarts from the top each time, which on a
+# chain of depth D costs about D*D/(2*_WINDOW_DIRS) opens (minutes at 20,000 levels, a few
+# seconds with them). At most 1 + _WINDOW_DIRS + _ANCHOR_DIRS + 1 fds are open at once.
+_WINDOW_DIRS = 64
+_ANCHOR_DIRS = 64
+# Walks of one tree before giving up when a guest keeps moving directories during removal.
+_TREE_ATTEMPTS = 3
+# Times one directory is listed again because rmdir still found it non-empty.
+_MAX_RESCANS = 3
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class _TreeChanged(Exception):
+    """A directory on the path being removed is no longer the one we entered."""
+
+    def __init__(self, path, reason):
+        super().__init__(path, reason)
+        self.path = path
+        self.reason = reason
+
+
+class _Frame:
+    """One directory on the removal stack: what it was when entered and what is left of it."""
+
+    __slots__ = ('name', 'dev', 'ino', 'fd', 'entries', 'index', 'rescans')
+
+    def __init__(self, name, st, fd, entries, rescans):
+        self.name = name
+        self.dev = st.st_dev
+        self.ino = st.st_ino
+        self.fd = fd
+        self.entries = entries
+        self.index = 0
+        self.rescans = rescans
+
+
+class _TreeRemover:
+    """Iterative, fd-based removal of one directory tree (see ``Store._remove_dir_at``).
+
+    An explicit stack instead of recursion: the depth is the guest's choice. Every directory is
+    opened relative to its parent's fd with O_NOFOLLOW|O_DIRECTORY, so a symlink is never
+    followed (it is unlinked like a file) and no path longer than one name reaches the kernel.
+    Frames that gave their fd up (see _WINDOW_DIRS) are reopened downward by name, each level
+    checked to still be the directory it was; if one is not, the walk starts again
+    (``_TreeChanged``) instead of trusting a path a guest may have swapped. Going back up via
+    ``..`` would not do: a guest can move a directory, and its ``..`` then leads elsewhere.
+    """
+
+    def __init__(self, pfd, name, path, dev, last):
+        self.pfd = pfd
+        self.name = name
+        self.path = path
+        self.dev = dev
+        self.last = last
+        self.stack = []
+        self.lo = 1  # stack[lo:] (the window) hold fds; stack[0] always does
+        self.anchors = []  # depths below lo whose frames kept their fd, increasing
+        self.spacing = _WINDOW_DIRS  # anchors are the depths that are multiples of this
+
+    def where(self, depth, child=None):
+        names = [f.name for f in self.stack[1:depth + 1]]
+        if child is not None:
+            names.append(child)
+        return os.path.join(self.path, *names)
+
+    def run(self):
+        try:
+            self._enter(None, self.name, 0)
+            while self.stack:
+                frame = self.stack[-1]
+                if frame.index < len(frame.entries):
+                    child, is_dir = frame.entries[frame.index]
+                    frame.index += 1
+                    if is_dir or not self._unlink(frame.fd, child):
+                        self._enter(frame, child, 0)
+                else:
+                    self._leave()
+        finally:
+            for frame in self.stack:
+                if frame.fd is not None:
+                    os.close(frame.fd)
+
+    def _unlink(self, dfd, name):
+        """Unlink a non-directory (never following it); False if it is a directory by now."""
+        try:
+            os.unlink(name, dir_fd=dfd)
+        except FileNotFoundError:
+            pass
+        except IsADirectoryError:
+            return False
+        except OSError as err:
+            raise KataError(f'cannot remove {self.where(len(self.stack) - 1, name)}: {err.strerror}') from None
+        return True
+
+    def _enter(self, parent, name, rescans):
+        """Push directory ``name`` of ``parent`` (None: the top) with its entries listed."""
+
+        def where():  # built only for an error: on a deep chain it is long to build
+            return self.where(len(self.stack) - 1, name) if parent is not None else self.path
+
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=self.pfd if parent is None else parent.fd)
+        except OSError as err:
+            if parent is not None and err.errno == errno.ENOENT:
+                return
+            if parent is not None and err.errno in (errno.ENOTDIR, errno.ELOOP):
+                # listed as a directory, now a symlink or a file: unlink it, do not follow
+                if not self._unlink(parent.fd, name):
+                    raise _TreeChanged(where(), 'it keeps turning from a directory into something else')
+                return
+            raise KataError(f'refusing to remove {where()}: {err.strerror}') from None
+        try:
+            st = os.fstat(fd)
+            if st.st_dev != self.dev:
+                # another file system than the top's: a mount the mount table did not show
+                # (made since we read it); what is mounted there is not ours to delete
+                raise Conflict(f'refusing to remove {where()}: it is a mount point (another file system); '
+                               'unmount it first', mounts=[where()])
+            try:
+                with os.scandir(fd) as it:
+                    entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+            except OSError as err:
+                raise KataError(f'cannot list {where()}: {err.strerror}') from None
+        except BaseException:
+            os.close(fd)
+            raise
+        if parent is None:
+            entries.sort(key=lambda item: item[0] == self.last)  # the record last
+        self.stack.append(_Frame(name, st, fd, entries, rescans))
+        if len(self.stack) - self.lo > _WINDOW_DIRS:
+            self._evict(self.lo)
+            self.lo += 1
+
+    def _evict(self, depth):
+        """Frame ``depth`` leaves the window: it keeps its fd only as an anchor."""
+        if depth % self.spacing == 0:
+            self.anchors.append(depth)
+            if len(self.anchors) <= _ANCHOR_DIRS:
+                return
+            self.spacing *= 2
+            keep = []
+            for d in self.anchors:
+                if d % self.spacing == 0:
+                    keep.append(d)
+                else:
+                    os.close(self.stack[d].fd)
+                    self.stack[d].fd = None
+            self.anchors = keep
+            return
+        frame = self.stack[depth]
+        os.close(frame.fd)
+        frame.fd = None
+
+    def _leave(self):
+        """The top frame's entries are done: rmdir it through its parent's fd."""
+        frame = self.stack.pop()
+        os.close(frame.fd)
+        frame.fd = None
+        if self.anchors and self.anchors[-1] == len(self.stack):
+            self.anchors.pop()
+
+        def where():  # built only for an error, as in _enter
+            return self.where(len(self.stack) - 1, frame.name) if self.stack else self.path
+
+        if self.stack and self.stack[-1].fd is None:
+            self._reopen()
+        parent = self.stack[-1] if self.stack else None
+        try:
+            os.rmdir(frame.name, dir_fd=self.pfd if parent is None else parent.fd)
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            if err.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                # something was added meanwhile: list it again
+                if frame.rescans >= _MAX_RESCANS:
+                    raise _TreeChanged(where(), 'entries keep appearing in it')
+                self._enter(parent, frame.name, frame.rescans + 1)
+            elif err.errno == errno.ENOTDIR and parent is not None:
+                # swapped for a non-directory once emptied: drop that too, never follow it
+                if not self._unlink(parent.fd, frame.name):
+                    raise _TreeChanged(where(), 'it keeps turning from a directory into something else')
+            else:
+                raise KataError(f'cannot remove {where()}: {err.strerror}') from None
+
+    def _reopen(self):
+        """Give fds back to the newest frames, walking down by name from the nearest anchor."""
+        top = len(self.stack) - 1
+        base = self.anchors[-1] if self.anchors else 0
+        lo = max(base + 1, top - _WINDOW_DIRS + 1)
+        prev = self.stack[base].fd
+        spare = None  # an fd held only to open the next level
+        try:
+            for depth in range(base + 1, top + 1):
+                frame = self.stack[depth]
+                try:
+                    fd = os.open(frame.name, _DIR_FLAGS, dir_fd=prev)
+                except OSError as err:
+                    raise _TreeChanged(self.where(depth), err.strerror) from None
+                st = os.fstat(fd)
+                if (st.st_dev, st.st_ino) != (frame.dev, frame.ino):
+                    os.close(fd)
+                    raise _TreeChanged(self.where(depth), 'another directory took its place')
+                if spare is not None:
+                    os.close(spare)
+                    spare = None
+                if depth >= lo:
+                    frame.fd = fd
+                else:
+                    spare = fd
+                prev = fd
+        finally:
+            if spare is not None:
+                os.close(spare)
+        self.lo = lo
+
+
 class Store:
     """Records under one state root. Building a Store touches nothing; ``ensure()`` creates."""
 
@@ -405,17 +627,17 @@ class Store:
         return removed
 
     def _refuse_mounts(self, top):
+        """Conflict if anything is mounted on ``top`` or below it, before anything is deleted.
+
+        Reads the mount table once instead of walking the tree: a walk costs one stat per
+        entry, recurses, and breaks on a guest-made chain deeper than PATH_MAX; and st_dev
+        cannot see a bind mount from the same file system, which the table lists. The st_dev
+        check during removal stays as the second guard (a mount made after this look).
+        """
         real_top = os.path.realpath(top)
-        mounts = sorted(p for p in _mount_points()
-                        if p == real_top or p.startswith(real_top + os.sep))
-        top_dev = os.lstat(top).st_dev
-        for dirpath, dirnames, _files in os.walk(top, followlinks=False):
-            for name in dirnames:
-                path = os.path.join(dirpath, name)
-                st = os.lstat(path)
-                mounted = st.st_dev != top_dev or os.path.ismount(path)
-                if stat.S_ISDIR(st.st_mode) and mounted and os.path.realpath(path) not in mounts:
-                    mounts.append(os.path.realpath(path))
+        # with the separator, /x/ab is not taken for something under /x/a
+        below = real_top + os.sep
+        mounts = sorted(p for p in _mount_points() if p == real_top or p.startswith(below))
         if mounts:
             raise Conflict(f"refusing to remove {top}: still mounted: {', '.join(mounts)}. "
                            'Unmount first (the mounted content is not ours to delete)',
@@ -425,8 +647,8 @@ class Store:
         """Delete ``top`` (a real directory inside root) without following symlinks.
 
         Works on directory file descriptors (O_NOFOLLOW), so a directory swapped for a symlink
-        mid-way is refused instead of followed. The sandbox record goes last: an interrupted
-        removal still shows the sandbox, and running the delete again finishes it.
+        mid-way is unlinked or refused, never followed. The sandbox record goes last: an
+        interrupted removal still shows the sandbox, and running the delete again finishes it.
         """
         parent = os.path.dirname(top)
         pfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -437,26 +659,23 @@ class Store:
         finally:
             os.close(pfd)
 
-    def _remove_dir_at(self, pfd, name, path, dev, last=None):
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         dir_fd=pfd)
-        except OSError as err:
-            raise KataError(f'refusing to remove {path}: {err.strerror}') from None
-        try:
-            if os.fstat(fd).st_dev != dev:
-                raise Conflict(f'refusing to remove {path}: it is a mount point; unmount it first', mounts=[path])
-            with os.scandir(fd) as entries:
-                names = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
-            names.sort(key=lambda item: item[0] == last)
-            for child, is_dir in names:
-                if is_dir:
-                    self._remove_dir_at(fd, child, os.path.join(path, child), dev)
-                else:
-                    os.unlink(child, dir_fd=fd)
-        finally:
-            os.close(fd)
-        os.rmdir(name, dir_fd=pfd)
+    @staticmethod
+    def _remove_dir_at(pfd, name, path, dev, last=None):
+        """Remove directory ``name`` under the open directory ``pfd``; ``path`` names it in errors.
+
+        Any directory whose st_dev is not ``dev`` is a mount point: Conflict, and nothing under
+        it is touched. If a guest moves a directory we are inside of, the walk starts again
+        from the top (a few times) rather than guess; what it removed so far stays removed.
+        """
+        for attempt in range(1, _TREE_ATTEMPTS + 1):
+            try:
+                _TreeRemover(pfd, name, path, dev, last).run()
+                return
+            except _TreeChanged as changed:
+                if attempt == _TREE_ATTEMPTS:
+                    raise KataError(f'refusing to remove {changed.path}: it kept changing while being '
+                                    f'removed ({changed.reason}); stop whatever writes into {path} '
+                                    'and run the removal again') from None
 
     def list_sandboxes(self):
         """Return ``(records, corrupt)``: records sorted by id, corrupt as {'id','path','error'}.

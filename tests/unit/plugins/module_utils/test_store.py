@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import socket
 import stat
 import subprocess
 import sys
@@ -13,6 +15,7 @@ import textwrap
 import time
 
 import pytest
+from ansible_collections.kata.runtime.plugins.module_utils.kata import store as store_module
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
     Conflict,
     CorruptRecord,
@@ -528,3 +531,306 @@ def test_forked_child_does_not_inherit_a_held_lock(store):
                 os._exit(code)
         _pid, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+# ------------------------------------------------------ guest-made trees in shared/
+# A hostile guest writes into shared/ over 9p: any depth, symlinks, fifos, sockets. Removal must
+# neither recurse (RecursionError near 1,000 levels) nor pass paths to the kernel (ENAMETOOLONG
+# past 4,096 bytes), so these chains are deeper than both, and are built through dir fds.
+
+DEEP = 5000
+# deeper than the recursion limit, and 'd/' per level makes the path longer than PATH_MAX
+PAST_LIMITS = 2500
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason='mounting needs root')
+
+
+def opendir(path):
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+
+
+def chain(parent_fd, depth, name='d'):
+    """Nest ``depth`` directories ``name`` under ``parent_fd``; an fd of the deepest (caller closes)."""
+    fd = os.dup(parent_fd)
+    for _ in range(depth):
+        os.mkdir(name, dir_fd=fd)
+        child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+        os.close(fd)
+        fd = child
+    return fd
+
+
+def chain_at(path, depth, name='d'):
+    top = opendir(path)
+    try:
+        return chain(top, depth, name)
+    finally:
+        os.close(top)
+
+
+def chain_depth(path, name='d'):
+    """How many directories ``name`` are nested under ``path`` (walked by fd, never by path)."""
+    fd, depth = opendir(path), 0
+    try:
+        while True:
+            try:
+                child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError:
+                return depth
+            os.close(fd)
+            fd, depth = child, depth + 1
+    finally:
+        os.close(fd)
+
+
+def write_at(dir_fd, name, text):
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=dir_fd)
+    with os.fdopen(fd, 'w') as f:
+        f.write(text)
+
+
+def snapshot(path):
+    """Everything under a (shallow) canary directory with file contents, to prove it untouched."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            if name in dirnames:
+                out[os.path.relpath(full, path)] = None
+            else:
+                with open(full) as f:
+                    out[os.path.relpath(full, path)] = f.read()
+    return out
+
+
+@pytest.fixture
+def canary(tmp_path):
+    """A directory outside the state root that planted symlinks point at; it must survive."""
+    path = tmp_path / 'canary'
+    (path / 'd' / 'd').mkdir(parents=True)  # names like the chains', for a walk that follows links
+    (path / 'keep').write_text('keep me')
+    (path / 'd' / 'd' / 'keep').write_text('keep me too')
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _no_deep_leftovers(tmp_path):
+    """Remove what a failed or skipped test leaves under tmp_path before pytest has to.
+
+    pytest deletes old temp dirs with shutil.rmtree, which (Python < 3.12) recurses and would
+    die on a leftover deep chain; rm(1) walks by fd. --one-file-system: never into a mount.
+    """
+    yield
+    subprocess.run(['rm', '-rf', '--one-file-system', '--', str(tmp_path)], capture_output=True,
+                   timeout=300, check=False)
+
+
+def test_remove_sandbox_removes_a_5000_deep_chain(store):
+    store.save_sandbox({'id': 's1'})
+    store.save_sandbox({'id': 's2'})
+    bottom = chain_at(store.shared_dir('s1'), DEEP)
+    try:
+        write_at(bottom, 'at-the-bottom', 'x')
+    finally:
+        os.close(bottom)
+    os.close(chain_at(store.shared_dir('s1'), 3, name='side'))
+    assert chain_depth(store.shared_dir('s1')) == DEEP
+    assert store.remove_sandbox('s1') is True
+    assert not os.path.lexists(store.sandbox_dir('s1'))
+    assert not os.path.lexists(store.lock_path('s1'))
+    assert store.load_sandbox('s2') is not None
+    assert store.remove_sandbox('s1') is False
+
+
+def test_deep_removal_keeps_a_bounded_number_of_fds_open(store):
+    """Not one fd per level: the chain is far deeper than the fd limit set here."""
+    store.save_sandbox({'id': 's1'})
+    os.close(chain_at(store.shared_dir('s1'), PAST_LIMITS))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    highest = max(int(fd) for fd in os.listdir('/proc/self/fd'))
+    limit = highest + 1 + 300
+    assert limit < PAST_LIMITS
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    try:
+        assert store.remove_sandbox('s1') is True
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert not os.path.lexists(store.sandbox_dir('s1'))
+
+
+def plant(dir_fd, canary, tmp_path):
+    """Symlinks out of the root (to a dir, a file, nowhere), a fifo and a socket, in ``dir_fd``."""
+    os.symlink(str(canary), 'dirlink', dir_fd=dir_fd)
+    os.symlink(str(canary / 'keep'), 'filelink', dir_fd=dir_fd)
+    os.symlink(str(tmp_path / 'nowhere'), 'dangling', dir_fd=dir_fd)
+    os.symlink('../../../../../../../../../../..', 'up', dir_fd=dir_fd)
+    os.mkfifo('fifo', dir_fd=dir_fd)
+    os.mknod('sock', 0o600 | stat.S_IFSOCK, dir_fd=dir_fd)
+
+
+def test_remove_sandbox_unlinks_hostile_entries_deep_in_the_tree(store, canary, tmp_path):
+    store.save_sandbox({'id': 's1'})
+    before = snapshot(canary)
+    shared = opendir(store.shared_dir('s1'))
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    cwd = os.getcwd()
+    try:
+        plant(shared, canary, tmp_path)
+        middle = chain(shared, PAST_LIMITS // 2)
+        try:
+            plant(middle, canary, tmp_path)
+            os.fchdir(middle)  # a real, bound socket: bind() takes a path, short only from here
+            listener.bind('listening.sock')
+            listener.listen(1)
+            bottom = chain(middle, PAST_LIMITS - PAST_LIMITS // 2)
+        finally:
+            os.chdir(cwd)
+            os.close(middle)
+        try:
+            plant(bottom, canary, tmp_path)
+            os.symlink(str(canary), 'd', dir_fd=bottom)  # the chain "goes on" into the canary
+        finally:
+            os.close(bottom)
+    finally:
+        os.close(shared)
+    try:
+        assert store.remove_sandbox('s1') is True
+    finally:
+        listener.close()
+    assert not os.path.lexists(store.sandbox_dir('s1'))
+    assert snapshot(canary) == before
+
+
+def test_remove_sandbox_unlinks_a_symlink_in_place_of_shared(store, canary):
+    """shared/ itself a symlink out of the root: unlinked, and the rest (deep) still goes."""
+    store.save_sandbox({'id': 's1'})
+    before = snapshot(canary)
+    os.rmdir(store.shared_dir('s1'))
+    os.symlink(str(canary), store.shared_dir('s1'))
+    os.close(chain_at(store.containers_dir('s1'), PAST_LIMITS))
+    assert store.remove_sandbox('s1') is True
+    assert not os.path.lexists(store.sandbox_dir('s1'))
+    assert snapshot(canary) == before
+
+
+def test_remove_sandbox_does_not_follow_a_directory_swapped_mid_removal(store, canary, monkeypatch):
+    """A guest moves a directory the removal is inside of and puts a symlink in its place.
+
+    The removal holds fds only for some levels; coming back up it reopens the others by name,
+    which must refuse the symlink (O_NOFOLLOW) and notice the directory is not the one it
+    entered, then start again: the link is unlinked and the moved tree removed.
+    """
+    store.save_sandbox({'id': 's1'})
+    before = snapshot(canary)
+    shared = store.shared_dir('s1')
+    os.mkdir(os.path.join(shared, 'a'))
+    bottom = chain_at(os.path.join(shared, 'a'), PAST_LIMITS)
+    bottom_ino = os.fstat(bottom).st_ino
+    os.close(bottom)
+    a_ino = os.lstat(os.path.join(shared, 'a')).st_ino
+    real_scandir, swapped, a_listed = os.scandir, [], []
+
+    def scandir(*args, **kwargs):
+        if args and isinstance(args[0], int):
+            ino = os.fstat(args[0]).st_ino
+            if ino == a_ino:
+                a_listed.append(bool(swapped))
+            if ino == bottom_ino and not swapped:
+                os.rename(os.path.join(shared, 'a'), os.path.join(shared, 'a.moved'))
+                os.symlink(str(canary), os.path.join(shared, 'a'))
+                swapped.append(True)
+        return real_scandir(*args, **kwargs)
+
+    monkeypatch.setattr(os, 'scandir', scandir)
+    assert store.remove_sandbox('s1') is True
+    # swapped at the bottom, then the moved directory was walked again from the top: the
+    # way back up by name met the symlink and did not go on through it
+    assert swapped and a_listed == [False, True]
+    assert not os.path.lexists(store.sandbox_dir('s1'))
+    assert snapshot(canary) == before
+
+
+def test_mount_table_decides_without_walking_the_tree(store, monkeypatch):
+    """Mount points come from the mount table: a deep tree is not walked to find them, and a
+    mount point that only shares a prefix with the sandbox dir (s1x vs s1) is not under it."""
+    store.save_sandbox({'id': 's1'})
+    os.close(chain_at(store.shared_dir('s1'), PAST_LIMITS))
+    real = os.path.realpath(store.sandbox_dir('s1'))
+    table = {'/', os.path.dirname(real), real + 'x', real + 'x' + os.sep + 'shared'}
+    monkeypatch.setattr(store_module, '_mount_points', lambda: set(table))
+    table.add(real + os.sep + 'shared' + os.sep + 'c1')
+    with pytest.raises(Conflict) as info:
+        store.remove_sandbox('s1')
+    assert info.value.details['mounts'] == [real + os.sep + 'shared' + os.sep + 'c1']
+    assert chain_depth(store.shared_dir('s1')) == PAST_LIMITS  # nothing touched
+    assert store.load_sandbox('s1') is not None
+    table.discard(real + os.sep + 'shared' + os.sep + 'c1')
+    assert store.remove_sandbox('s1') is True
+    assert not os.path.lexists(store.sandbox_dir('s1'))
+
+
+@needs_root
+@pytest.mark.parametrize('how', ['tmpfs', 'bind'])
+def test_remove_sandbox_refuses_a_mount_deep_in_a_guest_tree(store, tmp_path, how):
+    """A mount under a deep chain, next to a deeper one: refused up front, nothing removed.
+
+    The bind mount comes from the same file system, so st_dev alone could not tell it.
+    """
+    store.save_sandbox({'id': 's1'})
+    shared = store.shared_dir('s1')
+    os.close(chain_at(shared, PAST_LIMITS))
+    levels = 1200  # past the recursion limit, and still a path mount(8) accepts
+    os.close(chain_at(shared, levels, name='m'))
+    mnt = os.path.join(shared, *['m'] * levels)
+    if how == 'tmpfs':
+        _mount(['-t', 'tmpfs', '-o', 'mode=0700', 'tmpfs', mnt])
+    else:
+        source = tmp_path / 'bind-source'
+        source.mkdir()
+        assert os.stat(source).st_dev == os.stat(shared).st_dev
+        _mount(['--bind', str(source), mnt])
+    try:
+        with open(os.path.join(mnt, 'user-data'), 'w') as f:
+            f.write('not ours')
+        with pytest.raises(Conflict) as info:
+            store.remove_sandbox('s1')
+        msg = str(info.value)
+        assert os.path.realpath(mnt) in msg and 'mounted' in msg
+        assert info.value.details['mounts'] == [os.path.realpath(mnt)]
+        with open(os.path.join(mnt, 'user-data')) as f:
+            assert f.read() == 'not ours'
+        assert chain_depth(shared) == PAST_LIMITS
+        assert chain_depth(shared, 'm') == levels
+        assert store.load_sandbox('s1') is not None
+    finally:
+        _umount(mnt)
+    if how == 'bind':
+        assert (tmp_path / 'bind-source' / 'user-data').read_text() == 'not ours'
+    assert store.remove_sandbox('s1') is True
+    assert not os.path.lexists(store.sandbox_dir('s1'))
+
+
+@needs_root
+def test_removal_refuses_a_mount_the_mount_table_did_not_show(store, monkeypatch):
+    """The second guard: a mount made after the table was read (simulated: an empty table) is
+    found by st_dev while removing; it is named, and nothing under it is touched."""
+    store.save_sandbox({'id': 's1'})
+    shared = store.shared_dir('s1')
+    os.close(chain_at(shared, PAST_LIMITS))
+    rootfs = os.path.join(shared, 'c1', 'rootfs')
+    os.makedirs(rootfs)
+    _mount(['-t', 'tmpfs', '-o', 'mode=0700', 'tmpfs', rootfs])
+    try:
+        with open(os.path.join(rootfs, 'user-data'), 'w') as f:
+            f.write('not ours')
+        monkeypatch.setattr(store_module, '_mount_points', set)
+        with pytest.raises(Conflict) as info:
+            store.remove_sandbox('s1')
+        assert rootfs in str(info.value) and 'mount point' in str(info.value)
+        assert info.value.details['mounts'] == [rootfs]
+        with open(os.path.join(rootfs, 'user-data')) as f:
+            assert f.read() == 'not ours'
+        assert store.load_sandbox('s1') is not None  # the record goes last
+    finally:
+        _umount(rootfs)
+    assert store.remove_sandbox('s1') is True
+    assert not os.path.lexists(store.sandbox_dir('s1'))
