@@ -174,7 +174,10 @@ container:
       type: str
       sample: pod_container
     status:
-      description: OCI status (V(creating), V(created), V(running), V(stopped)), observed live.
+      description:
+        - OCI status (V(creating), V(created), V(running), V(stopped)), observed live.
+        - V(unknown) when the VM runs but its agent could not be asked (unreachable, or a reply
+          that is not what the call returns); RV(container.error) says why.
       type: str
       sample: running
     pid:
@@ -223,6 +226,11 @@ container:
     finished_at:
       description: When the process ended (RFC 3339, UTC).
       type: str
+    error:
+      description: Why the status is V(unknown) (what went wrong asking the sandbox's agent).
+      returned: when RV(container.status) is V(unknown)
+      type: str
+      sample: "agent call 'list_containers' on socket /run/kata-runtime/sock/0a1b2c3d4e5f6a7b.sock timed out after 5s"
 actions:
   description: What was done (or, in check mode, would be done), in order.
   returned: always

@@ -16,6 +16,9 @@ description:
     pod_containers inside it), their OCI status observed live (libvirt for the VM, the agent
     for the process), filtered by name, sandbox, labels, status, and a JMESPath query.
   - A container whose VM has died is reported as V(stopped), never as running.
+  - A container whose VM runs but whose agent cannot be asked (unreachable, or a reply that is
+    not what the call returns) is reported as V(unknown), with the reason in its
+    RV(kata.runtime.kata_container#module:container.error).
 version_added: 0.1.0
 author:
   - kata.runtime contributors (@kata)
@@ -41,10 +44,10 @@ options:
     type: dict
   status:
     description:
-      - Only containers in one of these OCI statuses.
+      - Only containers in one of these OCI statuses, or V(unknown) (the agent could not say).
     type: list
     elements: str
-    choices: [creating, created, running, stopped]
+    choices: [creating, created, running, stopped, unknown]
   type:
     description:
       - Only containers of this type.
@@ -71,6 +74,11 @@ EXAMPLES = r'''
   kata.runtime.kata_container_info:
     name: [web-1-job]
     query: "[0].exit_code"
+
+- name: Containers whose sandbox agent could not say how they are, and why
+  kata.runtime.kata_container_info:
+    status: [unknown]
+    query: "[].{id: id, sandbox: sandbox, error: error}"
 '''
 
 RETURN = r'''
@@ -81,7 +89,9 @@ containers:
   returned: always
   type: list
   elements: raw
-  sample: [{id: web-1-app, sandbox: web-1, type: pod_container, status: running, pid: 7}]
+  sample: [{id: web-1-app, sandbox: web-1, type: pod_container, status: running, pid: 7},
+           {id: web-2-app, sandbox: web-2, type: pod_container, status: unknown, pid: null,
+            error: "agent call 'list_containers' on socket /run/kata-runtime/sock/0a1b2c3d4e5f6a7b.sock timed out after 5s"}]
 corrupt:
   description: Records that could not be read, with the reason.
   returned: always
@@ -105,7 +115,7 @@ def main():
         name=dict(type='list', elements='str'),
         sandbox=dict(type='list', elements='str'),
         labels=dict(type='dict'),
-        status=dict(type='list', elements='str', choices=['creating', 'created', 'running', 'stopped']),
+        status=dict(type='list', elements='str', choices=['creating', 'created', 'running', 'stopped', 'unknown']),
         type=dict(type='str', choices=['pod_sandbox', 'pod_container']),
         query=dict(type='str'),
     )

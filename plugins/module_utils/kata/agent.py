@@ -9,40 +9,82 @@ client can be connected at a time; each module run connects, makes a few calls a
 Because the guest keeps whatever a previous client left behind, every connection starts with
 an empty line (ending any half-sent line in the guest) and every request carries an id drawn
 from a per-client random base: replies with another id are stale and skipped.
+
+Everything the guest sends is hostile input (docs/security.md), so this file is the one place
+where its bytes become values: a reply line is read in time linear in its length and refused
+past ``MAX_REPLY_LINE``; its nesting is measured before ``json.loads`` sees it; the reply must be
+an object with an integer ``id`` and a string or null ``error``; and its ``result`` must have
+the shape its method returns (``_RESULTS``), keeping only the fields the host uses. Anything
+else is an ``AgentError`` naming the sandbox, the socket and the call, so every caller can
+treat a hostile guest like an unreachable one.
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import random
+import re
 import socket
 import time
 
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import AgentError
+from ansible_collections.kata.runtime.plugins.module_utils.kata.ids import ID_PATTERN
 
 PROTOCOL = 1
-_MAX_REPLY = 64 * 1024 * 1024
+# The longest reply line accepted, the same cap the guest agent puts on a request line. An
+# honest reply is a few hundred bytes per container (list_containers echoes each one's args);
+# a longer line is refused as soon as it is seen, without waiting for its end.
+MAX_REPLY_LINE = 4 * 1024 * 1024
+# The deepest nesting accepted in a reply: honest ones nest four deep (the reply, the list of
+# states, a state, its args). json.loads recurses once per level, so this is checked first.
+MAX_REPLY_DEPTH = 32
+# How much of a guest's error text, or of a value it sent, reaches a message.
+MAX_ERROR_TEXT = 512
+_MAX_REPR = 80
+# Guest-supplied strings the host keeps (times, versions) are short.
+_MAX_FIELD = 64
+_RECV_SIZE = 65536
+
+# JSON strings (an unterminated one runs to the end of the line, so no position is rescanned),
+# and everything that is not a bracket: what is left after both is the nesting.
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
+_NOT_BRACKET = re.compile(r'[^\[\]{}]+')
+# C0 and C1 controls, line/paragraph separators and bidi overrides: guest text must not be
+# able to forge lines or reorder what a terminal shows.
+_CONTROL = re.compile(r'[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]')
+_ID_RE = re.compile(ID_PATTERN, re.ASCII)
 
 
 class _Dropped(Exception):
     """The connection closed under us (EOF or reset)."""
 
 
+class _Invalid(Exception):
+    """A reply, or its result, does not have the shape its call returns (the why is the text)."""
+
+
 class AgentClient:
     """A connection to one sandbox's agent.
 
-    ``call(method, timeout=None, **params)`` sends one request and returns its ``result``;
-    every failure is an ``AgentError`` saying which call, which socket and what to do.
+    ``call(method, timeout=None, **params)`` sends one request and returns its ``result``,
+    checked against the shape of that method's result; every failure (including a reply that
+    is not what the method returns) is an ``AgentError`` saying which call, which socket and
+    what to do. ``sandbox_id`` only names the sandbox in messages.
     """
 
-    def __init__(self, socket_path, timeout=10, console_log=None):
+    def __init__(self, socket_path, timeout=10, console_log=None, sandbox_id=None):
         self.socket_path = socket_path
         self.timeout = timeout
         self.console_log = console_log
+        self.sandbox_id = sandbox_id
         self._sock = None
-        self._buf = b''
+        # Received bytes not yet handed out as lines, and how far they are known to hold no
+        # newline: each byte is searched once, however the line arrives.
+        self._buf = bytearray()
+        self._scanned = 0
         self._next_id = random.SystemRandom().randrange(1, 2 ** 31)
 
     # -- connection ---------------------------------------------------------------------------
@@ -71,7 +113,8 @@ class AgentClient:
             sock.close()
             raise self._unavailable(err) from None
         self._sock = sock
-        self._buf = b''
+        self._buf = bytearray()
+        self._scanned = 0
 
     def close(self):
         if self._sock is not None:
@@ -79,7 +122,8 @@ class AgentClient:
                 self._sock.close()
             finally:
                 self._sock = None
-                self._buf = b''
+                self._buf = bytearray()
+                self._scanned = 0
 
     def __enter__(self):
         return self
@@ -109,17 +153,25 @@ class AgentClient:
 
     def request(self, method, params=None, timeout=None):
         """Like ``call`` with the params as a dict (for params named ``timeout``)."""
+        if method not in _RESULTS:
+            # A programming error, caught before anything is sent: every result is checked.
+            raise AgentError('agent method %r has no known result shape: add it to _RESULTS in agent.py'
+                             % (method,), socket=self.socket_path, method=method)
+        params = params or {}
         timeout = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         rid = self._new_id()
-        line = json.dumps({'id': rid, 'method': method, 'params': params or {}},
+        line = json.dumps({'id': rid, 'method': method, 'params': params},
                           separators=(',', ':')).encode('utf-8') + b'\n'
         for attempt in (1, 2):
             reused = self._sock is not None
             self.connect(timeout=max(0.001, deadline - time.monotonic()))
             try:
                 self._send(line, deadline)
-                reply = self._read_reply({rid}, deadline)
+                reply = self._read_reply({rid}, deadline, method)
+            except AgentError:
+                self.close()  # after a refused reply the rest of the stream is not trusted
+                raise
             except _Dropped as err:
                 self.close()
                 # An idle connection kept from an earlier call may have gone stale (the VM
@@ -135,11 +187,28 @@ class AgentClient:
                 raise AgentError('agent call %r on socket %s timed out after %ss'
                                  % (method, self.socket_path, _fmt(timeout)),
                                  socket=self.socket_path, method=method) from None
-            if 'error' in reply and reply['error'] is not None:
+            if reply.get('error') is not None:
                 raise AgentError('agent call %r failed: %s' % (method, reply['error']),
                                  socket=self.socket_path, method=method)
-            return reply.get('result')
+            return self._result(method, params, reply)
         raise AssertionError('unreachable')
+
+    def _result(self, method, params, reply):
+        """The reply's result in the shape ``method`` returns, or ``AgentError``."""
+        try:
+            return _RESULTS[method](reply.get('result'), params)
+        except _Invalid as err:
+            self.close()
+            raise self._invalid(method, str(err)) from None
+
+    def _who(self):
+        if self.sandbox_id:
+            return 'the agent of sandbox %s (socket %s)' % (self.sandbox_id, self.socket_path)
+        return 'the agent on socket %s' % self.socket_path
+
+    def _invalid(self, method, why):
+        return AgentError('%s sent an invalid reply to %s: %s' % (self._who(), method, why),
+                          socket=self.socket_path, method=method, sandbox=self.sandbox_id)
 
     def _new_id(self):
         rid = self._next_id
@@ -158,36 +227,64 @@ class AgentClient:
             raise AgentError('agent socket %s: send failed: %s' % (self.socket_path, err),
                              socket=self.socket_path) from None
 
-    def _read_reply(self, ids, deadline):
-        """Read lines until a reply whose id is in ``ids``; other ids are stale, skipped."""
+    def _read_reply(self, ids, deadline, method):
+        """Read lines until a reply whose id is in ``ids``; other ids are stale, skipped.
+
+        The reply returned is an object with an int ``id`` and an ``error`` that is None or a
+        short, clean string; a line that cannot be one raises ``AgentError`` naming ``method``.
+        """
         while True:
-            while b'\n' in self._buf:
-                line, self._buf = self._buf.split(b'\n', 1)
+            line = self._next_line(method)
+            while line is not None:
                 try:
-                    reply = json.loads(line.decode('utf-8'))
-                except ValueError:
-                    continue  # a torn line from an earlier exchange
-                if isinstance(reply, dict) and reply.get('id') in ids:
+                    reply = _parse_reply(line)
+                except _Invalid as err:
+                    raise self._invalid(method, str(err)) from None
+                if reply is not None and reply['id'] in ids:
                     return reply
+                line = self._next_line(method)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise socket.timeout('timed out')
             self._sock.settimeout(remaining)
             try:
-                chunk = self._sock.recv(65536)
+                chunk = self._sock.recv(_RECV_SIZE)
             except socket.timeout:
                 raise
             except OSError as err:
                 if err.errno in (errno.ECONNRESET, errno.ENOTCONN, errno.ECONNABORTED, errno.EPIPE):
                     raise _Dropped(err.strerror) from None
-                raise
+                raise AgentError('agent socket %s: receive failed: %s' % (self.socket_path, err),
+                                 socket=self.socket_path, method=method) from None
             if not chunk:
                 raise _Dropped('end of stream')
             self._buf += chunk
-            if len(self._buf) > _MAX_REPLY:
-                self._buf = b''
-                raise AgentError('agent socket %s sent a line longer than %d bytes'
-                                 % (self.socket_path, _MAX_REPLY), socket=self.socket_path)
+
+    def _next_line(self, method):
+        """The next complete line (without its newline), or None until one has arrived.
+
+        Searches only the bytes not searched before and refuses a line past MAX_REPLY_LINE as
+        soon as that many bytes are in without a newline, so reading costs time linear in
+        what arrived, never the length of the line squared.
+        """
+        end = self._buf.find(b'\n', self._scanned)
+        if end < 0:
+            self._scanned = len(self._buf)
+            if self._scanned > MAX_REPLY_LINE:
+                self._too_long(method)
+            return None
+        if end > MAX_REPLY_LINE:
+            self._too_long(method)
+        line = bytes(self._buf[:end])
+        del self._buf[:end + 1]
+        self._scanned = 0
+        return line
+
+    def _too_long(self, method):
+        self.close()  # the rest of that line is still on its way: drop the connection with it
+        raise AgentError('%s sent a reply line longer than %d bytes to %s: refused'
+                         % (self._who(), MAX_REPLY_LINE, method),
+                         socket=self.socket_path, method=method, sandbox=self.sandbox_id)
 
     def _hint(self):
         if self.console_log:
@@ -246,7 +343,10 @@ class AgentClient:
                 try_deadline = min(deadline, time.monotonic() + 1.0)
                 try:
                     self._send(line, try_deadline)
-                    reply = self._read_reply(ids, try_deadline)
+                    reply = self._read_reply(ids, try_deadline, 'ping')
+                except AgentError:
+                    self.close()
+                    raise
                 except socket.timeout:
                     # Connected but the guest is not answering yet: keep the connection.
                     failures, first_failure = 0, None
@@ -257,10 +357,11 @@ class AgentClient:
                     failed = 'connection closed'
                 else:
                     if reply.get('error') is not None:
+                        self.close()
                         raise AgentError('agent on socket %s refused ping: %s'
                                          % (self.socket_path, reply['error']),
                                          socket=self.socket_path)
-                    return reply.get('result')
+                    return self._result('ping', {}, reply)
             if failed != 'missing':
                 last_error = failed
                 failures += 1
@@ -339,3 +440,214 @@ def _number(value):
         return max(0.0, float(value))
     except (TypeError, ValueError):
         return 0.0  # the agent itself refuses the bad value with a clear message
+
+
+# ---------------------------------------------------------------------------------------------
+# The parse boundary: from a line of guest bytes to a reply, and from a result to its shape.
+
+def _parse_reply(line):
+    """A reply object from one line, None for a line that is no one's reply, else _Invalid.
+
+    Empty lines and lines that are not JSON text are skipped: a line torn by an earlier
+    client's exchange looks like that, and it can only delay the answer, never stand in for it.
+    JSON too deep to decode safely, or JSON that is not a reply, is refused.
+    """
+    try:
+        text = line.decode('utf-8')
+    except UnicodeDecodeError:
+        return None
+    if not text.strip():
+        return None
+    if _depth(text) > MAX_REPLY_DEPTH:
+        raise _Invalid('nested deeper than %d levels' % MAX_REPLY_DEPTH)
+    try:
+        reply = json.loads(text)
+    except RecursionError:  # not reachable after the depth check; never let it escape
+        raise _Invalid('nested too deep to decode') from None
+    except ValueError:
+        return None
+    if not isinstance(reply, dict):
+        raise _Invalid('expected a JSON object, got %s' % _kind(reply))
+    rid = reply.get('id')
+    if rid is None:
+        return None  # the guest's answer to a line it could not read, sent to whoever listens
+    if isinstance(rid, bool) or not isinstance(rid, int):
+        raise _Invalid('id must be an integer, got %s' % _kind(rid))
+    error = reply.get('error')
+    if error is not None:
+        if not isinstance(error, str):
+            raise _Invalid('error must be a string or null, got %s' % _kind(error))
+        reply['error'] = _clean(error, MAX_ERROR_TEXT) or '(empty error message)'
+    return reply
+
+
+def _depth(text):
+    """How deep the brackets of JSON ``text`` nest, in one pass and without recursion.
+
+    Strings are cut out first (a bracket inside one is text); an unterminated string runs to
+    the end, so the result is an upper bound for whatever json.loads would recurse into.
+    """
+    brackets = _NOT_BRACKET.sub('', _JSON_STRING.sub('', text))
+    if len(brackets) <= MAX_REPLY_DEPTH:
+        return len(brackets)
+    depth = deepest = 0
+    for ch in brackets:
+        if ch == '[' or ch == '{':
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > MAX_REPLY_DEPTH:
+                    break  # deep enough to refuse: no need to read further
+        else:
+            depth -= 1
+    return deepest
+
+
+def _clean(text, limit):
+    """Guest text fit for a message: controls replaced, at most ``limit`` characters."""
+    if len(text) > limit:
+        text = text[:limit] + '... (%d more characters)' % (len(text) - limit)
+    return _CONTROL.sub('?', text)
+
+
+def _kind(value):
+    """What a JSON value is, for a message: its type and a short, clean repr."""
+    if value is None:
+        return 'null'
+    if isinstance(value, (dict, list)):
+        return '%s of %d' % (type(value).__name__, len(value))
+    if isinstance(value, str):
+        value = value[:_MAX_REPR]  # repr only what is shown
+    return '%s %s' % (type(value).__name__, _clean(repr(value), _MAX_REPR))
+
+
+def _want_dict(result, what):
+    if not isinstance(result, dict):
+        raise _Invalid('expected %s, got %s' % (what, _kind(result)))
+    return result
+
+
+# What _want returns for an optional field the guest left out.
+_ABSENT = object()
+
+
+def _want(result, key, check, what, required=True):
+    """``result[key]`` if ``check`` accepts it; _ABSENT if it is missing and not required."""
+    if key not in result:
+        if required:
+            raise _Invalid('%s missing' % key)
+        return _ABSENT
+    value = result[key]
+    if not check(value):
+        raise _Invalid('%s must be %s, got %s' % (key, what, _kind(value)))
+    return value
+
+
+def _is_int(value, low=None, high=None):
+    if isinstance(value, bool) or not isinstance(value, int):
+        return False
+    return (low is None or value >= low) and (high is None or value <= high)
+
+
+def _is_seconds(value):
+    if isinstance(value, float):
+        return math.isfinite(value) and value >= 0
+    return _is_int(value, 0, 2 ** 53)
+
+
+def _is_short_str(value):
+    return isinstance(value, str) and len(value) <= _MAX_FIELD
+
+
+def _is_id(value):
+    return isinstance(value, str) and _ID_RE.fullmatch(value) is not None
+
+
+STATUSES = ('creating', 'created', 'running', 'stopped')
+
+# The fields of a container state the host uses, each with its check; the guest sends more
+# (rootfs, args, stdout, stderr), which the host never reads and so never keeps.
+_STATE_FIELDS = (
+    ('status', lambda v: v in STATUSES, 'one of %s' % ', '.join(STATUSES), True),
+    ('pid', lambda v: v is None or _is_int(v, 0, 2 ** 31), 'null or a process id', False),
+    ('exit_code', lambda v: v is None or _is_int(v, -2 ** 31, 2 ** 31), 'null or an exit code', False),
+    ('created_at', lambda v: v is None or _is_short_str(v), 'null or a short string', False),
+    ('started_at', lambda v: v is None or _is_short_str(v), 'null or a short string', False),
+    ('finished_at', lambda v: v is None or _is_short_str(v), 'null or a short string', False),
+)
+
+
+def _state(result, want_id=None, what='a container state (an object)'):
+    """A container state: ``id`` (``want_id`` when the call named one) and the checked fields."""
+    _want_dict(result, what)
+    cid = _want(result, 'id', _is_id, 'a container ID')
+    if want_id is not None and cid != want_id:
+        raise _Invalid('the state is of container %s, not %s' % (_clean(cid, _MAX_REPR), want_id))
+    out = {'id': cid}
+    for key, check, what_value, required in _STATE_FIELDS:
+        value = _want(result, key, check, what_value, required)
+        if value is not _ABSENT:
+            out[key] = value
+    return out
+
+
+def _one_state(result, params):
+    return _state(result, want_id=params.get('id'))
+
+
+def _state_list(result, params):
+    if not isinstance(result, list):
+        raise _Invalid('expected a list of container states, got %s' % _kind(result))
+    out = []
+    for index, item in enumerate(result):
+        try:
+            out.append(_state(item))
+        except _Invalid as err:
+            raise _Invalid('item %d: %s' % (index, err)) from None
+    return out
+
+
+def _ping(result, params):
+    _want_dict(result, 'an object')
+    out = {}
+    for key, check, what in (('version', _is_short_str, 'a short string'),
+                             ('protocol', lambda v: _is_int(v, 0, 2 ** 31), 'an integer'),
+                             ('pid', lambda v: _is_int(v, 0, 2 ** 31), 'a process id'),
+                             ('uptime', _is_seconds, 'a number of seconds')):
+        value = _want(result, key, check, what, required=False)
+        if value is not _ABSENT:
+            out[key] = value
+    return out
+
+
+def _fields(*spec):
+    """A check for an object result that must hold the fields ``spec`` ((key, check, what)
+    each); those are kept, anything else the guest sent is dropped."""
+    def check(result, params):
+        _want_dict(result, 'an object')
+        out = {key: _want(result, key, ok, what) for key, ok, what in spec}
+        if 'id' in out and params.get('id') is not None and out['id'] != params['id']:
+            raise _Invalid('the reply is about container %s, not %s'
+                           % (_clean(out['id'], _MAX_REPR), params['id']))
+        return out
+    return check
+
+
+_ID_FIELD = ('id', _is_id, 'a container ID')
+_SIGNAL_FIELD = ('signal', lambda v: _is_int(v, 0, 64), 'a signal number')
+
+# What each method returns (guest/agent.py m_<method>), as a check that returns the checked
+# value: nothing the guest sends is used before it went through here.
+_RESULTS = {
+    'ping': _ping,
+    'create_container': _one_state,
+    'start_container': _one_state,
+    'container_state': _one_state,
+    'wait_container': _one_state,
+    'list_containers': _state_list,
+    'signal_container': _fields(_ID_FIELD, _SIGNAL_FIELD, ('signaled', lambda v: isinstance(v, bool), 'a boolean'),
+                                ('status', lambda v: v in STATUSES, 'one of %s' % ', '.join(STATUSES))),
+    'remove_container': _fields(_ID_FIELD, ('removed', lambda v: isinstance(v, bool), 'a boolean')),
+    'kill_all': _fields(_SIGNAL_FIELD, ('count', lambda v: _is_int(v, 0), 'a count')),
+    'shutdown': _fields(('poweroff', lambda v: isinstance(v, bool), 'a boolean')),
+}

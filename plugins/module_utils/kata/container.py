@@ -95,45 +95,66 @@ def differences(record, settings):
 # ---------------------------------------------------------------------------------------------
 # observation
 
-def live_states(rt, sid, vm):
-    """{cid: agent state} for the containers the agent knows, or None if it can't be asked."""
+def observe_live(rt, sid, vm):
+    """(live, error): what live_states returns, and why a running VM's agent gave nothing.
+
+    Any AgentError (unreachable, timed out, or a reply that is not a list of container states:
+    the guest is untrusted) makes the agent unusable for this look-up and nothing more; error
+    is its message, for the info modules to show.
+    """
     if vm != 'running':
-        return None
+        return None, None  # not asked: a paused guest cannot answer, a stopped one has nothing
     try:
         with rt.agent(sid, timeout=5) as client:
             states = client.call('list_containers')
-    except AgentError:
-        return None
-    return {s['id']: s for s in states or []}
+    except AgentError as err:
+        return None, str(err)
+    return {s['id']: s for s in states}, None
 
 
-def status_of(rec, vm, live):
-    """OCI status from the record, the VM state and what the agent reports."""
+def live_states(rt, sid, vm):
+    """{cid: agent state} for the containers the agent knows, or None if it can't be asked."""
+    return observe_live(rt, sid, vm)[0]
+
+
+def status_of(rec, vm, live, agent_error=None):
+    """OCI status from the record, the VM state and what the agent reports.
+
+    ``unknown`` when the VM runs and the agent could not be asked (``agent_error``, from
+    observe_live): what the info modules report instead of a guess. Lifecycle decisions pass
+    no error and get the record, which keeps their refusals (still running, no force) as
+    careful as the record is.
+    """
     recorded = rec.get('status') or 'creating'
     if recorded in ('stopped', 'deleting'):
         return 'stopped'
     if vm not in ('running', 'paused'):
         return 'stopped'  # the VM is gone: so is every process in it
     if live is None:
-        return recorded  # paused VM or unreachable agent: the record is the best we know
+        if vm == 'running' and agent_error is not None:
+            return 'unknown'
+        return recorded  # paused VM (its agent cannot answer): the record is the best we know
     state = live.get(rec['id'])
     if state is None:
         return 'creating' if recorded == 'creating' else 'stopped'
     return state.get('status') or recorded
 
 
-def info(rt, rec, vm=None, live=None, observed=True):
-    """The public dict of one container (the contract's `container` return)."""
+def info(rt, rec, vm=None, live=None, observed=True, agent_error=None):
+    """The public dict of one container (the contract's `container` return).
+
+    Status ``unknown`` comes with ``error``: why the agent of its running VM could not say.
+    """
     sid = rec['sandbox']
     if observed and vm is None:
         srec = rt.store.load_sandbox(sid)
         vm = rt.hv.state(srec['domain']) if srec else 'missing'
-        live = live_states(rt, sid, vm)
-    status = status_of(rec, vm, live) if observed else rec.get('status')
+        live, agent_error = observe_live(rt, sid, vm)
+    status = status_of(rec, vm, live, agent_error) if observed else rec.get('status')
     state = (live or {}).get(rec['id']) or {}
     shared = os.path.join(rt.store.shared_dir(sid), rec['id'])
     exit_code = state.get('exit_code', rec.get('exit_code'))
-    return {
+    out = {
         'id': rec['id'],
         'sandbox': sid,
         'type': rec.get('type', 'pod_container'),
@@ -153,6 +174,9 @@ def info(rt, rec, vm=None, live=None, observed=True):
         'started_at': rec.get('started_at'),
         'finished_at': state.get('finished_at') or rec.get('finished_at'),
     }
+    if status == 'unknown':
+        out['error'] = agent_error
+    return out
 
 
 def sandbox_as_container(rt, srec, vm):
@@ -420,8 +444,14 @@ def delete(rt, cid, force=False, trace=None):
         if status == 'running':
             if not force:
                 raise Conflict('container %s is still running: stop it first or use force=true' % cid)
-            res = _kill_and_wait(rt, sid, cid, int(signals.SIGKILL), 10, trace)
-            rec['exit_code'] = res.get('exit_code')
+            try:
+                res = _kill_and_wait(rt, sid, cid, int(signals.SIGKILL), 10, trace)
+                rec['exit_code'] = res.get('exit_code')
+            except AgentError as err:
+                # A guest that will not (or cannot) answer does not stop a forced delete: the
+                # host side goes now; the process ends with the sandbox's VM at the latest.
+                trace.warn('container %s: could not kill it through the agent (%s); its host '
+                           'side is removed, its process ends with sandbox %s' % (cid, err, sid))
         if vm == 'running':
             _remove_in_guest(rt, sid, cid, trace)
         cleanup(rt, srec, rec, trace)
@@ -492,7 +522,8 @@ def wait_for(rt, cid, timeout, poll=0.2):
 def list_all(rt, sandboxes=None):
     """(public dicts of the containers of every sandbox or of ``sandboxes``, corrupt records).
 
-    One libvirt look-up and one agent call per sandbox, not per container.
+    One libvirt look-up and one agent call per sandbox, not per container. A sandbox whose
+    agent cannot be asked lists its containers as ``unknown`` and the others as usual.
     """
     records, corrupt = rt.store.list_sandboxes()
     out = []
@@ -503,8 +534,8 @@ def list_all(rt, sandboxes=None):
         vm = rt.hv.state(srec['domain'])
         containers, bad = rt.store.list_containers(sid)
         corrupt.extend(bad)
-        live = live_states(rt, sid, vm) if containers else None
+        live, agent_error = observe_live(rt, sid, vm) if containers else (None, None)
         out.append(sandbox_as_container(rt, srec, vm))
         for rec in containers:
-            out.append(info(rt, rec, vm=vm, live=live))
+            out.append(info(rt, rec, vm=vm, live=live, agent_error=agent_error))
     return out, corrupt

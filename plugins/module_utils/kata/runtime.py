@@ -62,7 +62,7 @@ class Runtime:
         return self._hv
 
     def agent(self, sandbox_id, timeout=10):
-        return AgentClient(self.store.agent_socket(sandbox_id), timeout=timeout)
+        return AgentClient(self.store.agent_socket(sandbox_id), timeout=timeout, sandbox_id=sandbox_id)
 
 
 def now():

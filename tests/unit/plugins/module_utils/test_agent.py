@@ -466,12 +466,13 @@ def test_client_skips_stale_ids_and_torn_lines(short_dir):
         return (b'{"id": 424242, "result": "stale"}\n'
                 b'{"id": 9, "res\n'
                 b'{"id": null, "error": "malformed request"}\n'
-                + json.dumps({'id': req['id'], 'result': {'echo': req['params']}}).encode() + b'\n')
+                + json.dumps({'id': req['id'], 'result': {'id': req['params']['id'], 'removed': True}}).encode()
+                + b'\n')
 
     fake = FakeAgent(path, script)
     try:
         with AgentClient(path, timeout=5) as cli:
-            assert cli.call('echo', x=1, y='z') == {'echo': {'x': 1, 'y': 'z'}}
+            assert cli.call('remove_container', id='x1') == {'id': 'x1', 'removed': True}
         # Every connection opens with an empty line that ends a torn line left in the guest.
         assert fake.received[0] == b''
     finally:
