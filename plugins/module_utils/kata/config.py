@@ -41,7 +41,15 @@ DEFAULTS = {
     'agent_timeout': 60,
     'hook_timeout': 30,
     'domain_prefix': 'kata-',
+    # Caps on what a guest can make land on the host (docs/security.md): its writable share
+    # (container output and anything else it writes there) and its serial console log.
+    'guest_write_limit_mb': 64,
+    'console_log_limit_kb': 1024,
 }
+
+# Upper bounds keep a typo from turning a cap into no cap at all (both live in host RAM).
+MAX_GUEST_WRITE_LIMIT_MB = 64 * 1024
+MAX_CONSOLE_LOG_LIMIT_KB = 1024 * 1024
 
 KERNEL_NAME = 'vmlinux'
 INITRD_NAME = 'kata-initrd.img'
@@ -75,6 +83,15 @@ def _int(source, key, value, minimum):
     if value < minimum:
         _fail(source, key, value, f'must be at least {minimum}')
     return value
+
+
+def _bounded_int(minimum, maximum):
+    def check(source, key, value):
+        _int(source, key, value, minimum)
+        if value > maximum:
+            _fail(source, key, value, f'must be at most {maximum}')
+        return value
+    return check
 
 
 def _timeout(source, key, value):
@@ -147,6 +164,8 @@ _CHECKS = {
     'agent_timeout': _timeout,
     'hook_timeout': _timeout,
     'domain_prefix': _check_domain_prefix,
+    'guest_write_limit_mb': _bounded_int(1, MAX_GUEST_WRITE_LIMIT_MB),
+    'console_log_limit_kb': _bounded_int(64, MAX_CONSOLE_LOG_LIMIT_KB),
 }
 
 

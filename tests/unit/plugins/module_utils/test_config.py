@@ -45,6 +45,8 @@ def test_defaults_table():
         'agent_timeout': 60,
         'hook_timeout': 30,
         'domain_prefix': 'kata-',
+        'guest_write_limit_mb': 64,
+        'console_log_limit_kb': 1024,
     }
     assert set(cfg.as_dict()) == set(DEFAULTS)
 
@@ -149,6 +151,12 @@ BAD_VALUES = [
     ('libvirt_uri', 'not a uri'),
     ('libvirt_uri', ''),
     ('kernel_params', 'a\nb'),
+    ('guest_write_limit_mb', 0),
+    ('guest_write_limit_mb', True),
+    ('guest_write_limit_mb', '64'),
+    ('guest_write_limit_mb', 10 ** 400),
+    ('console_log_limit_kb', 8),
+    ('console_log_limit_kb', 10 ** 9),
 ]
 
 
