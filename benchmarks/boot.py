@@ -23,6 +23,7 @@ import time
 
 import _bench as b
 from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
+from ansible_collections.kata.runtime.plugins.module_utils.kata import share
 from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import image
 
 TARGET = 1.2  # ours / bare floor
@@ -34,7 +35,7 @@ def boot_ours(bench, sid, memory_mb=None):
     hv = rt.hv
     trace = b.TimedTrace()
     settings = bench.settings(memory_mb=memory_mb)
-    console = rt.store.console_log(sid)
+    console = share.console_log(rt.store, sid)
     with b.timed_method(hv, 'create') as hvc, b.FileMarker(console, image.INIT_MARKER) as init:
         t0 = time.perf_counter()
         rec = sbx.create(rt, sid, settings, trace=trace)

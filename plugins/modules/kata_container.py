@@ -70,8 +70,17 @@ options:
     type: path
   rootfs:
     description:
-      - Root filesystem of the container on the host (a directory). It is shared with the guest.
+      - Root filesystem of the container on the host (a directory). It is shared with the guest
+        read-only; what the container writes goes to a layer in guest memory (see
+        O(readonly_rootfs)) and never reaches this directory.
     type: path
+  readonly_rootfs:
+    description:
+      - Mount the container's root filesystem read-only inside the guest too (C(root.readonly)
+        of the OCI config). With V(false) the container gets a writable overlay whose upper layer
+        lives in guest memory and is dropped with the container.
+      - Next to O(bundle), overrides its C(root.readonly). Default V(false) (or the bundle's value).
+    type: bool
   command:
     description:
       - The process to run, as a list (C(args) of the OCI process).
@@ -189,11 +198,16 @@ container:
       type: int
       sample: 0
     bundle:
-      description: The OCI bundle path, when created from one.
+      description:
+        - The OCI bundle directory - the one given, or for an inline container the host-owned
+          C(bundles/<name>) under the sandbox's state directory holding its generated C(config.json).
       type: str
     rootfs:
       description: Root filesystem on the host.
       type: str
+    readonly_rootfs:
+      description: Whether the root filesystem is read-only inside the container.
+      type: bool
     args:
       description: The process arguments.
       type: list
@@ -256,8 +270,8 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
 from ansible_collections.kata.runtime.plugins.module_utils.kata.ids import validate_id
 from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import coerce_str_dict
 
-SETTING_OPTIONS = ('bundle', 'rootfs', 'command', 'env', 'cwd', 'user', 'hooks', 'cgroups_path', 'annotations',
-                   'labels')
+SETTING_OPTIONS = ('bundle', 'rootfs', 'readonly_rootfs', 'command', 'env', 'cwd', 'user', 'hooks', 'cgroups_path',
+                   'annotations', 'labels')
 
 
 class ContainerManager(StateManager):
@@ -330,7 +344,7 @@ class ContainerManager(StateManager):
             opts['cwd'] = None if self.p['cwd'] == '/' else self.p['cwd']
         if rec is not None and not (opts['bundle'] or opts['rootfs'] or opts['command']):
             # Addressed by name only: the recorded settings are the request (labels aside).
-            settings = {k: rec.get(k) for k in ctr.IMMUTABLE + ctr.MUTABLE + ('type',)}
+            settings = {k: ctr.recorded_setting(rec, k) for k in ctr.IMMUTABLE + ctr.MUTABLE + ('type',)}
             if opts['labels'] is not None:
                 settings['labels'] = opts['labels']
         else:
@@ -400,6 +414,7 @@ def main():
         force=dict(type='bool', default=False),
         bundle=dict(type='path'),
         rootfs=dict(type='path'),
+        readonly_rootfs=dict(type='bool'),
         command=dict(type='list', elements='str'),
         env=dict(type='dict'),
         cwd=dict(type='str', default='/'),

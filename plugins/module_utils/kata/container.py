@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import os
 import signal as signals
-import subprocess
 import time
 
 from ansible_collections.kata.runtime.plugins.module_utils.kata import hooks as oci_hooks
-from ansible_collections.kata.runtime.plugins.module_utils.kata import oci
+from ansible_collections.kata.runtime.plugins.module_utils.kata import oci, share
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
     AgentError,
     Conflict,
@@ -26,11 +25,12 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
 from ansible_collections.kata.runtime.plugins.module_utils.kata.ids import validate_id
 from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import now
 
-GUEST_SHARED = '/run/kata-containers/shared'
-
 # Settings fixed at creation: a change needs recreate.
-IMMUTABLE = ('bundle', 'rootfs', 'args', 'env', 'cwd', 'user', 'hooks', 'cgroups_path', 'annotations')
+IMMUTABLE = ('bundle', 'rootfs', 'readonly_rootfs', 'args', 'env', 'cwd', 'user', 'hooks', 'cgroups_path',
+             'annotations')
 MUTABLE = ('labels',)
+# What a record written before a setting existed means by its absence.
+_RECORD_DEFAULTS = {'readonly_rootfs': False}
 
 
 def settings_from(opts):
@@ -54,7 +54,8 @@ def settings_from(opts):
         bundle = None
         spec = oci.generate_spec(opts['rootfs'], list(opts['command']), env=opts.get('env'),
                                  cwd=opts.get('cwd') or '/', user=opts.get('user'), hooks=opts.get('hooks'),
-                                 cgroups_path=opts.get('cgroups_path'), annotations=opts.get('annotations'))
+                                 cgroups_path=opts.get('cgroups_path'), annotations=opts.get('annotations'),
+                                 readonly=bool(opts.get('readonly_rootfs')))
     # Options given next to a bundle add to / override what its config.json says.
     annotations = dict(spec.get('annotations') or {})
     annotations.update(opts.get('annotations') or {})
@@ -69,9 +70,13 @@ def settings_from(opts):
         rootfs = os.path.join(bundle, rootfs)
     if not os.path.isdir(rootfs):
         raise InvalidArgument('rootfs %s is not a directory' % rootfs)
+    readonly = bool(spec['root'].get('readonly'))
+    if opts.get('readonly_rootfs') is not None:
+        readonly = bool(opts['readonly_rootfs'])  # next to a bundle, the option overrides
     return {
         'bundle': bundle,
         'rootfs': os.path.realpath(rootfs),
+        'readonly_rootfs': readonly,
         'args': list(process['args']),
         'env': list(process.get('env') or []),
         'cwd': process.get('cwd') or '/',
@@ -84,11 +89,16 @@ def settings_from(opts):
     }
 
 
+def recorded_setting(record, key):
+    """A setting as the record holds it; records older than the setting mean its default."""
+    return record.get(key, _RECORD_DEFAULTS.get(key))
+
+
 def differences(record, settings):
     out = []
     for key in IMMUTABLE + MUTABLE:
-        if record.get(key) != settings.get(key):
-            out.append((key, record.get(key), settings.get(key)))
+        if recorded_setting(record, key) != settings.get(key):
+            out.append((key, recorded_setting(record, key), settings.get(key)))
     return out
 
 
@@ -152,7 +162,7 @@ def info(rt, rec, vm=None, live=None, observed=True, agent_error=None):
         live, agent_error = observe_live(rt, sid, vm)
     status = status_of(rec, vm, live, agent_error) if observed else rec.get('status')
     state = (live or {}).get(rec['id']) or {}
-    shared = os.path.join(rt.store.shared_dir(sid), rec['id'])
+    stdout_path, stderr_path = share.output_paths(rt.store, sid, rec['id'])
     exit_code = state.get('exit_code', rec.get('exit_code'))
     out = {
         'id': rec['id'],
@@ -161,15 +171,16 @@ def info(rt, rec, vm=None, live=None, observed=True, agent_error=None):
         'status': status,
         'pid': state.get('pid', rec.get('pid')) if status in ('created', 'running') else None,
         'exit_code': exit_code if status == 'stopped' else None,
-        'bundle': rec.get('bundle'),
+        'bundle': rec.get('bundle') or rec.get('bundle_dir'),
         'rootfs': rec.get('rootfs'),
+        'readonly_rootfs': recorded_setting(rec, 'readonly_rootfs'),
         'args': rec.get('args'),
         'annotations': rec.get('annotations') or {},
         'labels': rec.get('labels') or {},
         'cgroups_path': rec.get('cgroups_path') or '',
         'cgroups_paths': rec.get('cgroups_paths') or [],
-        'stdout_path': os.path.join(shared, 'stdout'),
-        'stderr_path': os.path.join(shared, 'stderr'),
+        'stdout_path': stdout_path,
+        'stderr_path': stderr_path,
         'created_at': rec.get('created_at'),
         'started_at': rec.get('started_at'),
         'finished_at': state.get('finished_at') or rec.get('finished_at'),
@@ -207,58 +218,30 @@ def find(rt, cid):
 
 
 # ---------------------------------------------------------------------------------------------
-# rootfs sharing
-
-def _mount_cmd(rt, srec, args):
-    """`args` (mount/umount) run where the VMM's 9p server sees it: its own mount namespace.
-
-    libvirt starts qemu in a private mount namespace, so a bind mount made on the host after
-    the VM started would not be visible to the 9p server; entering the VMM's namespace puts
-    the mount exactly where it is needed and it vanishes with the VM.
-    """
-    pid = rt.hv.pid(srec['domain'])
-    if pid and os.path.exists('/proc/%d/ns/mnt' % pid):
-        if os.readlink('/proc/%d/ns/mnt' % pid) != os.readlink('/proc/self/ns/mnt'):
-            return ['nsenter', '-t', str(pid), '-m', '--'] + args, False
-    return args, True
-
-
-def _bind_rootfs(rt, srec, rec, trace):
-    target = os.path.join(rt.store.shared_dir(srec['id']), rec['id'], 'rootfs')
-    os.makedirs(target, mode=0o755, exist_ok=True)
-    cmd, on_host = _mount_cmd(rt, srec, ['mount', '--bind', rec['rootfs'], target])
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
-    if proc.returncode != 0:
-        raise KataError('could not share rootfs %s with the guest: %s'
-                        % (rec['rootfs'], proc.stderr.decode(errors='replace').strip()))
-    rec['rootfs_mount'] = {'target': target, 'host': on_host}
-    trace.step('shared rootfs %s with the guest' % rec['rootfs'])
-
-
-def _unbind_rootfs(rt, srec, rec, trace):
-    mount = rec.get('rootfs_mount')
-    if not mount:
-        return
-    target = mount['target']
-    if mount.get('host'):
-        if os.path.ismount(target):
-            subprocess.run(['umount', '-l', target], stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
-            trace.step('unshared rootfs of container %s' % rec['id'])
-    elif rt.hv.state(srec['domain']) in ('running', 'paused'):
-        cmd, dummy = _mount_cmd(rt, srec, ['umount', '-l', target])
-        subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
-        trace.step('unshared rootfs of container %s' % rec['id'])
-    rec['rootfs_mount'] = None
-
-
-# ---------------------------------------------------------------------------------------------
 # operations
 
 def _state_json(rt, rec, status):
     annotations = dict(rec.get('annotations') or {})
     annotations.setdefault(oci.KATA_CONTAINER_TYPE_KEY, rec.get('type', 'pod_container'))
+    # An inline container's bundle is the host-owned bundles/<cid> (records older than it
+    # name the rootfs, which the guest can no longer write either: it is shared read-only).
+    bundle = rec.get('bundle') or rec.get('bundle_dir') or rec.get('rootfs')
     return oci.state(rec['id'], status, rec.get('pid') if status in ('created', 'running') else None,
-                     rec.get('bundle') or rec.get('rootfs'), annotations)
+                     bundle, annotations)
+
+
+def _write_bundle(rt, sid, rec, trace):
+    """An inline container gets a real bundle: bundles/<cid>/config.json, 0700/0600, outside
+    anything the guest can write. Hooks see it as the state's bundle and run in it."""
+    path = share.bundle_dir(rt.store, sid, rec['id'])
+    env = dict(item.partition('=')[::2] for item in rec['env'])
+    spec = oci.generate_spec(rec['rootfs'], rec['args'], env=env, cwd=rec['cwd'],
+                             user=rec['user'], hooks=rec['hooks'] or None,
+                             cgroups_path=rec['cgroups_path'] or None, annotations=rec['annotations'],
+                             readonly=rec['readonly_rootfs'])
+    rt.store.write_private_json(path, 'config.json', spec)
+    rec['bundle_dir'] = path
+    trace.step('wrote bundle %s of container %s' % (path, rec['id']))
 
 
 def _run_hooks(rt, rec, kind, status, trace):
@@ -304,14 +287,16 @@ def create(rt, sid, cid, settings, trace=None):
         try:
             rec['cgroups_paths'] = rt.cgroups.create(settings['cgroups_path'], cid)
             rt.store.save_container(rec)
-            _bind_rootfs(rt, srec, rec, trace)
+            if not rec.get('bundle'):
+                _write_bundle(rt, sid, rec, trace)
+            share.bind_rootfs(rt, srec, rec, trace)
             rt.store.save_container(rec)
             for kind in ('prestart', 'createRuntime'):
                 _run_hooks(rt, rec, kind, 'creating', trace)
             uid, gid = (int(x) for x in rec['user'].split(':'))
             with rt.agent(sid) as client:
                 client.call('create_container', id=cid, args=rec['args'], env=rec['env'], cwd=rec['cwd'],
-                            uid=uid, gid=gid, hostname=cid[:63])
+                            uid=uid, gid=gid, hostname=cid[:63], readonly=bool(rec['readonly_rootfs']))
             trace.step('created container %s in the guest' % cid)
             _run_hooks(rt, rec, 'createContainer', 'created', trace)
             rec['status'] = 'created'
@@ -470,7 +455,7 @@ def cleanup(rt, srec, rec, trace, poststop=True):
         rec['status'] = 'deleting'
         rec['finished_at'] = rec.get('finished_at') or now()
         rt.store.save_container(rec)
-    _unbind_rootfs(rt, srec, rec, trace)
+    share.unbind_rootfs(rt, srec, rec, trace)
     if poststop and not rec.get('poststop_done'):
         _run_hooks(rt, rec, 'poststop', 'stopped', trace)
         rec['poststop_done'] = True
@@ -482,30 +467,8 @@ def cleanup(rt, srec, rec, trace, poststop=True):
         rt.store.remove_mapping(cid)
         trace.step('removed ID mapping %s' % cid)
     rt.store.remove_container(sid, cid)
-    shared = os.path.join(rt.store.shared_dir(sid), cid)
-    _remove_share_dir(shared)
+    share.remove_container_dirs(rt, sid, cid)
     trace.step('deleted container %s' % cid)
-
-
-def _remove_share_dir(path):
-    """Remove <shared>/<cid> (output files and the empty rootfs mount point) — never a mount."""
-    if not os.path.isdir(path) or os.path.islink(path):
-        return
-    for name in ('stdout', 'stderr'):
-        try:
-            os.unlink(os.path.join(path, name))
-        except FileNotFoundError:
-            pass
-    rootfs = os.path.join(path, 'rootfs')
-    if os.path.isdir(rootfs) and not os.path.ismount(rootfs):
-        try:
-            os.rmdir(rootfs)
-        except OSError:
-            return
-    try:
-        os.rmdir(path)
-    except OSError:
-        pass
 
 
 def wait_for(rt, cid, timeout, poll=0.2):

@@ -237,6 +237,8 @@ def validate_spec(spec, bundle=None):
         resolved = os.path.normpath(path)
     if not os.path.isdir(resolved):
         raise _bad('root.path', path, f'does not exist as a directory ({resolved})')
+    if not isinstance(root.get('readonly', False), bool):
+        raise _bad('root.readonly', root['readonly'], 'must be true or false')
     root['path'] = resolved
 
     if 'hooks' in spec and spec['hooks'] is not None:
@@ -329,7 +331,7 @@ def _default_mounts():
 
 
 def generate_spec(rootfs, args, env=None, cwd='/', user=None, hooks=None, cgroups_path=None,
-                  annotations=None, hostname=None):
+                  annotations=None, hostname=None, readonly=False):
     """A complete runtime-spec 1.x config for an inline container (rootfs must be absolute)."""
     if not isinstance(rootfs, str) or not os.path.isabs(rootfs):
         raise _bad('rootfs', rootfs, 'must be an absolute path')
@@ -354,7 +356,7 @@ def generate_spec(rootfs, args, env=None, cwd='/', user=None, hooks=None, cgroup
             'rlimits': [{'type': 'RLIMIT_NOFILE', 'hard': 1024, 'soft': 1024}],
             'noNewPrivileges': True,
         },
-        'root': {'path': rootfs, 'readonly': False},
+        'root': {'path': rootfs, 'readonly': bool(readonly)},
         'mounts': _default_mounts(),
         'linux': {
             'namespaces': [{'type': t} for t in ('pid', 'network', 'ipc', 'uts', 'mount')],

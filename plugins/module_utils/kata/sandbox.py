@@ -17,7 +17,7 @@ import time
 
 from ansible_collections.kata.runtime.plugins.module_utils.kata import container as ctr
 from ansible_collections.kata.runtime.plugins.module_utils.kata import hooks as oci_hooks
-from ansible_collections.kata.runtime.plugins.module_utils.kata import oci
+from ansible_collections.kata.runtime.plugins.module_utils.kata import oci, share
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
     AgentError,
     Conflict,
@@ -154,7 +154,7 @@ def info(rt, rec, vm=None, containers=None):
         'annotations': rec.get('annotations') or {},
         'cgroups_path': rec.get('cgroups_path') or '',
         'cgroups_paths': rec.get('cgroups_paths') or [],
-        'console_log': rt.store.console_log(rec['id']),
+        'console_log': share.console_log(rt.store, rec['id']),
         'created_at': rec.get('created_at'),
     }
 
@@ -196,7 +196,7 @@ def _run_hooks(rt, rec, kind, status, trace):
     trace.step('ran %d %s hook(s) of sandbox %s' % (len(hooks[kind]), kind, rec['id']))
 
 
-def _vm_spec(rt, rec):
+def _vm_spec(rt, rec, output_accessmode):
     sid = rec['id']
     cmdline = ' '.join(p for p in (BASE_KERNEL_PARAMS, rec.get('kernel_params') or '') if p)
     return {
@@ -208,9 +208,11 @@ def _vm_spec(rt, rec):
         'initrd': rec['initrd'],
         'cmdline': cmdline,
         'accel': rec['accel'],
-        'console_log': rt.store.console_log(sid),
+        'console_log': share.console_log(rt.store, sid),
         'agent_socket': rt.store.agent_socket(sid),
-        'shared_dir': rt.store.shared_dir(sid),
+        'shared_dir': share.shared_dir(rt.store, sid),
+        'output_dir': share.output_dir(rt.store, sid),
+        'output_accessmode': output_accessmode,
     }
 
 
@@ -225,19 +227,20 @@ def _wait_agent(rt, rec, timeout, trace):
         with rt.agent(sid) as client:
             client.wait_ready(limit, progress=tick)
     except AgentError as err:
-        raise AgentError('%s; the guest console log is %s' % (err, rt.store.console_log(sid)))
+        raise AgentError('%s; the guest console log is %s' % (err, share.console_log(rt.store, sid)))
     trace.step('agent of sandbox %s is ready' % sid)
 
 
 def _boot(rt, rec, timeout, trace):
     """Start the VM (defining it if needed), put the VMM in the sandbox's cgroups, wait for
-    the agent."""
-    os.makedirs(rt.store.shared_dir(rec['id']), mode=0o700, exist_ok=True)
+    the agent. The shares and the capped console are mounted first: the VMM's mount
+    namespace is a copy of ours taken when it starts."""
+    output_accessmode = share.prepare(rt, rec['id'])
     vm = rt.hv.state(rec['domain'])
     if vm == 'missing':
         trace.progress('sandbox %s: booting %s (%s, %d vCPU, %d MiB)' % (
             rec['id'], rec['domain'], rec['accel'], rec['vcpus'], rec['memory_mb']))
-        rt.hv.create(_vm_spec(rt, rec))
+        rt.hv.create(_vm_spec(rt, rec, output_accessmode))
         trace.step('defined and started VM %s (accel %s)' % (rec['domain'], rec['accel']))
     elif vm in ('shutoff', 'crashed'):
         rt.hv.start(rec['domain'])
@@ -506,6 +509,7 @@ def _teardown(rt, rec, trace, poststop):
     if rec.get('cgroups_paths'):
         rt.cgroups.remove(rec['cgroups_paths'])
         trace.step('removed cgroup paths of sandbox %s' % sid)
+    share.release(rt, sid, trace)
     rt.store.remove_sandbox(sid)
     trace.step('removed state of sandbox %s' % sid)
     if rt.store.get_mapping(sid) == sid:

@@ -6,8 +6,8 @@ Layout under the state root (directories 0700, files 0600)::
 
     sandboxes/<sid>/sandbox.json          the sandbox record
     sandboxes/<sid>/containers/<cid>.json one record per container
-    sandboxes/<sid>/shared/               exported to the guest over 9p
-    sandboxes/<sid>/console.log           the guest serial console
+    sandboxes/<sid>/shared/, output/, console/, bundles/
+                                          what the guest can reach (share.py)
     sock/<sha256(sid)[:16]>.sock          agent socket (sun_path is only 108 bytes)
     mappings/<cid>                        container -> sandbox mapping (the file holds sid)
     locks/<sid>.lock                      per-sandbox flock
@@ -52,7 +52,6 @@ LOCKS = 'locks'
 SANDBOX_FILE = 'sandbox.json'
 CONTAINERS = 'containers'
 SHARED = 'shared'
-CONSOLE_LOG = 'console.log'
 
 _TMP_SUFFIX = '.tmp'
 _LOCK_POLL = 0.05
@@ -363,9 +362,6 @@ class Store:
 
     def shared_dir(self, sid):
         return os.path.join(self.sandbox_dir(sid), SHARED)
-
-    def console_log(self, sid):
-        return os.path.join(self.sandbox_dir(sid), CONSOLE_LOG)
 
     def containers_dir(self, sid):
         return os.path.join(self.sandbox_dir(sid), CONTAINERS)
@@ -742,6 +738,32 @@ class Store:
     def remove_container(self, sid, cid):
         """Remove the container record; True if it existed."""
         return self._unlink(self._container_file(sid, cid))
+
+    # ------------------------------------------------ guest-written and private trees
+
+    def write_private_json(self, directory, name, data):
+        """Write ``directory/name`` (JSON) atomically, creating ``directory`` 0700 inside the
+        root (e.g. an inline container's bundle); returns the file's path."""
+        self._check_inside(os.path.dirname(directory))
+        self._mkdir(directory)
+        path = os.path.join(directory, name)
+        self._write_json(path, data)
+        return path
+
+    def remove_tree_at(self, pfd, name, path):
+        """Remove entry ``name`` of the open directory ``pfd`` (``path`` names it in errors):
+        a directory by descriptor as ``remove_sandbox`` does (never following a link, never
+        crossing a mount), anything else unlinked. True when something was removed."""
+        try:
+            st = os.lstat(name, dir_fd=pfd)
+        except FileNotFoundError:
+            return False
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(name, dir_fd=pfd)
+            return True
+        self._refuse_mounts(path)
+        self._remove_dir_at(pfd, name, path, os.fstat(pfd).st_dev)
+        return True
 
     def list_containers(self, sid):
         """Return ``(records, corrupt)`` for the sandbox's containers, sorted by id."""

@@ -34,7 +34,10 @@ import time
 AGENT_VERSION = '1.0.0'
 PROTOCOL = 1
 PORT_NAME = 'agent.0'
+# The guest side of guest/contract.py (this file runs alone in the initrd, so it keeps its own
+# copy; a unit test checks that both agree).
 SHARED_DIR = '/run/kata-containers/shared'
+OUTPUT_DIR = '/run/kata-containers/output'
 RUN_DIR = '/run/kata-agent'
 DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 ID_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$')
@@ -357,6 +360,7 @@ class Container:
         self.created_at = time.time()
         self.started_at = None
         self.finished_at = None
+        self.scratch = None  # mount point of the writable layer (mounted in its namespace only)
 
     def state(self):
         return {
@@ -400,11 +404,12 @@ def _number_param(params, key, default):
 
 class Agent:
     def __init__(self, transport, shared_dir=SHARED_DIR, poweroff=True, busybox=None,
-                 run_dir=RUN_DIR):
+                 run_dir=RUN_DIR, output_dir=OUTPUT_DIR):
         self.transport = transport
         self.run_dir = run_dir
         self._seq = 0
         self.shared_dir = shared_dir
+        self.output_dir = output_dir
         self.poweroff = poweroff
         self.busybox = busybox or find_busybox()
         self.containers = {}
@@ -647,14 +652,21 @@ class Agent:
         hostname = params.get('hostname')
         if hostname is not None and (not isinstance(hostname, str) or len(hostname) > 64):
             raise RequestError('invalid hostname %r' % (hostname,))
+        # The host shares every rootfs read-only. readonly=false: the container writes to an
+        # overlay whose upper layer is a tmpfs in its own mount namespace (guest memory; gone
+        # with the container). readonly=true: a read-only bind. Not given: the rootfs as it is.
+        readonly = params.get('readonly')
+        if readonly is not None and not isinstance(readonly, bool):
+            raise RequestError('readonly must be true or false, got %r' % (readonly,))
+        mode = {None: 'plain', True: 'readonly', False: 'overlay'}[readonly]
         streams = {}
         for key in ('stdout', 'stderr'):
-            path = params.get(key) or os.path.join(base, key)
+            path = params.get(key) or os.path.join(self.output_dir, cid, key)
             if not isinstance(path, str) or not path.startswith('/'):
                 raise RequestError('%s must be an absolute guest path, got %r' % (key, path))
             streams[key] = path
         spec = {
-            'id': cid, 'rootfs': rootfs, 'args': args, 'env': env, 'cwd': cwd,
+            'id': cid, 'rootfs': rootfs, 'rootfs_mode': mode, 'args': args, 'env': env, 'cwd': cwd,
             'uid': _int_param(params, 'uid', 0), 'gid': _int_param(params, 'gid', 0),
             'hostname': hostname, 'stdout': streams['stdout'], 'stderr': streams['stderr'],
         }
@@ -683,8 +695,11 @@ class Agent:
         # unshare wrapper, which never closes what it inherits.)
         self._seq += 1
         fifo = os.path.join(self.run_dir, 'exec-%s-%d' % (ctr.id, self._seq))
+        scratch = os.path.join(self.run_dir, 'rootfs-%s-%d' % (ctr.id, self._seq))
         try:
             os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
+            if spec['rootfs_mode'] == 'overlay':
+                os.mkdir(scratch, 0o700)
             if os.path.lexists(fifo):
                 os.unlink(fifo)
             os.mkfifo(fifo, 0o600)
@@ -695,7 +710,7 @@ class Agent:
             raise RequestError('container %s: cannot create %s: %s' % (ctr.id, fifo, err)) from None
         python = sys.executable or '/usr/bin/python3'
         argv = ([self.busybox, 'unshare', '-p', '-m', '-u', '-i', '-f', '--']
-                + exec_init_argv(python, spec, fifo, self.busybox))
+                + exec_init_argv(python, spec, fifo, self.busybox, scratch))
         import subprocess
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fds[0], stderr=fds[1],
@@ -708,6 +723,7 @@ class Agent:
             for fd in fds:
                 os.close(fd)
         ctr.proc = proc
+        ctr.scratch = scratch if spec['rootfs_mode'] == 'overlay' else None
         ctr.wrapper_pid = proc.pid
         ctr.started_at = time.time()
         ctr.status = 'running'
@@ -882,6 +898,11 @@ class Agent:
             raise RequestError('container %s is still running (pid %s): stop it before removing'
                                % (cid, ctr.pid))
         del self.containers[cid]
+        if ctr.scratch:
+            try:
+                os.rmdir(ctr.scratch)
+            except OSError:
+                pass
         return {'id': cid, 'removed': True}
 
     def m_list_containers(self, params):
@@ -943,9 +964,9 @@ EXEC_INIT = r"""
 import os, sys
 
 def main(argv):
-    fifo, busybox, rootfs, hostname, cwd, uid, gid, nenv = argv[:8]
-    env = argv[8:8 + int(nenv)]
-    args = argv[8 + int(nenv):]
+    fifo, busybox, rootfs, mode, scratch, hostname, cwd, uid, gid, nenv = argv[:10]
+    env = argv[10:10 + int(nenv)]
+    args = argv[10 + int(nenv):]
     try:
         fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         os.set_blocking(fd, True)
@@ -971,7 +992,23 @@ def main(argv):
                 os._exit(127)
         return os.waitpid(pid, 0)[1] == 0
 
+    # The mounts below live in this new mount namespace only: they vanish with the container.
     try:
+        if mode == 'overlay':
+            if not mount('-t', 'tmpfs', '-o', 'mode=0700', 'kata-rw', scratch):
+                fail(1, 'cannot mount the writable layer at %s' % scratch)
+            for name in ('upper', 'work', 'root'):
+                os.mkdir(os.path.join(scratch, name), 0o755)
+            layers = 'lowerdir=%s,upperdir=%s/upper,workdir=%s/work' % (rootfs, scratch, scratch)
+            if not mount('-t', 'overlay', '-o', layers, 'overlay', scratch + '/root'):
+                fail(1, 'cannot mount an overlay over rootfs %s' % rootfs)
+            rootfs = scratch + '/root'
+            for name in ('proc', 'dev'):  # writable: give it the mount points it lacks
+                if not os.path.lexists(os.path.join(rootfs, name)):
+                    os.mkdir(os.path.join(rootfs, name), 0o755)
+        elif mode == 'readonly':
+            if not (mount('--bind', rootfs, rootfs) and mount('-o', 'remount,bind,ro', rootfs)):
+                fail(1, 'cannot make rootfs %s read-only' % rootfs)
         proc = os.path.join(rootfs, 'proc')
         if os.path.isdir(proc):
             mount('-t', 'proc', '-o', 'nosuid,nodev,noexec', 'proc', proc)
@@ -1043,10 +1080,10 @@ main(sys.argv[1:])
 """.replace('@DEFAULT_PATH@', repr(DEFAULT_PATH))
 
 
-def exec_init_argv(python, spec, fifo, busybox):
+def exec_init_argv(python, spec, fifo, busybox, scratch=''):
     """The command line that turns into the container process after ``busybox unshare``."""
     return ([python, '-I', '-S', '-c', EXEC_INIT, fifo, busybox, spec['rootfs'],
-             spec['hostname'] or '', spec['cwd'], str(spec['uid']), str(spec['gid']),
+             spec.get('rootfs_mode', 'plain'), scratch, spec['hostname'] or '', spec['cwd'], str(spec['uid']), str(spec['gid']),
              str(len(spec['env']))] + list(spec['env']) + list(spec['args']))
 
 
@@ -1055,10 +1092,10 @@ def exec_init_argv(python, spec, fifo, busybox):
 
 def parse_args(argv):
     opts = {'listen': None, 'connect': None, 'device': None, 'poweroff': True,
-            'shared_dir': SHARED_DIR, 'run_dir': RUN_DIR}
+            'shared_dir': SHARED_DIR, 'run_dir': RUN_DIR, 'output_dir': OUTPUT_DIR}
     it = iter(argv)
     for arg in it:
-        if arg in ('--listen', '--connect', '--device', '--shared-dir', '--run-dir'):
+        if arg in ('--listen', '--connect', '--device', '--shared-dir', '--run-dir', '--output-dir'):
             try:
                 opts[arg[2:].replace('-', '_')] = next(it)
             except StopIteration:
@@ -1080,7 +1117,7 @@ def main(argv=None):
         device = opts['device'] or os.environ.get('KATA_AGENT_DEVICE') or wait_for_virtio_port()
         transport = transport_for(device)
     agent = Agent(transport, shared_dir=opts['shared_dir'], poweroff=opts['poweroff'],
-                  run_dir=opts['run_dir'])
+                  run_dir=opts['run_dir'], output_dir=opts['output_dir'])
     while True:
         try:
             agent.serve()

@@ -45,6 +45,7 @@ import time
 import zlib
 
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import ImageError
+from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import contract
 
 # Bump when the layout of the initrd changes, so an old cached build is not reused.
 BUILDER_VERSION = '2'
@@ -60,13 +61,15 @@ DEFAULT_KERNEL_PARAMS = (
 
 # Modules the guest needs: the virtio PCI transport, the agent's virtio-serial port and the
 # 9p shared directory. Their dependencies are resolved from modules.dep / .modinfo.
-DEFAULT_MODULES = ('virtio_pci', 'virtio_console', '9pnet_virtio', '9p')
+DEFAULT_MODULES = ('virtio_pci', 'virtio_console', '9pnet_virtio', '9p', 'overlay')
 
 KERNEL_PACKAGE = 'linux-image-amd64'
-SHARED_TAG = 'kataShared'
-SHARED_MOUNT = '/run/kata-containers/shared'
+SHARED_TAG = contract.SHARED_TAG
+SHARED_MOUNT = contract.SHARED_MOUNT
+OUTPUT_TAG = contract.OUTPUT_TAG
+OUTPUT_MOUNT = contract.OUTPUT_MOUNT
 AGENT_PATH = '/opt/kata/agent.py'
-AGENT_PORT_NAME = 'agent.0'
+AGENT_PORT_NAME = contract.AGENT_PORT_NAME
 # Printed by /init on the serial console right before the agent starts.
 INIT_MARKER = 'kata-init: starting agent'
 
@@ -117,16 +120,22 @@ for m in @MODULES@; do
 done
 ip link set lo up 2>/dev/null
 hostname kata 2>/dev/null
-mkdir -p @SHARED_MOUNT@
+# The rootfs share is read-only (so is the host's export); the output share takes container
+# output only, so nothing on it is executable or a device.
+mount_share() {
+    mkdir -p "$2"
+    if mount -t 9p -o "trans=virtio,version=9p2000.L,msize=262144,$3" "$1" "$2"; then
+        echo "kata-init: mounted $1 at $2"
+    else
+        echo "kata-init: mounting $1 failed"
+    fi
+}
 for t in /sys/bus/virtio/drivers/9pnet_virtio/*/mount_tag; do
     [ -e "$t" ] || continue
-    if [ "$(tr -d '\000' < "$t")" = "@SHARED_TAG@" ]; then
-        if mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 @SHARED_TAG@ @SHARED_MOUNT@; then
-            echo "kata-init: mounted @SHARED_TAG@ at @SHARED_MOUNT@"
-        else
-            echo "kata-init: mounting @SHARED_TAG@ failed"
-        fi
-    fi
+    case "$(tr -d '\000' < "$t")" in
+        @SHARED_TAG@) mount_share @SHARED_TAG@ @SHARED_MOUNT@ ro,nodev ;;
+        @OUTPUT_TAG@) mount_share @OUTPUT_TAG@ @OUTPUT_MOUNT@ nosuid,nodev,noexec ;;
+    esac
 done
 echo "@INIT_MARKER@"
 # A fixed hash seed spares the agent the kernel's first-read entropy wait (~1 s under TCG when
@@ -800,7 +809,8 @@ def render_init(modules):
     """The /init script for the given module load order (names)."""
     text = INIT_TEMPLATE
     for key, val in (('@MODULES@', ' '.join(modules)), ('@SHARED_MOUNT@', SHARED_MOUNT),
-                     ('@SHARED_TAG@', SHARED_TAG), ('@INIT_MARKER@', INIT_MARKER),
+                     ('@SHARED_TAG@', SHARED_TAG), ('@OUTPUT_MOUNT@', OUTPUT_MOUNT),
+                     ('@OUTPUT_TAG@', OUTPUT_TAG), ('@INIT_MARKER@', INIT_MARKER),
                      ('@AGENT_PATH@', AGENT_PATH)):
         text = text.replace(key, val)
     return text

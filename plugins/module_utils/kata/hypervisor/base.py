@@ -21,7 +21,8 @@ class Hypervisor:
     """A VMM backend. Every method taking ``name`` refuses a VM this runtime did not create.
 
     ``vm`` (for ``create``) is a dict with ``name, sandbox_id, vcpus, memory_mb, kernel,
-    initrd, cmdline, accel ('kvm'|'tcg'), console_log, agent_socket, shared_dir``.
+    initrd, cmdline, accel ('kvm'|'tcg'), console_log, agent_socket, shared_dir`` (exported
+    read-only) and ``output_dir``, ``output_accessmode`` (the writable share).
     """
 
     def domain_name(self, sandbox_id):

@@ -28,6 +28,7 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
     HypervisorError,
     InvalidArgument,
 )
+from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import contract
 from ansible_collections.kata.runtime.plugins.module_utils.kata.hypervisor.base import (
     CRASHED,
     MISSING,
@@ -40,8 +41,13 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.ids import valid
 
 METADATA_NS = 'https://kata.runtime/xmlns/sandbox/1.0'
 METADATA_PREFIX = 'kata'
-AGENT_CHANNEL = 'agent.0'
-SHARED_TAG = 'kataShared'
+AGENT_CHANNEL = contract.AGENT_PORT_NAME
+SHARED_TAG = contract.SHARED_TAG
+OUTPUT_TAG = contract.OUTPUT_TAG
+# 9p access modes for the writable share (libvirt's names): QEMU's mapped-xattr keeps the
+# guest's modes and owners in xattrs; squash (security_model=none) refuses non-user xattrs
+# such as security.capability and ignores ownership changes on create.
+OUTPUT_ACCESSMODES = ('mapped', 'squash')
 
 # Domain names are <prefix><sandbox id>: at most 32 + 128 characters of [A-Za-z0-9_.+-].
 # libvirt 9.0 + qemu 7.2 define and boot such names unchanged (measured with the longest
@@ -262,7 +268,9 @@ class LibvirtHypervisor(Hypervisor):
         """The domain XML for ``vm`` (see Hypervisor), values escaped by ElementTree.
 
         Only the devices a sandbox needs: under TCG every emulated device costs boot time.
-        ``console_log``, ``agent_socket`` and ``shared_dir`` may be None to leave that device out.
+        ``console_log``, ``agent_socket``, ``shared_dir`` and ``output_dir`` may be None to
+        leave that device out. ``shared_dir`` is exported read-only (the rootfs binds);
+        ``output_dir`` read-write with ``output_accessmode`` (``squash`` unless given).
         """
         if not isinstance(vm, dict):
             raise InvalidArgument('vm must be a dict, got %r' % (vm,))
@@ -319,9 +327,21 @@ class LibvirtHypervisor(Hypervisor):
             _sub(channel, 'target', type='virtio', name=AGENT_CHANNEL)
         shared_dir = vm.get('shared_dir')
         if shared_dir is not None:
+            # passthrough keeps the rootfs' own owners and modes visible; read-only, so the
+            # guest can change none of them (the binds inside are read-only too)
             fs = _sub(devices, 'filesystem', type='mount', accessmode='passthrough')
             _sub(fs, 'source', dir=_check_path('shared_dir', shared_dir))
             _sub(fs, 'target', dir=SHARED_TAG)
+            _sub(fs, 'readonly')
+        output_dir = vm.get('output_dir')
+        if output_dir is not None:
+            mode = vm.get('output_accessmode') or 'squash'
+            if mode not in OUTPUT_ACCESSMODES:
+                raise InvalidArgument('vm output_accessmode must be one of %s, got %r'
+                                      % (', '.join(OUTPUT_ACCESSMODES), mode))
+            fs = _sub(devices, 'filesystem', type='mount', accessmode=mode)
+            _sub(fs, 'source', dir=_check_path('output_dir', output_dir))
+            _sub(fs, 'target', dir=OUTPUT_TAG)
         _sub(devices, 'memballoon', model='none')
 
         # qemu runs as root: the state dirs it opens (socket, console, share) are root-only 0700

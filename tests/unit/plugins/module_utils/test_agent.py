@@ -84,7 +84,8 @@ class AgentProc:
         self.log = open(self.log_path, 'ab')
         self.proc = subprocess.Popen(
             [sys.executable, GUEST_AGENT, '--listen', self.sock, '--no-poweroff',
-             '--shared-dir', self.shared, '--run-dir', os.path.join(self.base, 'run')],
+             '--shared-dir', self.shared, '--output-dir', self.shared,
+             '--run-dir', os.path.join(self.base, 'run')],
             stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
         deadline = time.monotonic() + 10
         while wait and not os.path.exists(self.sock):

@@ -177,6 +177,7 @@ kernel/net/9p/9pnet.ko:
 kernel/net/9p/9pnet_virtio.ko: kernel/net/9p/9pnet.ko kernel/drivers/virtio/virtio_ring.ko \
 kernel/drivers/virtio/virtio.ko
 kernel/fs/9p/9p.ko: kernel/fs/fscache/fscache.ko.xz kernel/net/9p/9pnet.ko kernel/fs/netfs/netfs.ko.xz
+kernel/fs/overlayfs/overlay.ko:
 kernel/sound/unrelated.ko: kernel/drivers/virtio/virtio.ko
 '''
 
@@ -194,12 +195,12 @@ def test_modules_dep_closure_and_order():
     names = [image.module_name(p) for p in order]
     assert sorted(names) == sorted(['virtio', 'virtio_ring', 'virtio_pci_modern_dev',
                                     'virtio_pci_legacy_dev', 'virtio_pci', 'virtio_console',
-                                    'netfs', 'fscache', '9pnet', '9pnet_virtio', '9p'])
+                                    'netfs', 'fscache', '9pnet', '9pnet_virtio', '9p', 'overlay'])
     assert 'unrelated' not in names
     assert len(set(order)) == len(order)
     _assert_deps_first(order, deps)
-    # the order follows the request: 9p (asked last) is loaded last
-    assert names[-1] == '9p'
+    # the order follows the request: overlay (asked last) is loaded last
+    assert names[-1] == 'overlay'
 
 
 def test_modules_dep_names_fold_dashes_and_skip_builtins():
@@ -251,6 +252,7 @@ def make_modules_dir(root, with_dep_file=False):
         'kernel/net/9p/9pnet.ko': '',
         'kernel/net/9p/9pnet_virtio.ko': '9pnet,virtio_ring,virtio',
         'kernel/fs/9p/9p.ko': 'netfs,9pnet,fscache',
+        'kernel/fs/overlayfs/overlay.ko': '',
         'kernel/sound/unrelated.ko': 'virtio',
     }
     for rel, depends in mods.items():
@@ -287,7 +289,7 @@ def test_module_deps_from_modinfo_or_modules_dep(tmp_path, with_dep_file):
     order = image.module_load_order(deps, image.DEFAULT_MODULES + ('ext4',),
                                     image.module_builtins(mdir))
     names = [image.module_name(p) for p in order]
-    assert len(names) == 11 and 'unrelated' not in names
+    assert len(names) == 12 and 'unrelated' not in names
     _assert_deps_first(order, deps)
     assert image.read_module(os.path.join(mdir, 'kernel/fs/netfs/netfs.ko.xz'))[:4] == b'\x7fELF'
 

@@ -53,6 +53,8 @@ def make_vm(h, sid='sb1', **over):
         'accel': 'tcg', 'console_log': '/run/kata-runtime/sandboxes/%s/console.log' % sid,
         'agent_socket': '/run/kata-runtime/sock/0123456789abcdef.sock',
         'shared_dir': '/run/kata-runtime/sandboxes/%s/shared' % sid,
+        'output_dir': '/run/kata-runtime/sandboxes/%s/output' % sid,
+        'output_accessmode': 'mapped',
     }
     vm.update(over)
     return vm
@@ -116,10 +118,17 @@ def test_build_xml_content(hv):
     assert channel.get('type') == 'unix'
     assert channel.find('source').attrib == {'mode': 'bind', 'path': vm['agent_socket']}
     assert channel.find('target').attrib == {'type': 'virtio', 'name': 'agent.0'}
-    fs = dev.find('filesystem')
+    # The rootfs share is read-only; the writable one never passes the guest's modes and
+    # owners through (mapped keeps them in xattrs).
+    fs, out = dev.findall('filesystem')
     assert fs.attrib == {'type': 'mount', 'accessmode': 'passthrough'}
     assert fs.find('source').get('dir') == vm['shared_dir']
     assert fs.find('target').get('dir') == 'kataShared'
+    assert fs.find('readonly') is not None
+    assert out.attrib == {'type': 'mount', 'accessmode': 'mapped'}
+    assert out.find('source').get('dir') == vm['output_dir']
+    assert out.find('target').get('dir') == 'kataOutput'
+    assert out.find('readonly') is None
     assert dev.find('memballoon').get('model') == 'none'
     assert dev.find("controller[@type='usb']").get('model') == 'none'
     for absent in ('graphics', 'video', 'interface', 'disk', 'sound', 'input'):
@@ -136,9 +145,17 @@ def test_build_xml_kvm(hv):
     assert root.find('cpu').get('mode') == 'host-passthrough'
 
 
+def test_build_xml_output_share_defaults_to_squash_and_refuses_passthrough(hv):
+    root = ET.fromstring(hv.build_xml(make_vm(hv, output_accessmode=None)))
+    assert root.findall('devices/filesystem')[1].get('accessmode') == 'squash'
+    with pytest.raises(InvalidArgument, match="output_accessmode.*'passthrough'"):
+        hv.build_xml(make_vm(hv, output_accessmode='passthrough'))
+
+
 def test_build_xml_optional_devices(hv):
     root = ET.fromstring(hv.build_xml(make_vm(hv, console_log=None, agent_socket=None,
-                                              shared_dir=None, initrd=None, cmdline='')))
+                                              shared_dir=None, output_dir=None, initrd=None,
+                                              cmdline='')))
     dev = root.find('devices')
     assert dev.find('serial') is None and dev.find('channel') is None
     assert dev.find('filesystem') is None
@@ -159,6 +176,7 @@ def test_build_xml_escapes_odd_values(hv):
     live = ET.fromstring(hv.conn().lookupByName('kata-a+b.c_d-e').XMLDesc())
     assert live.findtext('os/cmdline') == vm['cmdline']
     assert live.find('devices/filesystem/source').get('dir') == vm['shared_dir']
+    assert live.find('devices/filesystem/readonly') is not None
     assert live.find('metadata/{%s}sandbox' % METADATA_NS).get('id') == ODD_ID
 
 

@@ -77,7 +77,6 @@ def test_ensure_creates_tree_0700(store, root):
 def test_paths(store, root):
     assert store.sandbox_dir('s1') == os.path.join(root, 'sandboxes', 's1')
     assert store.shared_dir('s1') == os.path.join(root, 'sandboxes', 's1', 'shared')
-    assert store.console_log('s1') == os.path.join(root, 'sandboxes', 's1', 'console.log')
     sock = store.agent_socket('x' * 128)
     assert os.path.dirname(sock) == os.path.join(root, 'sock')
     assert len(os.path.basename(sock)) == len('0123456789abcdef.sock')
@@ -406,7 +405,7 @@ def test_remove_sandbox_removes_tree_lock_and_socket_only(store, root):
     store.save_container({'id': 'c1', 'sandbox': 's1'})
     store.set_mapping('c1', 's1')
     os.makedirs(os.path.join(store.shared_dir('s1'), 'c1', 'rootfs', 'etc'))
-    open(store.console_log('s1'), 'w').close()
+    open(os.path.join(store.sandbox_dir('s1'), 'console.log'), 'w').close()
     open(store.agent_socket('s1'), 'w').close()
     with store.lock('s1'):
         pass

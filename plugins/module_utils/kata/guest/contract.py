@@ -1,0 +1,24 @@
+# Copyright: kata.runtime contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What the host and the guest image agree on: device names, 9p tags and guest paths.
+
+Stdlib-free constants imported by the libvirt backend, the image builder and the lifecycle
+code. The in-guest agent (``guest/agent.py``) runs alone in the initrd and keeps its own copy
+of the guest paths; a unit test checks that the two agree.
+"""
+
+from __future__ import annotations
+
+# virtio-serial port the agent listens on (``/sys/class/virtio-ports/*/name`` in the guest).
+AGENT_PORT_NAME = 'agent.0'
+
+# The read-only share: the host-private ``<sandbox>/shared`` directory, where the host binds
+# each container's rootfs read-only at ``<cid>/rootfs``. The guest cannot create, change or
+# plant anything in it (9p export and bind mounts are both read-only).
+SHARED_TAG = 'kataShared'
+SHARED_MOUNT = '/run/kata-containers/shared'
+
+# The writable share: a size-capped tmpfs at ``<sandbox>/output`` on the host, where the agent
+# writes each container's stdout and stderr (``<cid>/stdout``, ``<cid>/stderr``).
+OUTPUT_TAG = 'kataOutput'
+OUTPUT_MOUNT = '/run/kata-containers/output'
