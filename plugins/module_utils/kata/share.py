@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import subprocess
 
+from ansible_collections.kata.runtime.plugins.module_utils.kata import mountinfo
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import KataError
 
 SHARED = 'shared'
@@ -80,47 +81,6 @@ def output_paths(store, sid, cid):
 # ---------------------------------------------------------------------------------------------
 # mounts
 
-def _unescape(field):
-    # mountinfo escapes space, tab, newline and backslash as \ooo
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == '\\' and len(field[i + 1:i + 4]) == 3 and field[i + 1:i + 4].isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return ''.join(out)
-
-
-def mounts(pid='self'):
-    """[(mount point, options, fs type, source)] of a process's mount namespace, in order."""
-    out = []
-    try:
-        with open('/proc/%s/mountinfo' % pid, 'r', encoding='utf-8', errors='surrogateescape') as f:
-            for line in f:
-                left, sep, right = line.rstrip('\n').partition(' - ')
-                fields, tail = left.split(' '), right.split(' ')
-                if not sep or len(fields) < 6 or len(tail) < 2:
-                    continue
-                out.append((_unescape(fields[4]), fields[5], tail[0], _unescape(tail[1])))
-    except OSError:
-        pass
-    return out
-
-
-def mounts_under(path, pid='self'):
-    """Mount points at or below ``path`` (by its real path), deepest first."""
-    top = os.path.realpath(path)
-    found = {m[0] for m in mounts(pid) if m[0] == top or m[0].startswith(top.rstrip('/') + '/')}
-    return sorted(found, key=lambda p: (-p.count('/'), p))
-
-
-def _is_mounted(path, pid='self'):
-    real = os.path.realpath(path)
-    return any(m[0] == real for m in mounts(pid))
-
-
 def _run(argv, what):
     proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, check=False)
@@ -148,7 +108,7 @@ def _private_dir(store, path):
 
 
 def _mount_tmpfs(path, source, size_kb, inodes):
-    if _is_mounted(path):
+    if mountinfo.is_mounted(path):
         return False
     opts = 'size=%dk,nr_inodes=%d,%s' % (size_kb, inodes, _TMPFS_FLAGS)
     _run(['mount', '-t', 'tmpfs', '-o', opts, source, path], 'mounting the capped tmpfs %s' % path)
@@ -194,7 +154,7 @@ def release(rt, sid, trace=None):
     """
     sdir = rt.store.sandbox_dir(sid)
     done = []
-    for point in mounts_under(sdir):
+    for point in mountinfo.under(sdir):
         _run(['umount', '-l', point], 'unmounting %s' % point)
         done.append(point)
     if done and trace is not None:
@@ -264,7 +224,7 @@ def bind_rootfs(rt, srec, rec, trace):
     cmd, ns = _vmm_mount_cmd(rt, srec, ['mount', '--bind', '-o', 'ro,nosuid,nodev', rec['rootfs'], target])
     rec['rootfs_mount'] = {'target': target, 'host': ns == 'self'}
     _run(cmd, 'sharing rootfs %s with the guest' % rec['rootfs'])
-    opts = [m[1] for m in mounts(ns) if m[0] == target]
+    opts = [m[1] for m in mountinfo.mounts(ns) if m[0] == target]
     if not opts or 'ro' not in opts[-1].split(','):
         unbind_rootfs(rt, srec, rec, trace)
         raise KataError('the rootfs bind of container %s at %s is not read-only (%s); removed it'
@@ -278,12 +238,12 @@ def unbind_rootfs(rt, srec, rec, trace):
         return
     target = mount['target']
     if mount.get('host'):
-        if _is_mounted(target):
+        if mountinfo.is_mounted(target):
             _run(['umount', '-l', target], 'unmounting %s' % target)
             trace.step('unshared rootfs of container %s' % rec['id'])
     elif rt.hv.state(srec['domain']) in ('running', 'paused'):
         cmd, ns = _vmm_mount_cmd(rt, srec, ['umount', '-l', target])
-        if _is_mounted(target, ns):
+        if mountinfo.is_mounted(target, ns):
             _run(cmd, 'unmounting %s' % target)
             trace.step('unshared rootfs of container %s' % rec['id'])
     rec['rootfs_mount'] = None
@@ -295,7 +255,7 @@ def remove_container_dirs(rt, sid, cid):
     sdir = rt.store.sandbox_dir(sid)
     for parent in (SHARED, OUTPUT, BUNDLES):
         path = os.path.join(sdir, parent, cid)
-        if mounts_under(path):
+        if mountinfo.under(path):
             continue  # still mounted (a VMM that lingers): delete or prune gets it later
         try:
             pfd = os.open(os.path.join(sdir, parent), _DIR_FLAGS)

@@ -30,6 +30,7 @@ import tempfile
 import threading
 import time
 
+from ansible_collections.kata.runtime.plugins.module_utils.kata import mountinfo
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
     Conflict,
     CorruptRecord,
@@ -78,32 +79,9 @@ def _fsync_dir(path):
         os.close(fd)
 
 
-def _unescape_mountinfo(field):
-    # mountinfo escapes space, tab, newline and backslash as \ooo
-    out = []
-    i = 0
-    while i < len(field):
-        if field[i] == '\\' and field[i + 1:i + 4].isdigit() and len(field[i + 1:i + 4]) == 3:
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return ''.join(out)
-
-
 def _mount_points():
     """Mount points of this mount namespace (empty when /proc is not there)."""
-    points = set()
-    try:
-        with open('/proc/self/mountinfo', 'r', encoding='utf-8', errors='surrogateescape') as f:
-            for line in f:
-                fields = line.split(' ')
-                if len(fields) > 4:
-                    points.add(_unescape_mountinfo(fields[4]))
-    except OSError:
-        pass
-    return points
+    return mountinfo.points()
 
 
 # A guest can nest directories without limit. One fd per level would run into RLIMIT_NOFILE

@@ -11,7 +11,7 @@ import os
 import subprocess
 
 import pytest
-from ansible_collections.kata.runtime.plugins.module_utils.kata import share
+from ansible_collections.kata.runtime.plugins.module_utils.kata import mountinfo, share
 from ansible_collections.kata.runtime.plugins.module_utils.kata.config import Config
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import KataError
 from ansible_collections.kata.runtime.plugins.module_utils.kata.hypervisor.base import Hypervisor
@@ -43,7 +43,7 @@ def rt(tmp_path):
 
 
 def flags(path):
-    return {m[0]: m[1] for m in share.mounts()}[os.path.realpath(path)].split(',')
+    return {m[0]: m[1] for m in mountinfo.mounts()}[os.path.realpath(path)].split(',')
 
 
 def fill(path, limit):
@@ -66,9 +66,9 @@ def test_prepare_mounts_capped_inert_file_systems_once(rt):
     for path in (out, console_dir):
         assert {'nosuid', 'nodev', 'noexec', 'nosymfollow'} <= set(flags(path))
         assert os.stat(path).st_mode & 0o777 == 0o700
-    before = share.mounts_under(rt.store.sandbox_dir('s1'))
+    before = mountinfo.under(rt.store.sandbox_dir('s1'))
     share.prepare(rt, 's1')  # idempotent: no second mount on top
-    assert share.mounts_under(rt.store.sandbox_dir('s1')) == before
+    assert mountinfo.under(rt.store.sandbox_dir('s1')) == before
     # The caps hold: a guest filling its share or console gets ENOSPC.
     written, err = fill(os.path.join(out, 'flood'), 8 * 1024 * 1024)
     assert err == errno.ENOSPC and written <= 2 * 1024 * 1024
@@ -103,8 +103,8 @@ def test_release_unmounts_everything_of_the_sandbox_and_nothing_else(rt):
     subprocess.run(['mount', '--bind', share.shared_dir(rt.store, 's2'), inner], check=True)
     done = share.release(rt, 's1')
     assert inner in done and done.index(inner) == 0  # deepest first
-    assert share.mounts_under(rt.store.sandbox_dir('s1')) == []
-    assert len(share.mounts_under(rt.store.sandbox_dir('s2'))) == 2
+    assert mountinfo.under(rt.store.sandbox_dir('s1')) == []
+    assert len(mountinfo.under(rt.store.sandbox_dir('s2'))) == 2
     assert share.release(rt, 's1') == []
 
 
@@ -126,7 +126,7 @@ def test_mount_point_refuses_a_planted_link_and_touches_nothing(rt, tmp_path, pl
     with pytest.raises(KataError, match='symlink; refusing to mount over it'):
         share.bind_rootfs(rt, {'id': 's1', 'domain': 'kata-s1'}, rec, rt.trace())
     assert os.listdir(str(victim)) == ['keep']
-    assert share.mounts_under(str(victim)) == []
+    assert mountinfo.under(str(victim)) == []
     assert 'rootfs_mount' not in rec
 
 
@@ -147,7 +147,7 @@ def test_rootfs_is_bound_read_only_and_unbound(rt, tmp_path):
         assert info.value.errno == errno.EROFS
     share.unbind_rootfs(rt, srec, rec, trace)
     assert rec['rootfs_mount'] is None
-    assert share.mounts_under(target) == []
+    assert mountinfo.under(target) == []
     assert os.stat(str(rootfs / 'bin' / 'tool')).st_mode & 0o7777 == 0o644
 
 
@@ -171,3 +171,21 @@ def test_container_dirs_are_removed_without_following_links(rt, tmp_path):
     assert not os.path.lexists(out)
     assert not os.path.lexists(os.path.join(share.shared_dir(rt.store, 's1'), 'c1'))
     assert os.listdir(str(canary)) == ['keep']
+
+
+def test_mount_table_names_odd_mount_points_exactly(tmp_path):
+    """mountinfo escapes space, tab, newline and backslash; /x/ab is not under /x/a."""
+    odd = tmp_path / 'a b\\c'
+    odd.mkdir()
+    near = tmp_path / 'a b\\cd'
+    near.mkdir()
+    subprocess.run(['mount', '-t', 'tmpfs', 'kata-test', str(near)], check=True)
+    try:
+        assert mountinfo.under(str(odd)) == []
+        subprocess.run(['mount', '-t', 'tmpfs', 'kata-test', str(odd)], check=True)
+        assert mountinfo.under(str(odd)) == [str(odd)]
+        assert mountinfo.is_mounted(str(odd))
+        assert [m[3] for m in mountinfo.mounts() if m[0] == str(odd)] == ['kata-test']
+    finally:
+        for path in (odd, near):
+            subprocess.run(['umount', str(path)], check=False)
