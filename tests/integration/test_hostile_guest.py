@@ -24,8 +24,8 @@ import xml.etree.ElementTree as ET
 import pytest
 import yaml
 from ansible_collections.kata.runtime.plugins.module_utils.kata import container as ctr
+from ansible_collections.kata.runtime.plugins.module_utils.kata import mountinfo, share
 from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
-from ansible_collections.kata.runtime.plugins.module_utils.kata import share
 from ansible_collections.kata.runtime.plugins.module_utils.kata.config import load_config
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import KataError
 from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import image
@@ -86,7 +86,7 @@ def walk_iteratively(top):
 
 
 def mount_points():
-    return {m[0] for m in share.mounts()}
+    return {m[0] for m in mountinfo.mounts()}
 
 
 def assert_confined(rt, sid, mounts_before):
@@ -99,7 +99,7 @@ def assert_confined(rt, sid, mounts_before):
     assert share.usage(out) <= WRITE_LIMIT_MB * 1024 * 1024
     console = share.console_log(rt.store, sid)
     assert os.path.getsize(console) <= CONSOLE_LIMIT_KB * 1024
-    opts = {m[0]: m[1] for m in share.mounts()}[os.path.realpath(out)].split(',')
+    opts = {m[0]: m[1] for m in mountinfo.mounts()}[os.path.realpath(out)].split(',')
     assert {'nosuid', 'nodev', 'noexec', 'nosymfollow'} <= set(opts), opts
 
 
@@ -111,7 +111,7 @@ def output_accessmode(domain):
     return None
 
 
-def test_container_as_guest_root_cannot_change_host_files(env, busybox_rootfs, canary):
+def test_container_as_guest_root_cannot_change_host_files(env, busybox_rootfs, canary, tmp_path):
     rt = Runtime(load_config(env.config_path))
     trace = rt.trace()
     before_root, before_canary = snapshot(busybox_rootfs), snapshot(canary)
@@ -154,7 +154,11 @@ def test_container_as_guest_root_cannot_change_host_files(env, busybox_rootfs, c
     assert share.usage(share.output_dir(rt.store, 'sb')) < 1024 * 1024
 
     # A read-only rootfs is read-only inside the guest too.
+    seen = tmp_path / 'hook'
+    seen.mkdir()
+    hook = {'path': '/bin/sh', 'args': ['sh', '-c', 'pwd > %s/cwd; cat > %s/state' % (seen, seen)]}
     settings = ctr.settings_from({'rootfs': busybox_rootfs, 'readonly_rootfs': True,
+                                  'hooks': {'prestart': [hook]},
                                   'command': ['/bin/sh', '-c', 'touch /made-here; echo touch=$?']})
     ctr.create(rt, 'sb', 'ro', settings, trace=trace)
     ctr.start(rt, 'ro', trace=trace)
@@ -171,6 +175,8 @@ def test_container_as_guest_root_cannot_change_host_files(env, busybox_rootfs, c
     with open(os.path.join(bundle, 'config.json')) as f:
         assert json.load(f)['root'] == {'path': os.path.realpath(busybox_rootfs), 'readonly': True}
     assert stat.S_IMODE(os.stat(bundle).st_mode) == 0o700
+    assert (seen / 'cwd').read_text().strip() == bundle
+    assert json.loads((seen / 'state').read_text())['bundle'] == bundle
 
     assert sbx.delete(rt, 'sb', force=True, trace=trace)
     assert snapshot(busybox_rootfs) == before_root

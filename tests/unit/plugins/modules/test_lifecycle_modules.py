@@ -17,6 +17,7 @@ import os
 import pytest
 from ansible.module_utils.testing import patch_module_args
 from ansible_collections.kata.runtime.plugins.module_utils.kata import container as ctr
+from ansible_collections.kata.runtime.plugins.module_utils.kata import oci
 from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
 from ansible_collections.kata.runtime.plugins.module_utils.kata.config import load_config
 from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import Runtime
@@ -389,3 +390,27 @@ def test_paused_sandbox_with_running_containers_is_not_deleted_without_force(cap
     finally:
         if hv.state(rec['domain']) != 'missing':
             hv.conn().lookupByName(rec['domain']).destroy()
+
+
+def test_container_record_from_before_readonly_rootfs_loads_with_no_diff(capsys, host):
+    """Records written before readonly_rootfs existed mean false: no diff, no recreate (with a
+    bundle, its whole config.json is compared, so a missing key would show)."""
+    host.plant_sandbox('sb', state='stopped')
+    bundle = host.tmp / 'bundle'
+    bundle.mkdir()
+    (bundle / 'config.json').write_text(json.dumps(oci.generate_spec(str(host.rootfs), ['/bin/sh'])))
+    rec = dict(ctr.settings_from({'bundle': str(bundle)}))
+    rec.update({'id': 'c1', 'sandbox': 'sb', 'status': 'stopped', 'created_at': '2026-01-01T00:00:00Z',
+                'pid': None, 'exit_code': 0, 'cgroups_paths': []})
+    del rec['readonly_rootfs']  # as written before the option existed
+    host.rt.store.save_container(rec)
+    host.rt.store.set_mapping('c1', 'sb')
+    args = host.args(name='c1', sandbox='sb', state='stopped', bundle=str(bundle))
+    out = run(capsys, kata_container, args, diff=True)
+    assert out['changed'] is False and not out.get('failed'), out
+    assert out['diff']['before'] == out['diff']['after']
+    assert out['container']['readonly_rootfs'] is False
+    before = {p: open(p, 'rb').read() for p in host.files()}
+    out = run(capsys, kata_container, dict(args, readonly_rootfs=True))
+    assert out['failed'] and out['changed'] is False and 'readonly_rootfs' in out['msg'], out
+    assert {p: open(p, 'rb').read() for p in host.files()} == before
