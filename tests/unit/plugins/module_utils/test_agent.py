@@ -25,6 +25,8 @@ import pytest
 from ansible_collections.kata.runtime.plugins.module_utils.kata import agent as agent_mod
 from ansible_collections.kata.runtime.plugins.module_utils.kata.agent import AgentClient
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import AgentError
+from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import agent as guest_agent
+from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import contract, image
 
 GUEST_AGENT = os.path.join(os.path.dirname(agent_mod.__file__), 'guest', 'agent.py')
 BUSYBOX = shutil.which('busybox') or '/bin/busybox'
@@ -623,3 +625,72 @@ def test_connect_mode_reconnects_and_drops_torn_lines(short_dir):
         proc.wait(10)
         log.close()
         server.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# how the agent gives a container its root filesystem: the host shares every rootfs read-only;
+# a container that may write gets an overlay whose upper layer is a tmpfs in its own mount
+# namespace, a read-only one a read-only bind. Both vanish with the container.
+
+SCRIPT = 'echo data > /work/new; cat /work/new; chmod 4755 /bin/busybox; echo chmod=$?'
+
+
+def _run(client, cid, rootfs, readonly):
+    params = {'id': cid, 'args': ['sh', '-c', SCRIPT], 'rootfs': rootfs}
+    if readonly is not None:
+        params['readonly'] = readonly
+    client.request('create_container', params)
+    client.start_container(cid)
+    assert client.wait_container(cid, 10)['status'] == 'stopped'
+    client.remove_container(cid)
+
+
+def _mounts():
+    with open('/proc/self/mountinfo') as f:
+        return f.read()
+
+
+def _mode(path):
+    return os.lstat(path).st_mode & 0o7777
+
+
+@needs_ns
+def test_writable_rootfs_is_an_overlay_that_leaves_the_shared_one_alone(client, agent, rootfs):
+    before, mounts = _mode(os.path.join(rootfs, 'bin', 'busybox')), _mounts()
+    _run(client, 'ovl', rootfs, readonly=False)
+    with open(os.path.join(agent.shared, 'ovl', 'stdout')) as f:
+        assert f.read() == 'data\nchmod=0\n'
+    assert not os.path.exists(os.path.join(rootfs, 'work', 'new'))
+    assert _mode(os.path.join(rootfs, 'bin', 'busybox')) == before
+    assert _mounts() == mounts
+    assert not [n for n in os.listdir(os.path.join(agent.base, 'run')) if n.startswith('rootfs-')]
+
+
+@needs_ns
+def test_readonly_rootfs_refuses_writes(client, agent, rootfs):
+    before = _mode(os.path.join(rootfs, 'bin', 'busybox'))
+    _run(client, 'ro', rootfs, readonly=True)
+    with open(os.path.join(agent.shared, 'ro', 'stdout')) as f:
+        assert f.read() == 'chmod=1\n'
+    with open(os.path.join(agent.shared, 'ro', 'stderr')) as f:
+        assert 'Read-only file system' in f.read()
+    assert not os.path.exists(os.path.join(rootfs, 'work', 'new'))
+    assert _mode(os.path.join(rootfs, 'bin', 'busybox')) == before
+
+
+def test_readonly_must_be_a_bool(client, rootfs):
+    import pytest
+    from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import AgentError
+    with pytest.raises(AgentError, match='readonly must be true or false'):
+        client.request('create_container', {'id': 'x', 'args': ['true'], 'rootfs': rootfs, 'readonly': 'yes'})
+
+
+def test_guest_agent_and_image_agree_with_the_contract():
+    """The in-guest agent keeps its own copy of the contract: it must match the host's."""
+    assert guest_agent.SHARED_DIR == contract.SHARED_MOUNT
+    assert guest_agent.OUTPUT_DIR == contract.OUTPUT_MOUNT
+    assert guest_agent.PORT_NAME == contract.AGENT_PORT_NAME
+    init = image.render_init(['9p'])
+    assert 'mount_share %s %s ro,nodev' % (contract.SHARED_TAG, contract.SHARED_MOUNT) in init
+    assert 'mount_share %s %s nosuid,nodev,noexec' % (contract.OUTPUT_TAG, contract.OUTPUT_MOUNT) in init
+    assert 'overlay' in image.DEFAULT_MODULES

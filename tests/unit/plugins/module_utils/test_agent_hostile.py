@@ -163,7 +163,7 @@ HOSTILE = {
     'signaled_missing': (lambda req: reply(req, result={'id': 'c1', 'signal': 15, 'status': 'running'}),
                          'signal_container', {'id': 'c1', 'signal': 15}, 'signaled missing'),
     'shutdown_is_null': (lambda req: reply(req, result=None), 'shutdown', {}, 'expected an object, got null'),
-    'no_result_at_all': (lambda req: reply(req), 'wait_container', {'id': 'c1'},
+    'no_result_at_all': (reply, 'wait_container', {'id': 'c1'},
                          'expected a container state (an object), got null'),
 }
 

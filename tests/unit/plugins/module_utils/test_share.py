@@ -160,7 +160,7 @@ def test_container_dirs_are_removed_without_following_links(rt, tmp_path):
     os.mkdir(out)
     os.symlink(str(canary), os.path.join(out, 'stdout'))
     fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
-    for _ in range(1200):  # deeper than Python's recursion limit
+    for _level in range(1200):  # deeper than Python's recursion limit
         os.mkdir('d', dir_fd=fd)
         nfd = os.open('d', os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
         os.close(fd)

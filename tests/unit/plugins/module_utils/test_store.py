@@ -550,7 +550,7 @@ def opendir(path):
 def chain(parent_fd, depth, name='d'):
     """Nest ``depth`` directories ``name`` under ``parent_fd``; an fd of the deepest (caller closes)."""
     fd = os.dup(parent_fd)
-    for _ in range(depth):
+    for _level in range(depth):
         os.mkdir(name, dir_fd=fd)
         child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
         os.close(fd)
