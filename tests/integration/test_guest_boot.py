@@ -91,10 +91,13 @@ def test_guest_boots_to_the_agent_and_runs_a_container(built, tmp_path):
         {'method': 'start_container', 'params': {'id': 'c1'}},
         {'method': 'wait_container', 'params': {'id': 'c1', 'timeout': 60}},
     ]
+    output = tmp_path / 'output'
+    output.mkdir()
     r = image.probe_boot(built['kernel_link'], built['initrd_link'], shared_dir=str(shared),
-                         requests=requests, timeout=120)
+                         output_dir=str(output), requests=requests, timeout=120)
     console = r['console']
     assert 'kata-init: mounted kataShared at /run/kata-containers/shared' in console, console
+    assert 'kata-init: mounted kataOutput at /run/kata-containers/output' in console, console
     assert 'kata-init: insmod' not in console and 'mounting kataShared failed' not in console, console
     assert r['ping']['result']['protocol'] == 1
     assert r['ping']['result']['pid'] == 1          # the agent is the guest's PID 1
@@ -102,8 +105,8 @@ def test_guest_boots_to_the_agent_and_runs_a_container(built, tmp_path):
     created, started, waited = r['replies']
     assert 'error' not in created and 'error' not in started, r['replies']
     assert waited['result']['status'] == 'stopped' and waited['result']['exit_code'] == 0, waited
-    out = (shared / 'c1' / 'stdout').read_text()
-    assert out == 'hello through 9p\npid=1\n', (shared / 'c1' / 'stderr').read_text()
+    out = (output / 'c1' / 'stdout').read_text()
+    assert out == 'hello through 9p\npid=1\n', (output / 'c1' / 'stderr').read_text()
 
 
 def _median_boot(kernel, initrd, runs):

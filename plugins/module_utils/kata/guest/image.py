@@ -1167,10 +1167,10 @@ def _qemu_opt(value):
 
 
 def qemu_argv(kernel, initrd, append=DEFAULT_KERNEL_PARAMS, qemu='qemu-system-x86_64', accel='tcg',
-              machine='pc', memory_mb=256, vcpus=1, agent_socket=None, shared_dir=None):
+              machine='pc', memory_mb=256, vcpus=1, agent_socket=None, shared_dir=None, output_dir=None):
     """The argv of a bare direct-kernel boot: serial console on stdio, no default devices,
     the agent's virtio-serial port ``agent.0`` on a unix socket (QEMU is the server) and the
-    9p share ``kataShared`` when asked for."""
+    9p shares ``kataShared`` (read-only) and ``kataOutput`` when asked for."""
     argv = [qemu, '-accel', accel, '-M', machine, '-m', str(memory_mb), '-smp', str(vcpus),
             '-nodefaults', '-no-user-config', '-display', 'none', '-serial', 'stdio', '-no-reboot',
             '-kernel', kernel, '-initrd', initrd, '-append', append]
@@ -1179,12 +1179,15 @@ def qemu_argv(kernel, initrd, append=DEFAULT_KERNEL_PARAMS, qemu='qemu-system-x8
                  '-device', 'virtio-serial-pci,id=vser0',
                  '-device', 'virtserialport,bus=vser0.0,chardev=agent0,name=%s' % AGENT_PORT_NAME]
     if shared_dir:
-        argv += ['-fsdev', 'local,id=fs0,path=%s,security_model=passthrough' % _qemu_opt(shared_dir),
+        argv += ['-fsdev', 'local,id=fs0,path=%s,security_model=passthrough,readonly=on' % _qemu_opt(shared_dir),
                  '-device', 'virtio-9p-pci,fsdev=fs0,mount_tag=%s' % SHARED_TAG]
+    if output_dir:
+        argv += ['-fsdev', 'local,id=fs1,path=%s,security_model=none' % _qemu_opt(output_dir),
+                 '-device', 'virtio-9p-pci,fsdev=fs1,mount_tag=%s' % OUTPUT_TAG]
     return argv
 
 
-def probe_boot(kernel, initrd, append=DEFAULT_KERNEL_PARAMS, timeout=90, shared_dir=None, agent=True,
+def probe_boot(kernel, initrd, append=DEFAULT_KERNEL_PARAMS, timeout=90, shared_dir=None, output_dir=None, agent=True,
                qemu='qemu-system-x86_64', accel='tcg', machine='pc', memory_mb=256, requests=None):
     """Boot once with bare QEMU and time it; the VM is killed afterwards.
 
@@ -1200,7 +1203,7 @@ def probe_boot(kernel, initrd, append=DEFAULT_KERNEL_PARAMS, timeout=90, shared_
     sock_path = os.path.join(work, 'agent.sock')
     argv = qemu_argv(kernel, initrd, append, qemu=qemu, accel=accel, machine=machine,
                      memory_mb=memory_mb, agent_socket=sock_path if agent else None,
-                     shared_dir=shared_dir)
+                     shared_dir=shared_dir, output_dir=output_dir)
     console = bytearray()
     result = {'init_s': None, 'agent_s': None, 'ping': None, 'replies': [], 'console': ''}
     pending = [{'id': 1, 'method': 'ping', 'params': {}}]
