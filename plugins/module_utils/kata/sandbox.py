@@ -277,6 +277,7 @@ def create(rt, sid, settings, timeout=None, trace=None, boot=True):
     with rt.store.lock(sid):
         if rt.store.load_sandbox(sid) is not None:
             raise Conflict('sandbox %s already exists' % sid)
+        _drop_stale_definition(rt, sid, trace)
         rec = dict(settings)
         rec.update({
             'id': sid,
@@ -312,6 +313,23 @@ def create(rt, sid, settings, timeout=None, trace=None, boot=True):
         except KataError as err:
             trace.warn(str(err))
     return rec
+
+
+def _drop_stale_definition(rt, sid, trace):
+    """A new sandbox gets a new VM definition. One of ours left without a record (a state
+    root under /run emptied by a reboot keeps libvirt's definitions) would otherwise be booted
+    with its old settings and devices; a running one may belong to another state root that
+    shares the domain prefix, so it is refused, never destroyed."""
+    name = rt.hv.domain_name(sid)
+    vm = rt.hv.state(name)
+    if vm == 'missing':
+        return
+    if vm in ('running', 'paused'):
+        raise Conflict('sandbox %s has no record here but its VM %s is %s: it belongs to another '
+                       'state root with the same domain prefix, or it is an orphan (kata_prune '
+                       'collects those)' % (sid, name, vm))
+    rt.hv.undefine(name)
+    trace.step('undefined the stale definition of VM %s (no record of it here)' % name)
 
 
 def start(rt, sid, timeout=None, trace=None):

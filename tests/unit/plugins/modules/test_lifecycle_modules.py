@@ -20,6 +20,7 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata import container
 from ansible_collections.kata.runtime.plugins.module_utils.kata import oci
 from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
 from ansible_collections.kata.runtime.plugins.module_utils.kata.config import load_config
+from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import Conflict
 from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import Runtime
 from ansible_collections.kata.runtime.plugins.modules import (
     kata_container,
@@ -414,3 +415,29 @@ def test_container_record_from_before_readonly_rootfs_loads_with_no_diff(capsys,
     out = run(capsys, kata_container, dict(args, readonly_rootfs=True))
     assert out['failed'] and out['changed'] is False and 'readonly_rootfs' in out['msg'], out
     assert {p: open(p, 'rb').read() for p in host.files()} == before
+
+
+def test_create_drops_a_stale_vm_definition_and_refuses_a_running_one(host):
+    """A reboot empties a state root under /run but libvirt keeps our shut-off definitions: a
+    new sandbox of the same name must get a new definition, not boot the old one."""
+    hv = host.rt.hv
+    name = hv.domain_name('old')
+    hv.create({'name': name, 'sandbox_id': 'old', 'vcpus': 2, 'memory_mb': 128,
+               'kernel': str(host.image / 'vmlinux'), 'initrd': str(host.image / 'kata-initrd.img'),
+               'cmdline': '', 'accel': 'tcg'})
+    settings = sbx.settings_from(host.cfg, {})
+    try:
+        with pytest.raises(Conflict, match='another state root'):  # running: never destroyed
+            sbx.create(host.rt, 'old', settings, boot=False)
+        assert hv.state(name) == 'running' and host.rt.store.load_sandbox('old') is None
+        hv.destroy(name)  # shut off, as after a reboot
+        trace = host.rt.trace()
+        sbx.create(host.rt, 'old', settings, boot=False, trace=trace)
+        assert hv.state(name) == 'missing'
+        assert any('stale definition of VM %s' % name in a for a in trace.actions), trace.actions
+    finally:
+        if hv.state(name) == 'running':
+            hv.destroy(name)
+        if hv.state(name) != 'missing':
+            hv.undefine(name)
+        sbx.delete(host.rt, 'old', force=True)
