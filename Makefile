@@ -14,6 +14,7 @@ PY_VERSION  := 3.11
 
 ROOT        := $(CURDIR)
 VENV        := $(ROOT)/.venv
+LINT_VENV   := $(ROOT)/.venv-lint
 BIN         := $(VENV)/bin
 COLLECTIONS := $(ROOT)/.collections
 SANITY_DIR  := $(COLLECTIONS)/sanity/ansible_collections/kata/runtime
@@ -29,26 +30,28 @@ TEST_ENV := PYTHONPATH=$(COLLECTIONS) ANSIBLE_COLLECTIONS_PATH=$(COLLECTIONS)
 # Single targets prepare what they need; `make test` runs deps once and passes SKIP_DEPS=1
 # to the checks.
 NEED_VENV       := $(if $(SKIP_DEPS),,venv)
+NEED_LINT_VENV  := $(if $(SKIP_DEPS),,lint-venv)
 NEED_BOOTSTRAP  := $(if $(SKIP_DEPS),,sanity-bootstrap)
 NEED_COLLECTION := $(if $(SKIP_DEPS),,collection)
 NEED_HOST       := $(if $(SKIP_DEPS),,host)
 
-.PHONY: help deps host venv collection sanity-bootstrap lint docs sanity unit integration molecule test demo clean
+.PHONY: help deps host venv lint-venv collection sanity-bootstrap lint ecosystem docs sanity unit integration molecule test demo clean
 
 help:
-	@echo "make test         everything CI runs: deps, lint, sanity, unit, integration"
+	@echo "make test         everything CI runs: deps, lint, ecosystem, sanity, unit, integration, molecule"
 	@echo "make demo         run playbooks/demo.yml on localhost"
-	@echo "make deps         host packages + libvirt daemons, .venv, collection path"
+	@echo "make deps         host packages + libvirt daemons, .venv, .venv-lint, collection path"
 	@echo "make lint         ruff check plugins tests benchmarks; docs/modules/ up to date"
+	@echo "make ecosystem    antsibull-changelog lint, ansible-lint (production), galaxy build + galaxy-importer"
 	@echo "make docs         regenerate docs/modules/ from the modules' own documentation"
 	@echo "make sanity       ansible-test sanity (local, python $(PY_VERSION))"
 	@echo "make unit         pytest tests/unit"
 	@echo "make integration  pytest tests/integration (boots real guests)"
 	@echo "make molecule     molecule test -s default: the kata_host role on this machine, then a sandbox"
-	@echo "make clean        remove .venv, .collections, .cache and test outputs"
+	@echo "make clean        remove .venv, .venv-lint, .collections, .cache and test outputs"
 
 # ---------------------------------------------------------------------------------------------
-deps: host venv collection sanity-bootstrap
+deps: host venv lint-venv collection sanity-bootstrap
 
 host:
 	@$(STEP) "host: packages and libvirt daemons" $(ROOT)/scripts/prepare-host.sh
@@ -57,6 +60,12 @@ host:
 # BASE_PYTHON); otherwise (re)builds. See scripts/make-venv.sh.
 venv:
 	@$(STEP) "venv: .venv from $(BASE_PYTHON)" env BASE_PYTHON=$(BASE_PYTHON) $(ROOT)/scripts/make-venv.sh
+
+# The ecosystem's own tools (ansible-lint, galaxy-importer, antsibull-changelog) in a venv of
+# their own: their dependency pins need not agree with .venv's. Same stamp rule as .venv.
+lint-venv:
+	@$(STEP) "lint-venv: .venv-lint from $(BASE_PYTHON)" env BASE_PYTHON=$(BASE_PYTHON) \
+	  VENV_NAME=.venv-lint REQUIREMENTS=requirements-lint.txt $(ROOT)/scripts/make-venv.sh
 
 collection:
 	@$(ROOT)/scripts/sync-collection.sh
@@ -71,6 +80,15 @@ LINT_PATHS := $(wildcard plugins tests benchmarks)
 lint: $(NEED_VENV)
 	@$(STEP) "lint: ruff check $(LINT_PATHS)" $(BIN)/ruff check $(LINT_PATHS)
 	@$(STEP) "lint: docs/modules/ matches the modules' documentation" $(BIN)/python scripts/gen-module-docs.py --check
+
+# The checks Galaxy and the Ansible tooling apply to a collection (scripts/ecosystem.sh); all
+# three run, and the target fails when any failed.
+ecosystem: $(NEED_LINT_VENV) $(NEED_COLLECTION)
+	@rc=0; \
+	$(STEP) "ecosystem: antsibull-changelog lint; CHANGELOG.rst up to date" $(ROOT)/scripts/ecosystem.sh changelog || rc=1; \
+	$(STEP) "ecosystem: ansible-lint --profile production" $(ROOT)/scripts/ecosystem.sh lint || rc=1; \
+	$(STEP) "ecosystem: galaxy collection build + galaxy-importer" $(ROOT)/scripts/ecosystem.sh galaxy || rc=1; \
+	exit $$rc
 
 docs: $(NEED_VENV)
 	@$(BIN)/python scripts/gen-module-docs.py
@@ -102,7 +120,7 @@ test:
 	export STEP_LOG=$(OUTPUT)/steps.txt; mkdir -p $(OUTPUT); : >"$$STEP_LOG"; \
 	$(MAKE) --no-print-directory deps; \
 	failed=(); \
-	for t in lint sanity unit integration molecule; do \
+	for t in lint ecosystem sanity unit integration molecule; do \
 	  $(MAKE) --no-print-directory SKIP_DEPS=1 $$t || failed+=("$$t"); \
 	done; \
 	echo; echo "===== make test summary ====="; cat "$$STEP_LOG"; \
@@ -121,6 +139,7 @@ demo:
 
 # Only paths inside the repository (.cache holds test artifacts such as the extracted kernel).
 clean:
-	rm -rf "$(VENV)" "$(COLLECTIONS)" "$(OUTPUT)" "$(ROOT)/.cache" "$(ROOT)/.pytest_cache" "$(ROOT)/.ruff_cache"
+	rm -rf "$(VENV)" "$(LINT_VENV)" "$(COLLECTIONS)" "$(OUTPUT)" "$(ROOT)/.cache" "$(ROOT)/.pytest_cache" "$(ROOT)/.ruff_cache" \
+	  "$(ROOT)/.ansible"
 	find "$(ROOT)/plugins" "$(ROOT)/tests" "$(ROOT)/benchmarks" "$(ROOT)/scripts" \
 	  -name __pycache__ -type d -prune -exec rm -rf {} + 2>/dev/null || true
