@@ -16,6 +16,9 @@ set -euo pipefail
 #   busybox-static cpio xz-utils zstd
 #                                   guest initrd: busybox, cpio archive, vmlinuz/modules decompression
 #   tini                            without systemd: reaps the VMMs libvirtd daemonizes (see below)
+#   openssh-server openssh-client   the fleet test's private sshd on 127.0.0.1 (scripts/loopback_sshd.py)
+#                                   and the client Ansible connects with; the system sshd is
+#                                   neither started nor enabled (see install_sshd_package below)
 # No kernel package is installed: the guest kernel comes from the image builder, which
 # downloads the distribution kernel package and unpacks it into its own image directory
 # (installing it would change what a production host boots).
@@ -25,6 +28,7 @@ PACKAGES=(
     python3-venv python3-dev
     busybox-static cpio xz-utils zstd
     tini
+    openssh-server openssh-client
 )
 
 LIBVIRT_URI=qemu:///system
@@ -47,6 +51,55 @@ if ! flock -n 9; then
 fi
 
 # --- packages -------------------------------------------------------------------------------
+# openssh-server's postinst enables the system sshd and starts it through invoke-rc.d /
+# deb-systemd-invoke. Only the tests' private sshd (own config, loopback port) is wanted, so
+# while the package installs /usr/sbin/policy-rc.d denies every service start (exit 101; an
+# existing policy that already denies it is kept, any other one is set aside and put back),
+# and afterwards the units and init-script links the postinst enabled are disabled again. This
+# runs only when this script installs openssh-server: an sshd the admin set up is never touched.
+POLICY_RC=/usr/sbin/policy-rc.d
+POLICY_RC_SAVED=$POLICY_RC.kata-prepare-host
+
+restore_policy_rc() {
+    rm -f "$POLICY_RC"
+    if [ -e "$POLICY_RC_SAVED" ]; then
+        mv -f "$POLICY_RC_SAVED" "$POLICY_RC"
+    fi
+}
+
+install_sshd_package() {
+    local own_policy=0
+    if [ -e "$POLICY_RC_SAVED" ]; then
+        restore_policy_rc  # an earlier run was killed during the install
+    fi
+    if [ -x "$POLICY_RC" ] && { "$POLICY_RC" ssh start >/dev/null 2>&1; [ $? -eq 101 ]; }; then
+        log "existing $POLICY_RC already denies service starts; keeping it"
+    else
+        own_policy=1
+        if [ -e "$POLICY_RC" ]; then
+            mv -f "$POLICY_RC" "$POLICY_RC_SAVED"
+        fi
+        trap restore_policy_rc EXIT
+        trap 'restore_policy_rc; exit 130' INT TERM HUP
+        printf '#!/bin/sh\n# kata.runtime prepare-host.sh: no service starts while openssh-server installs\nexit 101\n' \
+            >"$POLICY_RC"
+        chmod 0755 "$POLICY_RC"
+    fi
+    log "apt-get install openssh-server (service starts denied by $POLICY_RC)"
+    apt-get install -y -q --no-install-recommends openssh-server
+    if [ "$own_policy" -eq 1 ]; then
+        restore_policy_rc
+        trap - EXIT INT TERM HUP
+    fi
+    log "openssh-server installed; disabling the system sshd its postinst enabled"
+    if [ "$(cat /proc/1/comm 2>/dev/null || true)" = "systemd" ]; then
+        systemctl disable --now --quiet ssh.service ssh.socket >/dev/null 2>&1 || true
+    else
+        deb-systemd-helper disable ssh.service ssh.socket >/dev/null 2>&1 || true
+        update-rc.d ssh disable >/dev/null 2>&1 || true
+    fi
+}
+
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
@@ -62,8 +115,18 @@ else
     export DEBIAN_FRONTEND=noninteractive
     log "apt-get update"
     apt-get update -q
-    log "apt-get install ${missing[*]}"
-    apt-get install -y -q --no-install-recommends "${missing[@]}"
+    others=()
+    sshd_missing=0
+    for pkg in "${missing[@]}"; do
+        if [ "$pkg" = openssh-server ]; then sshd_missing=1; else others+=("$pkg"); fi
+    done
+    if [ ${#others[@]} -gt 0 ]; then
+        log "apt-get install ${others[*]}"
+        apt-get install -y -q --no-install-recommends "${others[@]}"
+    fi
+    if [ "$sshd_missing" -eq 1 ]; then
+        install_sshd_package
+    fi
 fi
 
 # --- libvirt daemons ------------------------------------------------------------------------
