@@ -303,6 +303,7 @@ class ContainerManager(StateManager):
         if self.p['sandbox'] and sid and sid != self.p['sandbox'] and self.p['state'] != 'absent':
             raise Conflict('container %s belongs to sandbox %s, not %s' % (self.cid, sid, self.p['sandbox']))
         self.diff['before'] = {'status': cur['status'] if cur else 'absent'}
+        self.observed = cur
         if self.p['state'] == 'absent':
             self.absent(sid, cur)
         else:
@@ -312,7 +313,11 @@ class ContainerManager(StateManager):
             self.present(sid, rec, cur)
         self.finish(container=self.result_container())
 
+    observed = None
+
     def result_container(self):
+        if not self.changed and self.observed is not None:
+            return self.observed  # nothing was done: no second look at libvirt and the agent
         if self.check and self.changed:
             if self.p['state'] == 'absent':
                 return {}

@@ -274,10 +274,14 @@ class SandboxManager(StateManager):
             raise
         if rec is None:
             return None, 'absent'
-        return rec, sbx.state_of(rec, sbx.vm_state(self.rt, rec))
+        self.observed_vm = sbx.vm_state(self.rt, rec)
+        return rec, sbx.state_of(rec, self.observed_vm)
+
+    observed_vm = None
 
     def run(self):
         rec, state = self.current()
+        self.observed = rec
         self.diff['before'] = {'state': state}
         if self.p['state'] == 'absent':
             self.absent(rec, state)
@@ -285,7 +289,13 @@ class SandboxManager(StateManager):
             self.present(rec, state)
         self.finish(sandbox=self.result_sandbox())
 
+    observed = None
+
     def result_sandbox(self):
+        if not self.changed and self.observed is not None and self.observed_vm is not None:
+            # nothing was done: what run() observed is still the answer (an idempotent rerun
+            # across a fleet pays for one look at libvirt, not two)
+            return sbx.info(self.rt, self.observed, vm=self.observed_vm)
         rec = None if (self.check and self.changed) else sbx.load(self.rt, self.sid)
         if rec is not None:
             return sbx.info(self.rt, rec)
