@@ -68,10 +68,9 @@ options:
     default: true
   workers:
     description:
-      - How many sandboxes are deleted at the same time. A delete mostly waits (for libvirt to
-        stop the VMM and see it reaped), so more than the host's CPUs pays off.
+      - How many sandboxes are deleted at the same time.
     type: int
-    default: 16
+    default: 4
 notes:
   - The runtime's cgroup parent (C(cgroup_parent) in the config file) must be dedicated to
     kata.runtime; empty directories under it are collected.
@@ -163,7 +162,7 @@ def main():
         all=dict(type='bool', default=False),
         force=dict(type='bool', default=False),
         orphans=dict(type='bool', default=True),
-        workers=dict(type='int', default=16),
+        workers=dict(type='int', default=4),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params

@@ -129,7 +129,7 @@ def remove_orphan(rt, orphan, trace):
         trace.step('removed empty cgroup %s' % oid)
 
 
-def prune(rt, ids, force=False, check_mode=False, workers=16, orphans=True):
+def prune(rt, ids, force=False, check_mode=False, workers=4, orphans=True):
     """Delete the sandboxes ``ids`` in parallel, then collect orphans.
 
     Returns {'deleted', 'orphans_removed', 'failed', 'actions', 'warnings'}. A failure of one
