@@ -632,7 +632,7 @@ def test_connect_mode_reconnects_and_drops_torn_lines(short_dir):
 # a container that may write gets an overlay whose upper layer is a tmpfs in its own mount
 # namespace, a read-only one a read-only bind. Both vanish with the container.
 
-SCRIPT = 'echo data > /work/new; cat /work/new; chmod 4755 /bin/busybox; echo chmod=$?'
+SCRIPT = 'echo data > /new-file; cat /new-file; chmod 4755 /bin/busybox; echo chmod=$?'
 
 
 def _run(client, cid, rootfs, readonly):
@@ -660,7 +660,7 @@ def test_writable_rootfs_is_an_overlay_that_leaves_the_shared_one_alone(client, 
     _run(client, 'ovl', rootfs, readonly=False)
     with open(os.path.join(agent.shared, 'ovl', 'stdout')) as f:
         assert f.read() == 'data\nchmod=0\n'
-    assert not os.path.exists(os.path.join(rootfs, 'work', 'new'))
+    assert not os.path.exists(os.path.join(rootfs, 'new-file'))
     assert _mode(os.path.join(rootfs, 'bin', 'busybox')) == before
     assert _mounts() == mounts
     assert not [n for n in os.listdir(os.path.join(agent.base, 'run')) if n.startswith('rootfs-')]
@@ -674,7 +674,7 @@ def test_readonly_rootfs_refuses_writes(client, agent, rootfs):
         assert f.read() == 'chmod=1\n'
     with open(os.path.join(agent.shared, 'ro', 'stderr')) as f:
         assert 'Read-only file system' in f.read()
-    assert not os.path.exists(os.path.join(rootfs, 'work', 'new'))
+    assert not os.path.exists(os.path.join(rootfs, 'new-file'))
     assert _mode(os.path.join(rootfs, 'bin', 'busybox')) == before
 
 
