@@ -42,12 +42,16 @@ class Trace:
 class Runtime:
     """Everything one module run needs, built lazily from a Config."""
 
-    def __init__(self, config, hypervisor=None, progress=None):
+    def __init__(self, config, hypervisor=None, progress=None, agent_factory=None):
+        """``hypervisor`` and ``agent_factory`` replace the libvirt backend and the agent
+        client (``agent_factory(sandbox_id, timeout)`` returns what ``agent()`` does): the seams
+        tests use to make a dependency fail at a chosen call."""
         self.config = config
         self.store = Store(config.state_root)
         self.cgroups = Cgroups(config.cgroup_root, config.cgroup_parent)
         self._hv = hypervisor
         self._progress = progress
+        self._agent_factory = agent_factory
 
     def trace(self):
         return Trace(self._progress)
@@ -62,6 +66,8 @@ class Runtime:
         return self._hv
 
     def agent(self, sandbox_id, timeout=10):
+        if self._agent_factory is not None:
+            return self._agent_factory(sandbox_id, timeout)
         return AgentClient(self.store.agent_socket(sandbox_id), timeout=timeout, sandbox_id=sandbox_id)
 
 

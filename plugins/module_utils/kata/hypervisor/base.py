@@ -22,7 +22,9 @@ class Hypervisor:
 
     ``vm`` (for ``create``) is a dict with ``name, sandbox_id, vcpus, memory_mb, kernel,
     initrd, cmdline, accel ('kvm'|'tcg'), console_log, agent_socket, shared_dir`` (exported
-    read-only) and ``output_dir``, ``output_accessmode`` (the writable share).
+    read-only), ``output_dir``, ``output_accessmode`` (the writable share) and
+    ``state_root``: the state root whose record owns the VM, kept with the VM so that two
+    state roots sharing a domain prefix never take each other's VMs for orphans.
     """
 
     def domain_name(self, sandbox_id):
@@ -66,7 +68,12 @@ class Hypervisor:
         raise NotImplementedError
 
     def list_ours(self):
-        """Every VM this runtime owns: ``[{'name', 'sandbox_id', 'state'}]``."""
+        """Every VM this runtime owns: ``[{'name', 'sandbox_id', 'state', 'state_root'}]``
+        (``state_root`` None for a VM defined before VMs carried it)."""
+        raise NotImplementedError
+
+    def state_root(self, name):
+        """The state root recorded with VM ``name``; None when missing or not recorded."""
         raise NotImplementedError
 
     def is_ours(self, name):
