@@ -94,11 +94,16 @@ def _bounded_int(minimum, maximum):
     return check
 
 
+# The longest wait any timeout may ask for (a day): beyond it a number is a mistake, and a big
+# enough one (10**400) cannot even be added to a clock reading.
+MAX_TIMEOUT = 86400
+
+
 def _timeout(source, key, value):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         _fail(source, key, value, f'must be a number of seconds, not {type(value).__name__}')
-    if not 0 < value < float('inf'):  # also refuses NaN
-        _fail(source, key, value, 'must be a positive number of seconds')
+    if not 0 < value <= MAX_TIMEOUT:  # also refuses NaN and what no clock can add (10**400)
+        _fail(source, key, value, f'must be a positive number of seconds, at most {MAX_TIMEOUT}')
     return value
 
 

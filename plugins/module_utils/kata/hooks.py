@@ -41,6 +41,9 @@ DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 # After the hook itself has exited, keep reading its pipes this long at most: a background
 # child that inherited stderr must not keep us waiting until the timeout.
 _DRAIN_AFTER_EXIT = 0.2
+# Longest timeout a hook may have (the validation in oci.py refuses more, at most an hour);
+# records written before that was checked are held to this when they run.
+MAX_TIMEOUT = 86400
 _POLL = 0.05
 
 
@@ -54,20 +57,31 @@ def run_hooks(kind, hooks, state, default_timeout=30):
     """
     if kind not in HOOK_KINDS:
         raise InvalidArgument(f"unknown hook kind {kind!r}: expected one of {', '.join(HOOK_KINDS)}")
-    if isinstance(default_timeout, bool) or not isinstance(default_timeout, (int, float)) or default_timeout <= 0:
-        raise InvalidArgument(f'invalid default hook timeout {default_timeout!r}: must be a positive number of seconds')
+    if (isinstance(default_timeout, bool) or not isinstance(default_timeout, (int, float))
+            or not 0 < default_timeout <= MAX_TIMEOUT):
+        raise InvalidArgument(f'invalid default hook timeout {default_timeout!r}: must be a positive number of '
+                              f'seconds, at most {MAX_TIMEOUT}')
     entries = _entries(kind, hooks)
     try:
         payload = json.dumps(state, sort_keys=True).encode('utf-8')
     except (TypeError, ValueError) as exc:
         raise InvalidArgument(f'container state for {kind} hooks is not JSON-serialisable: {exc}')
-    # check every entry before running any, so a malformed list runs nothing at all
-    prepared = [_prepare(kind, index, hook, default_timeout) for index, hook in enumerate(entries)]
+    # check every entry before running any, so a malformed list runs nothing at all; for a
+    # warn-only kind (poststop) a malformed entry is that entry's failure, never a reason to
+    # stop: a delete must not become impossible because of what a record holds
+    warnings = []
+    prepared = []
+    for index, hook in enumerate(entries):
+        try:
+            prepared.append(_prepare(kind, index, hook, default_timeout))
+        except HookError as err:
+            if kind not in WARN_ONLY_KINDS:
+                raise
+            warnings.append(str(err))
     cwd = '/'
     if isinstance(state, dict) and isinstance(state.get('bundle'), str) and os.path.isdir(state['bundle']):
         cwd = state['bundle']
 
-    warnings = []
     for spec in prepared:
         failure = _run_one(spec, payload, cwd)
         if failure is None:
@@ -131,8 +145,9 @@ def _prepare(kind, index, hook, default_timeout):
     timeout = hook.get('timeout')
     if timeout is None:
         timeout = default_timeout
-    elif isinstance(timeout, bool) or not isinstance(timeout, int) or timeout <= 0:
-        raise HookError(f'{label}: timeout must be a positive integer (seconds), got {timeout!r}')
+    elif isinstance(timeout, bool) or not isinstance(timeout, int) or not 0 < timeout <= MAX_TIMEOUT:
+        raise HookError(f'{label}: timeout must be a positive integer of seconds, at most {MAX_TIMEOUT}; '
+                        f'got {timeout!r}')
 
     return {'kind': kind, 'index': index, 'path': path, 'argv': argv, 'env': env,
             'timeout': timeout, 'label': label}
@@ -169,8 +184,8 @@ def _run_one(spec, payload, cwd):
             spec['argv'], executable=path, env=spec['env'], cwd=cwd,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             close_fds=True, start_new_session=True)
-    except OSError as exc:
-        return f"{spec['label']} could not be executed: {exc.strerror or exc}"
+    except (OSError, ValueError) as exc:  # ValueError: what exec cannot take (a NUL byte)
+        return f"{spec['label']} could not be executed: {getattr(exc, 'strerror', None) or exc}"
 
     stdout, stderr = bytearray(), bytearray()
     timed_out = _communicate(proc, payload, spec['timeout'], stdout, stderr)

@@ -123,6 +123,11 @@ def sandbox_id_from_annotations(annotations):
 
 # -------------------------------------------------------------------------- hooks
 
+# A hook's own timeout, at most (an hour): a hook is a short host-side step, and a number no
+# clock can add (10**400) must be refused here, not fail later in the middle of a delete.
+MAX_HOOK_TIMEOUT = 3600
+
+
 def _validate_hook(kind, index, hook):
     field = f'hooks.{kind}[{index}]'
     if not isinstance(hook, dict):
@@ -142,14 +147,19 @@ def _validate_hook(kind, index, hook):
         raise _bad(f'{field}.path', path, 'is not a regular file')
     if not os.access(path, os.X_OK):
         raise _bad(f'{field}.path', path, 'is not executable')
+    if '\x00' in path:
+        raise _bad(f'{field}.path', path, 'must not contain a NUL byte')
     args = hook.get('args')
     args = [path] if args is None else _str_list(f'{field}.args', args)
+    for arg in args:
+        if '\x00' in arg:
+            raise _bad(f'{field}.args', arg, 'must not contain a NUL byte (no process can be given it)')
     env = hook.get('env')
     # None (not []) when unset: the hook runner then gives a minimal PATH-only environment
     env = None if env is None else list(_env_list(f'{field}.env', env))
     timeout = hook.get('timeout')
-    if timeout is not None and (not _is_int(timeout) or timeout <= 0):
-        raise _bad(f'{field}.timeout', timeout, 'must be a positive integer (seconds)')
+    if timeout is not None and (not _is_int(timeout) or not 0 < timeout <= MAX_HOOK_TIMEOUT):
+        raise _bad(f'{field}.timeout', timeout, f'must be a positive integer of seconds, at most {MAX_HOOK_TIMEOUT}')
     return {'path': path, 'args': list(args), 'env': env, 'timeout': timeout}
 
 

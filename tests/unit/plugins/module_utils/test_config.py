@@ -135,6 +135,8 @@ BAD_VALUES = [
     ('agent_timeout', 'soon'),
     ('hook_timeout', 0),
     ('hook_timeout', -1),
+    ('hook_timeout', 10 ** 400),
+    ('agent_timeout', 86401),
     ('state_root', 'relative/run'),
     ('state_root', '/'),
     ('state_root', ''),

@@ -187,8 +187,20 @@ def test_relative_path_is_refused_and_nothing_runs(tmp_path):
     log = tmp_path / 'log'
     good = appender(tmp_path, 'good', log)
     with pytest.raises(HookError, match="'bin/hook' must be absolute"):
-        run_hooks('poststop', {'poststop': [hook(good), hook('bin/hook')]}, STATE)
+        run_hooks('prestart', {'prestart': [hook(good), hook('bin/hook')]}, STATE)
     assert not log.exists()
+
+
+def test_malformed_poststop_entries_are_warnings_and_the_others_run(tmp_path):
+    """A record holding what no process can run (NUL in args, a relative path, a timeout no
+    clock can add) must not make a delete impossible: poststop only warns."""
+    log = tmp_path / 'log'
+    good = appender(tmp_path, 'good', log)
+    bad = [hook('bin/hook'), dict(hook(good), args=[good, 'a\x00b']), dict(hook(good), timeout=10 ** 400)]
+    warnings = run_hooks('poststop', {'poststop': bad + [hook(good)]}, STATE)
+    assert len(warnings) == 3, warnings
+    assert "'bin/hook' must be absolute" in warnings[0] and 'args' in warnings[1] and 'timeout' in warnings[2]
+    assert log.read_text().count('\n') == 1
 
 
 def test_missing_hook_is_refused_naming_it(tmp_path):

@@ -128,6 +128,9 @@ def _bad_hook(tmp_path, hook, case):
         'timeout negative': ({'path': hook, 'timeout': -3}, '-3'),
         'timeout bool': ({'path': hook, 'timeout': True}, 'True'),
         'timeout str': ({'path': hook, 'timeout': '5'}, "'5'"),
+        'timeout huge': ({'path': hook, 'timeout': 10 ** 400}, '1000000'),
+        'timeout over an hour': ({'path': hook, 'timeout': 3601}, '3601'),
+        'args with NUL': ({'path': hook, 'args': ['hook', 'a\x00b']}, "'a\\x00b'"),
         'args not list': ({'path': hook, 'args': 'x y'}, "'x y'"),
         'args not str': ({'path': hook, 'args': ['x', 1]}, "['x', 1]"),
         'env not K=V': ({'path': hook, 'env': ['NOEQUALS']}, 'NOEQUALS'),
@@ -139,6 +142,7 @@ def _bad_hook(tmp_path, hook, case):
 
 BAD_HOOK_CASES = ['relative path', 'missing', 'not executable', 'directory', 'no path',
                   'timeout zero', 'timeout negative', 'timeout bool', 'timeout str',
+                  'timeout huge', 'timeout over an hour', 'args with NUL',
                   'args not list', 'args not str', 'env not K=V', 'unknown key', 'not a mapping']
 
 
