@@ -37,6 +37,11 @@ class CorruptRecord(KataError):
     """A state record could not be read (truncated, not JSON, wrong shape)."""
 
 
+class StateWriteError(KataError):
+    """A record could not be written (state file system full or read-only); the file on disk
+    is the previous one, never half of the new one."""
+
+
 class LockTimeout(KataError):
     """Another operation holds the sandbox lock for longer than we wait."""
 

@@ -11,6 +11,8 @@ Layout under the state root (directories 0700, files 0600)::
     sock/<sha256(sid)[:16]>.sock          agent socket (sun_path is only 108 bytes)
     mappings/<cid>                        container -> sandbox mapping (the file holds sid)
     locks/<sid>.lock                      per-sandbox flock
+    cgroups/<digest>                      one note per cgroup directory we create, written
+                                          before the mkdir (what orphan collection may remove)
 
 Every write is temp file + fsync + rename + fsync of the directory, so a reader sees the old
 record or the new one, never half of one. Every path is built from validated IDs and checked
@@ -38,6 +40,7 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
     KataError,
     LockTimeout,
     NotFound,
+    StateWriteError,
 )
 from ansible_collections.kata.runtime.plugins.module_utils.kata.ids import validate_id
 
@@ -49,6 +52,7 @@ SANDBOXES = 'sandboxes'
 SOCKETS = 'sock'
 MAPPINGS = 'mappings'
 LOCKS = 'locks'
+CGROUP_JOURNAL = 'cgroups'
 
 SANDBOX_FILE = 'sandbox.json'
 CONTAINERS = 'containers'
@@ -77,6 +81,14 @@ def _fsync_dir(path):
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _write_error(path, err, replaced=False):
+    what = ('was written but its directory could not be synced' if replaced
+            else 'was left as it was (no partial write)')
+    return StateWriteError(f'cannot write {path}: {err.strerror or err}; the file {what}. '
+                           'Free space on (or remount read-write) the file system of the state '
+                           'root, then run the operation again', path=path, errno=err.errno)
 
 
 def _mount_points():
@@ -372,6 +384,8 @@ class Store:
                 raise KataError(f'{path} exists but is not a directory (a symlink or a file); '
                                 'refusing to use it') from None
             return False
+        except OSError as err:
+            raise _write_error(path, err) from None
         os.chmod(path, DIR_MODE)  # mkdir's mode is filtered by the umask
         return True
 
@@ -404,10 +418,15 @@ class Store:
         self._write_bytes(path, payload)
 
     def _write_bytes(self, path, payload):
+        """Replace ``path`` with ``payload``: a reader sees the old file or the new one. A full
+        or read-only file system is a StateWriteError saying the file was left as it was."""
         self._check_entry(path)
         directory = os.path.dirname(path)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.',
-                                   suffix=_TMP_SUFFIX)
+        try:
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.',
+                                       suffix=_TMP_SUFFIX)
+        except OSError as err:
+            raise _write_error(path, err) from None
         try:
             try:
                 os.fchmod(fd, FILE_MODE)
@@ -418,11 +437,16 @@ class Store:
             finally:
                 os.close(fd)
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as err:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+            if isinstance(err, OSError):
+                raise _write_error(path, err) from None
             raise
-        _fsync_dir(directory)
+        try:
+            _fsync_dir(directory)
+        except OSError as err:
+            raise _write_error(path, err, replaced=True) from None
 
     def _read_bytes(self, path, what):
         """Bytes of ``path`` or None when missing; a symlink or unreadable file is corrupt."""
@@ -469,7 +493,11 @@ class Store:
             os.unlink(path)
         except FileNotFoundError:
             return False
-        _fsync_dir(os.path.dirname(path))
+        except OSError as err:
+            raise StateWriteError(f'cannot remove {path}: {err.strerror}; it is still there. Make the '
+                                  'state root writable and run the operation again', path=path) from None
+        with contextlib.suppress(OSError):
+            _fsync_dir(os.path.dirname(path))
         return True
 
     # ----------------------------------------------------------------- locks
@@ -506,6 +534,30 @@ class Store:
                 os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+    @contextlib.contextmanager
+    def try_lock(self, sid):
+        """Take the sandbox's lock only if it is free: yields True holding it, or False (another
+        operation holds it: it is in progress, so its state is not an orphan's).
+
+        For a sandbox without a directory (an orphan's leftovers), the lock file made here is
+        unlinked again before it is released, so asking leaves nothing behind.
+        """
+        path = self.lock_path(sid)
+        outermost = path not in _held_locks()
+        stack = contextlib.ExitStack()
+        try:
+            stack.enter_context(self.lock(sid, timeout=0))
+        except LockTimeout:
+            yield False
+            return
+        with stack:
+            try:
+                yield True
+            finally:
+                if outermost and not os.path.lexists(self.sandbox_dir(sid)):
+                    with contextlib.suppress(OSError, KataError):
+                        self._unlink(path)
 
     def _acquire(self, sid, path, timeout):
         if timeout is not None and (isinstance(timeout, bool)
@@ -753,6 +805,50 @@ class Store:
                 corrupt.append({'id': cid, 'path': self._container_file(sid, cid),
                                 'error': str(err)})
         return records, corrupt
+
+    # --------------------------------------------------------- cgroup journal
+
+    def _journal_file(self, owner, path):
+        key = hashlib.sha256(f'{owner}\0{path}'.encode('utf-8', 'surrogateescape')).hexdigest()[:24]
+        return os.path.join(self.root, CGROUP_JOURNAL, key)
+
+    def journal_cgroup(self, sid, owner, path):
+        """Note, before it is made, that cgroup directory ``path`` is created for ``owner`` (a
+        container of sandbox ``sid``, or the sandbox itself). Orphan collection only ever
+        removes directories noted here: the ones this state root created."""
+        validate_id(sid, 'sandbox')
+        validate_id(owner, 'container')
+        self.ensure()
+        self._mkdir(os.path.join(self.root, CGROUP_JOURNAL))
+        self._write_json(self._journal_file(owner, path),
+                         {'sandbox': sid, 'owner': owner, 'path': path, 'version': RECORD_VERSION})
+
+    def unjournal_cgroup(self, owner, path):
+        """Forget the note (the directory is gone, or was not ours after all)."""
+        return self._unlink(self._journal_file(validate_id(owner, 'container'), path))
+
+    def list_cgroup_journal(self):
+        """``[{'sandbox', 'owner', 'path', 'file'}]``; unreadable notes are skipped (a note
+        is only ever a reason to look, never to remove something by itself)."""
+        base = os.path.join(self.root, CGROUP_JOURNAL)
+        try:
+            names = sorted(os.listdir(base))
+        except FileNotFoundError:
+            return []
+        out = []
+        for name in names:
+            if name.startswith('.'):
+                continue
+            try:
+                data = self._read_json(os.path.join(base, name), 'cgroup journal') or {}
+                sid = validate_id(data.get('sandbox'), 'sandbox')
+                owner = validate_id(data.get('owner'), 'container')
+            except KataError:
+                continue
+            path = data.get('path')
+            if isinstance(path, str) and os.path.isabs(path):
+                out.append({'sandbox': sid, 'owner': owner, 'path': path, 'file': name})
+        return out
 
     # --------------------------------------------------------------- mappings
 
