@@ -198,31 +198,32 @@ class LibvirtHypervisor(Hypervisor):
         """``<prefix><sandbox_id>`` for a valid sandbox ID (InvalidArgument otherwise)."""
         return self.prefix + validate_id(sandbox_id, 'sandbox')
 
-    def _sandbox_id_of(self, dom):
-        """The sandbox ID in ``dom``'s metadata, or None when it carries no marker of ours."""
+    def _marker_of(self, dom):
+        """``(sandbox id, state root)`` from ``dom``'s metadata; (None, None) without a marker of
+        ours, the root None for a domain defined before domains carried it."""
         libvirt = _libvirt()
         try:
             raw = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS, 0)
         except libvirt.libvirtError as err:
             if err.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN_METADATA, libvirt.VIR_ERR_NO_DOMAIN):
-                return None
+                return None, None
             raise
         try:
             el = ET.fromstring(raw)
         except ET.ParseError:
-            return None
-        sid = el.get('id')
-        return sid or None
+            return None, None
+        return el.get('id') or None, el.get('root') or None
 
-    def _owned(self, dom, name):
+    def _owned(self, dom, name, with_root=False):
         """The sandbox ID when ``dom`` is ours: our prefix, our marker, and the marker's ID
-        is the one the name was made from (a copied marker does not make a domain ours)."""
-        if not name.startswith(self.prefix):
-            return None
-        sid = self._sandbox_id_of(dom)
-        if sid is None or self.prefix + sid != name:
-            return None
-        return sid
+        is the one the name was made from (a copied marker does not make a domain ours).
+        ``with_root``: ``(sandbox id, state root)`` instead."""
+        sid, root = (None, None)
+        if name.startswith(self.prefix):
+            sid, root = self._marker_of(dom)
+            if sid is None or self.prefix + sid != name:
+                sid, root = None, None
+        return (sid, root) if with_root else sid
 
     def _lookup(self, name):
         """Our domain called ``name``, or None when missing; HypervisorError when not ours."""
@@ -252,6 +253,19 @@ class LibvirtHypervisor(Hypervisor):
             raise HypervisorError('cannot %s domain %s: it does not exist (libvirt %s)'
                                   % (what, name, self.uri))
         return dom
+
+    def state_root(self, name):
+        """The state root recorded in our domain ``name``; None when missing or not recorded."""
+        dom = self._lookup(name)
+        if dom is None:
+            return None
+        libvirt = _libvirt()
+        try:
+            return self._owned(dom, name, with_root=True)[1]
+        except libvirt.libvirtError as err:
+            if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise self._error('reading metadata of', name, err)
 
     def is_ours(self, name):
         """True when domain ``name`` exists, has our prefix and our metadata for that name."""
@@ -294,8 +308,10 @@ class LibvirtHypervisor(Hypervisor):
         dom = ET.Element('domain', type='kvm' if accel == 'kvm' else 'qemu')
         _sub(dom, 'name', name)
         meta = _sub(dom, 'metadata')
-        _sub(meta, '%s:sandbox' % METADATA_PREFIX, id=sid,
-             **{'xmlns:%s' % METADATA_PREFIX: METADATA_NS})
+        marker = {'id': sid, 'xmlns:%s' % METADATA_PREFIX: METADATA_NS}
+        if vm.get('state_root') is not None:
+            marker['root'] = _check_text('state_root', vm['state_root'])
+        _sub(meta, '%s:sandbox' % METADATA_PREFIX, **marker)
         _sub(dom, 'memory', str(memory_mb), unit='MiB')
         _sub(dom, 'vcpu', str(vcpus), placement='static')
         os_el = _sub(dom, 'os')
@@ -635,7 +651,7 @@ class LibvirtHypervisor(Hypervisor):
 
     def list_ours(self):
         """All domains (running or not) carrying our prefix and marker:
-        ``[{'name', 'sandbox_id', 'state'}]`` sorted by name."""
+        ``[{'name', 'sandbox_id', 'state', 'state_root'}]`` sorted by name."""
         libvirt = _libvirt()
         try:
             doms = self.conn().listAllDomains(0)
@@ -646,7 +662,7 @@ class LibvirtHypervisor(Hypervisor):
         for dom in doms:
             try:
                 name = dom.name()
-                sid = self._owned(dom, name)
+                sid, root = self._owned(dom, name, with_root=True)
                 if sid is None:
                     continue
                 st = self._state_of(dom)
@@ -656,5 +672,5 @@ class LibvirtHypervisor(Hypervisor):
                 raise HypervisorError('listing domains failed (libvirt %s): %s'
                                       % (self.uri, err.get_error_message()))
             if st != MISSING:
-                out.append({'name': name, 'sandbox_id': sid, 'state': st})
+                out.append({'name': name, 'sandbox_id': sid, 'state': st, 'state_root': root})
         return sorted(out, key=lambda d: d['name'])

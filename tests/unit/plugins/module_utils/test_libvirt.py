@@ -44,6 +44,9 @@ def hv():
     h.close()
 
 
+ROOT = '/run/kata-runtime'
+
+
 def make_vm(h, sid='sb1', **over):
     vm = {
         'name': h.domain_name(sid), 'sandbox_id': sid, 'vcpus': 2, 'memory_mb': 300,
@@ -55,6 +58,7 @@ def make_vm(h, sid='sb1', **over):
         'shared_dir': '/run/kata-runtime/sandboxes/%s/shared' % sid,
         'output_dir': '/run/kata-runtime/sandboxes/%s/output' % sid,
         'output_accessmode': 'mapped',
+        'state_root': ROOT,
     }
     vm.update(over)
     return vm
@@ -76,7 +80,7 @@ def test_domain_name_for_a_128_char_id(hv):
     name = hv.domain_name(LONG_ID)
     assert name == 'kata-' + LONG_ID
     hv.create(make_vm(hv, LONG_ID))
-    assert hv.list_ours() == [{'name': name, 'sandbox_id': LONG_ID, 'state': 'running'}]
+    assert hv.list_ours() == [{'name': name, 'sandbox_id': LONG_ID, 'state': 'running', 'state_root': ROOT}]
 
 
 @pytest.mark.parametrize('bad', ['', '-x', 'a/b', 'a b', 'x' * 129, 'é', 'a\n'])
@@ -256,7 +260,7 @@ def test_create_is_persistent_and_listed(hv):
     assert hv.create(vm) is True
     assert hv.is_ours('kata-sb1')
     assert hv.conn().lookupByName('kata-sb1').isPersistent()
-    assert hv.list_ours() == [{'name': 'kata-sb1', 'sandbox_id': 'sb1', 'state': 'running'}]
+    assert hv.list_ours() == [{'name': 'kata-sb1', 'sandbox_id': 'sb1', 'state': 'running', 'state_root': ROOT}]
     with pytest.raises(Conflict, match='already exists'):
         hv.create(vm)
 
@@ -278,7 +282,7 @@ def test_state_transitions(hv):
     with pytest.raises(HypervisorError, match='not paused'):
         hv.resume(name)
     # stopped sandboxes keep their definition and boot again
-    assert hv.list_ours() == [{'name': name, 'sandbox_id': 'sb1', 'state': 'shutoff'}]
+    assert hv.list_ours() == [{'name': name, 'sandbox_id': 'sb1', 'state': 'shutoff', 'state_root': ROOT}]
     assert hv.start(name) is True and hv.state(name) == 'running'
 
 
@@ -327,9 +331,9 @@ def test_list_ours_mixes_states_and_skips_others(hv):
     hv.destroy('kata-b')
     hv.suspend('kata-a')
     assert hv.list_ours() == [
-        {'name': 'kata-a', 'sandbox_id': 'a', 'state': 'paused'},
-        {'name': 'kata-a+b.c_d-e', 'sandbox_id': ODD_ID, 'state': 'running'},
-        {'name': 'kata-b', 'sandbox_id': 'b', 'state': 'shutoff'},
+        {'name': 'kata-a', 'sandbox_id': 'a', 'state': 'paused', 'state_root': ROOT},
+        {'name': 'kata-a+b.c_d-e', 'sandbox_id': ODD_ID, 'state': 'running', 'state_root': ROOT},
+        {'name': 'kata-b', 'sandbox_id': 'b', 'state': 'shutoff', 'state_root': ROOT},
     ]
 
 
@@ -393,3 +397,17 @@ def test_one_instance_serves_parallel_callers(hv):
     with ThreadPoolExecutor(max_workers=6) as pool:
         assert list(pool.map(cycle, sids)) == [True] * len(sids)
     assert hv.list_ours() == []
+
+
+def test_the_vm_carries_its_state_root_and_older_vms_read_as_none():
+    """Prune tells its own orphans from another state root's VMs by the root each VM carries;
+    a VM defined before VMs carried it reads as None (prune then leaves it alone if it runs)."""
+    hv = LibvirtHypervisor(URI)
+    hv.create(make_vm(hv, 'rooted', state_root='/run/other-root'))
+    hv.create(make_vm(hv, 'legacy', state_root=None))
+    assert hv.state_root('kata-rooted') == '/run/other-root'
+    assert hv.state_root('kata-legacy') is None
+    assert hv.state_root('kata-missing') is None
+    assert {d['sandbox_id']: d['state_root'] for d in hv.list_ours()} == {'rooted': '/run/other-root', 'legacy': None}
+    with pytest.raises(InvalidArgument, match='state_root'):
+        hv.build_xml(make_vm(hv, 'bad', state_root='/run/x\x01y'))
