@@ -33,9 +33,12 @@ import time
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
     CgroupError,
     InvalidArgument,
+    KataError,
 )
 
 RMDIR_RETRY = 1.0
+# Walks of one path when a level vanishes under us (another run collected an empty parent).
+_CREATE_ATTEMPTS = 3
 _RETRY_PAUSE = 0.05
 _NAME_MAX = 255
 # the systemd driver's 'slice:prefix:name' form (e.g. 'system.slice:kata:c1')
@@ -184,9 +187,13 @@ class Cgroups:
 
     # -- create ----------------------------------------------------------------------------
 
-    def create(self, cgroups_path, default_name):
+    def create(self, cgroups_path, default_name, before_mkdir=None, not_made=None):
         """Create every missing level; return only the dirs created here, in creation order.
 
+        ``before_mkdir(path)`` is called before each mkdir (the runtime notes the directory in
+        its journal first, so a process killed right after the mkdir leaves a trace), and
+        ``not_made(path)`` when that mkdir then found the directory made by someone else.
+        A level removed concurrently (an empty parent collected by another run) is made again.
         On failure what was created is removed again and CgroupError is raised.
         """
         dirs = self.resolve(cgroups_path, default_name)
@@ -194,21 +201,33 @@ class Cgroups:
         current = None
         try:
             for mount, leaf in zip(self._mounts, dirs):
-                current = mount
-                for segment in os.path.relpath(leaf, mount).split(os.sep):
-                    current = os.path.join(current, segment)
-                    if os.path.isdir(current):
-                        continue
+                for attempt in range(_CREATE_ATTEMPTS):
+                    current = mount
                     try:
-                        os.mkdir(current, 0o755)
-                    except FileExistsError:
-                        if os.path.isdir(current):  # created concurrently: not ours
-                            continue
-                        raise
-                    created.append(current)
-                    _inherit_cpuset(current)
-        except OSError as exc:
-            msg = f'cannot create cgroup {current}: {exc.strerror or exc}'
+                        for segment in os.path.relpath(leaf, mount).split(os.sep):
+                            current = os.path.join(current, segment)
+                            if os.path.isdir(current):
+                                continue
+                            if before_mkdir is not None:
+                                before_mkdir(current)
+                            try:
+                                os.mkdir(current, 0o755)
+                            except FileExistsError:
+                                if not_made is not None:
+                                    not_made(current)
+                                if os.path.isdir(current):  # created concurrently: not ours
+                                    continue
+                                raise
+                            created.append(current)
+                            _inherit_cpuset(current)
+                        break
+                    except FileNotFoundError:
+                        if not_made is not None:
+                            not_made(current)
+                        if attempt == _CREATE_ATTEMPTS - 1:
+                            raise
+        except (OSError, KataError) as exc:  # KataError: before_mkdir could not note the dir
+            msg = f'cannot create cgroup {current}: {getattr(exc, "strerror", None) or exc}'
             try:
                 self._remove_checked(created)
             except CgroupError as cleanup:
@@ -247,6 +266,22 @@ class Cgroups:
         if errors:
             raise CgroupError('; '.join(errors), removed=removed)
         return removed
+
+    def remove_if_empty(self, path):
+        """rmdir one of our cgroup dirs only if it holds no process and no child cgroup (never
+        moving anything out of it). True when removed, False when kept or already gone."""
+        path = self._check_dir(path)
+        try:
+            if not os.path.isdir(path) or _has_child_cgroups(path) or _pids(path):
+                return False
+            os.rmdir(path)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            if exc.errno in (errno.EBUSY, errno.ENOTEMPTY):
+                return False  # a process or a child arrived meanwhile
+            raise CgroupError(f'cannot remove cgroup {path}: {exc.strerror or exc}', path=path)
+        return True
 
     # -- processes -------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata import oci, shar
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
     AgentError,
     Conflict,
+    CorruptRecord,
     InvalidArgument,
     KataError,
     NotFound,
@@ -285,7 +286,7 @@ def create(rt, sid, cid, settings, trace=None):
         rt.store.set_mapping(cid, sid)
         trace.step('recorded container %s in sandbox %s' % (cid, sid))
         try:
-            rec['cgroups_paths'] = rt.cgroups.create(settings['cgroups_path'], cid)
+            rec['cgroups_paths'] = rt.create_cgroups(settings['cgroups_path'], cid, sid)
             rt.store.save_container(rec)
             if not rec.get('bundle'):
                 _write_bundle(rt, sid, rec, trace)
@@ -313,7 +314,7 @@ def start(rt, cid, trace=None):
     sid, rec = _must_find(rt, cid)
     with rt.store.lock(sid):
         srec = _sandbox_running(rt, sid)
-        rec = rt.store.load_container(sid, cid)
+        rec = _reload(rt, sid, cid)
         status = status_of(rec, 'running', live_states(rt, sid, 'running'))
         if status != 'created':
             raise Conflict('container %s cannot be started: it is %s' % (cid, status))
@@ -371,7 +372,7 @@ def stop(rt, cid, sig='SIGTERM', timeout=10, trace=None):
         srec = rt.store.load_sandbox(sid)
         vm = rt.hv.state(srec['domain']) if srec else 'missing'
         live = live_states(rt, sid, vm)
-        rec = rt.store.load_container(sid, cid)
+        rec = _reload(rt, sid, cid)
         status = status_of(rec, vm, live)
         if status == 'running':
             res = _kill_and_wait(rt, sid, cid, signum, timeout, trace)
@@ -381,6 +382,14 @@ def stop(rt, cid, sig='SIGTERM', timeout=10, trace=None):
         if status in ('running', 'created', 'creating') or rec.get('status') != 'stopped':
             rec.update({'status': 'stopped', 'finished_at': rec.get('finished_at') or now()})
             rt.store.save_container(rec)
+    return rec
+
+
+def _reload(rt, sid, cid):
+    """The record again, under the sandbox's lock: a delete may have run since it was found."""
+    rec = rt.store.load_container(sid, cid)
+    if rec is None:
+        raise NotFound('container %s does not exist (it was deleted meanwhile)' % cid)
     return rec
 
 
@@ -411,19 +420,29 @@ def delete(rt, cid, force=False, trace=None):
     6. remove the cgroup paths and the ID mapping.
     """
     trace = trace or rt.trace()
-    sid, rec = find(rt, cid)
+    try:
+        sid, rec = find(rt, cid)
+    except CorruptRecord as err:
+        if not force:
+            raise CorruptRecord('%s; delete it with force=true' % err)
+        return _delete_unreadable(rt, cid, err, trace)
     if sid is None:
         return False
     if sid == cid:
         from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
         return sbx.delete(rt, sid, force=force, trace=trace)
     with rt.store.lock(sid):
-        rec = rt.store.load_container(sid, cid)
+        try:
+            rec = rt.store.load_container(sid, cid)
+        except CorruptRecord as err:
+            if not force:
+                raise CorruptRecord('%s; delete it with force=true' % err)
+            return _delete_unreadable(rt, cid, err, trace)
         if rec is None:
             rt.store.remove_mapping(cid)
             trace.step('removed dangling ID mapping %s' % cid)
             return True
-        srec = rt.store.load_sandbox(sid) or {'id': sid, 'domain': rt.hv.domain_name(sid)}
+        srec = _sandbox_or_name(rt, sid, force)
         vm = rt.hv.state(srec['domain'])
         status = status_of(rec, vm, live_states(rt, sid, vm))
         if status == 'running':
@@ -440,6 +459,53 @@ def delete(rt, cid, force=False, trace=None):
         if vm == 'running':
             _remove_in_guest(rt, sid, cid, trace)
         cleanup(rt, srec, rec, trace)
+    return True
+
+
+def _sandbox_or_name(rt, sid, force):
+    """The sandbox's record; what its name alone says when there is none (or, forced, when
+    it cannot be read)."""
+    try:
+        srec = rt.store.load_sandbox(sid)
+    except CorruptRecord:
+        if not force:
+            raise
+        srec = None
+    return srec or {'id': sid, 'domain': rt.hv.domain_name(sid)}
+
+
+def _delete_unreadable(rt, cid, err, trace):
+    """Forced delete of a container whose mapping or record cannot be read: what it owns is
+    found by name (its process in the guest, its rootfs mount point, its directories, the
+    cgroup dirs the journal noted for it); its hooks are unknown and do not run."""
+    trace.warn('container %s: %s; deleting what can be found (its hooks do not run)' % (cid, err))
+    try:
+        sid = rt.store.get_mapping(cid)
+    except CorruptRecord:
+        rt.store.remove_mapping(cid)
+        trace.step('removed unreadable ID mapping %s' % cid)
+        return True
+    if sid is None:
+        return False
+    with rt.store.lock(sid):
+        srec = _sandbox_or_name(rt, sid, True)
+        if rt.hv.state(srec['domain']) == 'running':
+            try:
+                _kill_and_wait(rt, sid, cid, int(signals.SIGKILL), 10, trace)
+            except AgentError as agent_err:
+                trace.warn('container %s: could not kill it through the agent (%s); its process '
+                           'ends with sandbox %s' % (cid, agent_err, sid))
+            _remove_in_guest(rt, sid, cid, trace)
+        target = os.path.join(share.shared_dir(rt.store, sid), cid, 'rootfs')
+        share.unbind_rootfs(rt, srec, {'id': cid, 'rootfs_mount': {
+            'target': target, 'host': share.mounted_on_host(target)}}, trace)
+        rt.collect_cgroups([n for n in rt.store.list_cgroup_journal()
+                            if n['sandbox'] == sid and n['owner'] == cid])
+        if rt.store.get_mapping(cid) == sid:
+            rt.store.remove_mapping(cid)
+        rt.store.remove_container(sid, cid)
+        share.remove_container_dirs(rt, sid, cid)
+        trace.step('deleted container %s (unreadable record)' % cid)
     return True
 
 
@@ -461,8 +527,10 @@ def cleanup(rt, srec, rec, trace, poststop=True):
         rec['poststop_done'] = True
         rt.store.save_container(rec)
     if rec.get('cgroups_paths'):
-        rt.cgroups.remove(rec['cgroups_paths'])
+        rt.remove_cgroups(rec['cgroups_paths'], cid)
         trace.step('removed cgroup paths of container %s' % cid)
+    # what an interrupted create made before the record listed it (the journal has it)
+    rt.collect_cgroups([n for n in rt.store.list_cgroup_journal() if n['sandbox'] == sid and n['owner'] == cid])
     if rt.store.get_mapping(cid) == sid:
         rt.store.remove_mapping(cid)
         trace.step('removed ID mapping %s' % cid)

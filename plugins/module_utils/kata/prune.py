@@ -7,7 +7,11 @@ an interrupted operation, a crashed VM or a rebooted host leaves behind:
 - dead sandboxes: a record that expects a VM and libvirt runs none;
 - VMs carrying our metadata with no record;
 - ID mappings pointing at nothing;
-- empty cgroup directories under our parent that no record lists.
+- empty cgroup directories this state root created (its cgroup journal) that no record lists.
+
+Only this state root's things are ever collected: records and the cgroup journal live in it,
+and each VM carries the root that owns it. Whatever an operation in progress holds (its
+sandbox is locked) is never an orphan.
 """
 
 from __future__ import annotations
@@ -44,60 +48,110 @@ def selected_ids(rt, names=None, labels=None, query=None, select_all=False, list
 
 
 def find_orphans(rt, skip=()):
-    """[{'kind', 'id', 'detail'}] of what no longer belongs to a live sandbox."""
+    """[{'kind', 'id', 'detail'}] of what no longer belongs to a live sandbox of this state root.
+
+    A look without locks, for reporting (check mode) and as a list of candidates: each one is
+    checked again under its sandbox's lock before anything is removed (``remove_orphan``), and
+    the state of an operation in progress (its sandbox locked) is never an orphan's.
+    """
     out = []
     records, corrupt = rt.store.list_sandboxes()
     known = {r['id'] for r in records} | {c['id'] for c in corrupt}
     for rec in records:
         if rec['id'] in skip:
             continue
-        vm = sbx.vm_state(rt, rec)
-        if sbx.state_of(rec, vm) == 'dead' or rec.get('state') in ('creating', 'deleting'):
-            out.append({'kind': 'sandbox_without_vm', 'id': rec['id'],
-                        'detail': 'record says %s, VM is %s' % (rec.get('state'), vm)})
+        reason = _dead_reason(rt, rec)
+        if reason and not _busy(rt, rec['id']):
+            out.append({'kind': 'sandbox_without_vm', 'id': rec['id'], 'detail': reason})
     for dom in rt.hv.list_ours():
-        if dom['sandbox_id'] not in known:
+        if dom['sandbox_id'] not in known and _collectable_vm(rt, dom) and not _busy(rt, dom['sandbox_id']):
             out.append({'kind': 'vm_without_state', 'id': dom['name'],
                         'detail': 'VM of sandbox %s (%s) has no record' % (dom['sandbox_id'], dom['state'])})
+    corrupt_ids = {c['id'] for c in corrupt}
     for cid, sid in sorted(rt.store.list_mappings().items()):
-        if sid in skip:
+        if sid in skip or sid in corrupt_ids:
             continue
-        if sid not in known:
-            out.append({'kind': 'dangling_mapping', 'id': cid, 'detail': 'points to missing sandbox %s' % sid})
-        elif cid != sid and sid not in {c['id'] for c in corrupt}:
-            try:
-                missing = rt.store.load_container(sid, cid) is None
-            except KataError:
-                missing = False
-            if missing:
-                out.append({'kind': 'dangling_mapping', 'id': cid,
-                            'detail': 'container record missing in sandbox %s' % sid})
-    out.extend(_orphan_cgroups(rt, records))
+        reason = _dangling_reason(rt, cid, sid)
+        if reason and not (sid and _busy(rt, sid)):
+            out.append({'kind': 'dangling_mapping', 'id': cid, 'detail': reason})
+    out.extend(_orphan_cgroups(rt, skip))
     return out
 
 
-def _orphan_cgroups(rt, records):
-    """Empty cgroup directories under our parent (and the parent itself) no record lists."""
+def _busy(rt, sid):
+    """True when an operation holds the sandbox's lock right now."""
+    with rt.store.try_lock(sid) as free:
+        return not free
+
+
+def _dead_reason(rt, rec):
+    """Why a record (read under its lock, or as a candidate) is an orphan, or None."""
+    vm = sbx.vm_state(rt, rec)
+    if sbx.state_of(rec, vm) == 'dead' or rec.get('state') in ('creating', 'deleting'):
+        return 'record says %s, VM is %s' % (rec.get('state'), vm)
+    return None
+
+
+def _collectable_vm(rt, dom):
+    """A VM with our prefix and marker is ours to collect when it names this state root. One
+    that names another is that root's; one that names none (defined before VMs carried their
+    root) is collected only when it is not running: a definition holds no work, and a
+    stopped sandbox of another root gets its VM defined again when it starts."""
+    root = dom.get('state_root')
+    if root is not None:
+        return os.path.normpath(root) == rt.store.root
+    return dom['state'] not in ('running', 'paused')
+
+
+def _dangling_reason(rt, cid, sid):
+    if sid is None:
+        return 'mapping file is unreadable'
+    try:
+        if rt.store.load_sandbox(sid) is None and not os.path.lexists(rt.store.sandbox_dir(sid)):
+            return 'points to missing sandbox %s' % sid
+        if cid != sid and rt.store.load_container(sid, cid) is None:
+            return 'container record missing in sandbox %s' % sid
+    except KataError:
+        return None  # a corrupt record: the forced delete of its sandbox handles it
+    return None
+
+
+def _orphan_cgroups(rt, skip=()):
+    """Cgroup dirs this state root created (its cgroup journal) that no record lists any more,
+    that are empty and hold no process. Another root's dirs are never in our journal."""
+    notes = [n for n in rt.store.list_cgroup_journal() if n['sandbox'] not in skip]
+    if not notes:
+        return []
+    used = _used_cgroups(rt)
+    out = []
+    for note in notes:
+        path = note['path']
+        if path in used or not os.path.isdir(path) or _has_tasks(path) or _has_children(path):
+            continue
+        if any(o['id'] == path for o in out) or _busy(rt, note['sandbox']):
+            continue
+        out.append({'kind': 'empty_cgroup', 'id': path,
+                    'detail': 'empty cgroup created for %s, listed by no record' % note['owner']})
+    return out
+
+
+def _used_cgroups(rt):
     used = set()
+    records, dummy = rt.store.list_sandboxes()
     for rec in records:
         used.update(rec.get('cgroups_paths') or [])
         containers, dummy = rt.store.list_containers(rec['id'])
         for c in containers:
             used.update(c.get('cgroups_paths') or [])
-    out = []
-    for mount in rt.cgroups.mounts():
-        top = os.path.join(mount, rt.cgroups.parent)
-        if not os.path.isdir(top):
-            continue
-        for dirpath, dirnames, _filenames in os.walk(top, topdown=False):
-            if any(os.path.isdir(os.path.join(dirpath, d)) for d in dirnames):
-                continue  # a child survived, so this one stays too
-            if dirpath in used or _has_tasks(dirpath):
-                continue
-            if any(u.startswith(dirpath + os.sep) for u in used):
-                continue
-            out.append({'kind': 'empty_cgroup', 'id': dirpath, 'detail': 'empty cgroup under %s' % top})
-    return out
+    return used
+
+
+def _has_children(path):
+    try:
+        with os.scandir(path) as entries:
+            return any(e.is_dir(follow_symlinks=False) for e in entries)
+    except OSError:
+        return False
 
 
 def _has_tasks(path):
@@ -112,21 +166,59 @@ def _has_tasks(path):
 
 
 def remove_orphan(rt, orphan, trace):
+    """Remove one orphan after checking again, under its sandbox's lock, that it still is one.
+    Returns True when something was removed; False when it turned out to be in use (an
+    operation holds the lock, or the state changed since it was found)."""
     kind, oid = orphan['kind'], orphan['id']
     if kind == 'sandbox_without_vm':
-        sbx.delete(rt, oid, force=True, trace=trace)
-    elif kind == 'vm_without_state':
-        state = rt.hv.state(oid)
-        if state in ('running', 'paused'):
-            rt.hv.destroy(oid)
-        rt.hv.undefine(oid)
-        trace.step('removed VM %s that had no record' % oid)
-    elif kind == 'dangling_mapping':
-        rt.store.remove_mapping(oid)
-        trace.step('removed dangling ID mapping %s' % oid)
-    elif kind == 'empty_cgroup':
-        rt.cgroups.remove([oid])
-        trace.step('removed empty cgroup %s' % oid)
+        with rt.store.try_lock(oid) as free:
+            if not free:
+                return False
+            rec = rt.store.load_sandbox(oid)
+            if rec is None or not _dead_reason(rt, rec):
+                return False
+            return sbx.delete(rt, oid, force=True, trace=trace)
+    if kind == 'vm_without_state':
+        dom = next((d for d in rt.hv.list_ours() if d['name'] == oid), None)
+        if dom is None:
+            return False
+        sid = dom['sandbox_id']
+        with rt.store.try_lock(sid) as free:
+            if (not free or os.path.lexists(rt.store.sandbox_dir(sid))
+                    or not _collectable_vm(rt, dict(dom, state=rt.hv.state(oid)))):
+                return False
+            if rt.hv.state(oid) in ('running', 'paused'):
+                rt.hv.destroy(oid)
+            rt.hv.undefine(oid)
+            trace.step('removed VM %s that had no record' % oid)
+            return True
+    if kind == 'dangling_mapping':
+        sid = rt.store.list_mappings().get(oid, '')
+        if sid == '':
+            return False  # gone meanwhile
+        if sid is None:  # unreadable: it belongs to no sandbox we could lock
+            rt.store.remove_mapping(oid)
+            trace.step('removed unreadable ID mapping %s' % oid)
+            return True
+        with rt.store.try_lock(sid) as free:
+            if not free or rt.store.get_mapping(oid) != sid or not _dangling_reason(rt, oid, sid):
+                return False
+            rt.store.remove_mapping(oid)
+            trace.step('removed dangling ID mapping %s' % oid)
+            return True
+    if kind == 'empty_cgroup':
+        notes = [n for n in rt.store.list_cgroup_journal() if n['path'] == oid]
+        removed = False
+        for note in notes:
+            with rt.store.try_lock(note['sandbox']) as free:
+                if not free:
+                    return False
+                if rt.collect_cgroups([note], used=_used_cgroups(rt)):
+                    removed = True
+        if removed:
+            trace.step('removed empty cgroup %s' % oid)
+        return removed
+    return False
 
 
 def prune(rt, ids, force=False, check_mode=False, workers=4, orphans=True):
@@ -166,15 +258,17 @@ def prune(rt, ids, force=False, check_mode=False, workers=4, orphans=True):
             found = find_orphans(rt)
             if not found:
                 break
+            removed_any = False
             for orphan in found:
                 trace = rt.trace()
                 try:
-                    remove_orphan(rt, orphan, trace)
-                    result['orphans_removed'].append(orphan)
+                    if remove_orphan(rt, orphan, trace):
+                        result['orphans_removed'].append(orphan)
+                        removed_any = True
                 except KataError as err:
                     result['failed'].append({'id': orphan['id'], 'kind': orphan['kind'], 'reason': str(err)})
                 result['actions'].extend(trace.actions)
                 result['warnings'].extend(trace.warnings)
-            if result['failed']:
+            if result['failed'] or not removed_any:
                 break
     return result

@@ -9,10 +9,12 @@ warnings to hand back to the user. The lifecycle itself lives in sandbox.py and 
 
 from __future__ import annotations
 
+import os
 import time
 
 from ansible_collections.kata.runtime.plugins.module_utils.kata.agent import AgentClient
 from ansible_collections.kata.runtime.plugins.module_utils.kata.cgroups import Cgroups
+from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import InvalidArgument
 from ansible_collections.kata.runtime.plugins.module_utils.kata.store import Store
 
 
@@ -56,6 +58,47 @@ class Runtime:
     def trace(self):
         return Trace(self._progress)
 
+    def create_cgroups(self, cgroups_path, owner, sandbox):
+        """``cgroups.create`` for ``owner`` (a container of ``sandbox``, or the sandbox itself),
+        each directory noted in the state root's cgroup journal before it is made: what orphan
+        collection may remove is exactly what this state root created."""
+        return self.cgroups.create(
+            cgroups_path, owner,
+            before_mkdir=lambda path: self.store.journal_cgroup(sandbox, owner, path),
+            not_made=lambda path: self.store.unjournal_cgroup(owner, path))
+
+    def collect_cgroups(self, notes, used=()):
+        """Remove the journal-noted cgroup dirs (``store.list_cgroup_journal`` entries) that are
+        not in ``used``, hold no process and no child cgroup; forget the notes of dirs that are
+        gone. Returns the paths removed. The caller holds the lock of each note's sandbox."""
+        removed = []
+        for note in notes:
+            path = note['path']
+            if path in used:
+                continue
+            try:
+                if self.cgroups.remove_if_empty(path):
+                    removed.append(path)
+            except InvalidArgument:
+                pass  # not under today's cgroup mounts: never ours to touch; forget the note
+            if not os.path.lexists(path) or not self._under_mounts(path):
+                self.store.unjournal_cgroup(note['owner'], path)
+        return removed
+
+    def _under_mounts(self, path):
+        return any(path.startswith(m.rstrip('/') + '/') for m in self.cgroups.mounts())
+
+    def remove_cgroups(self, dirs, owner):
+        """``cgroups.remove`` of ``owner``'s directories, and their notes once they are gone
+        (a directory kept for another owner's children keeps its note: orphan collection
+        removes it once it is empty)."""
+        try:
+            self.cgroups.remove(dirs)
+        finally:
+            for path in dirs or []:
+                if isinstance(path, str) and not os.path.lexists(path):
+                    self.store.unjournal_cgroup(owner, path)
+
     @property
     def hv(self):
         if self._hv is None:
@@ -85,7 +128,6 @@ def coerce_str_dict(value, what):
     if value is None:
         return None
     if not isinstance(value, dict):
-        from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import InvalidArgument
         raise InvalidArgument('%s must be a dict of strings, got %r' % (what, value))
     out = {}
     for key, item in value.items():
@@ -94,7 +136,6 @@ def coerce_str_dict(value, what):
         elif isinstance(item, (int, float)):
             item = str(item)
         if not isinstance(key, str) or not isinstance(item, str):
-            from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import InvalidArgument
             raise InvalidArgument('%s must map strings to strings: %r: %r is not a string' % (what, key, item))
         out[key] = item
     return out

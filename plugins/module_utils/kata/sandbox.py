@@ -116,6 +116,27 @@ def vm_state(rt, rec):
     return rt.hv.state(rec['domain'])
 
 
+def foreign_root(rt, name):
+    """The other state root that VM ``name`` belongs to, or None when it is ours (or missing,
+    or defined before VMs carried their root). A VM of another root is never touched."""
+    root = rt.hv.state_root(name)
+    if root is None or os.path.normpath(root) == rt.store.root:
+        return None
+    return root
+
+
+def _our_vm_state(rt, rec, trace):
+    """vm_state for a delete: a VM of another state root (same prefix, same ID) counts as
+    missing here, with a warning: it is not ours to destroy."""
+    vm = vm_state(rt, rec)
+    if vm != 'missing':
+        other = foreign_root(rt, rec['domain'])
+        if other is not None:
+            trace.warn('sandbox %s: VM %s belongs to state root %s; left alone' % (rec['id'], rec['domain'], other))
+            return 'missing'
+    return vm
+
+
 def state_of(rec, vm):
     """The sandbox state users see, derived from the record's intent and the live VM.
 
@@ -213,6 +234,7 @@ def _vm_spec(rt, rec, output_accessmode):
         'shared_dir': share.shared_dir(rt.store, sid),
         'output_dir': share.output_dir(rt.store, sid),
         'output_accessmode': output_accessmode,
+        'state_root': rt.store.root,
     }
 
 
@@ -294,7 +316,7 @@ def create(rt, sid, settings, timeout=None, trace=None, boot=True):
         rt.store.set_mapping(sid, sid)
         trace.step('recorded sandbox %s' % sid)
         try:
-            rec['cgroups_paths'] = rt.cgroups.create(settings['cgroups_path'], sid)
+            rec['cgroups_paths'] = rt.create_cgroups(settings['cgroups_path'], sid, sid)
             rt.store.save_sandbox(rec)
             if rec['cgroups_paths']:
                 trace.step('created %d cgroup dir(s)' % len(rec['cgroups_paths']))
@@ -324,6 +346,11 @@ def _drop_stale_definition(rt, sid, trace):
     vm = rt.hv.state(name)
     if vm == 'missing':
         return
+    other = foreign_root(rt, name)
+    if other is not None:
+        raise Conflict('sandbox %s: its VM name %s is taken by a sandbox of state root %s (same '
+                       'domain prefix); use another ID, or another domain_prefix for one of the '
+                       'roots' % (sid, name, other))
     if vm in ('running', 'paused'):
         raise Conflict('sandbox %s has no record here but its VM %s is %s: it belongs to another '
                        'state root with the same domain prefix, or it is an orphan (kata_prune '
@@ -474,16 +501,20 @@ def delete(rt, sid, force=False, trace=None):
     with rt.store.lock(sid):
         try:
             rec = rt.store.load_sandbox(sid)
+            if rec is None and os.path.lexists(rt.store.sandbox_dir(sid)):
+                # what a create that failed (or was killed) on its first write leaves
+                raise CorruptRecord('sandbox %s has a directory %s but no record in it'
+                                    % (sid, rt.store.sandbox_dir(sid)))
         except CorruptRecord as err:
             if not force:
-                raise
+                raise CorruptRecord('%s; delete it with force=true' % err)
             trace.warn('sandbox %s: %s; deleting what can be found' % (sid, err))
             # What any sandbox owns, by name alone; not saved (the file on disk is unreadable).
             rec = {'id': sid, 'domain': rt.hv.domain_name(sid), 'state': 'dead', 'unreadable': True}
         if rec is None:
             return False
         containers, corrupt = rt.store.list_containers(sid)
-        vm = vm_state(rt, rec)
+        vm = _our_vm_state(rt, rec, trace)
         if not force:
             refuse_running(rt, sid, vm)
         if vm == 'running' and containers:
@@ -515,7 +546,7 @@ def delete(rt, sid, force=False, trace=None):
 def _teardown(rt, rec, trace, poststop):
     """Remove the VM (if any), hooks, cgroups, state and mapping of a sandbox. Idempotent."""
     sid = rec['id']
-    vm = rt.hv.state(rec['domain'])
+    vm = _our_vm_state(rt, rec, trace)
     if vm in ('running', 'paused'):
         rt.hv.destroy(rec['domain'])
         trace.step('destroyed VM %s' % rec['domain'])
@@ -525,14 +556,28 @@ def _teardown(rt, rec, trace, poststop):
     if poststop:
         _run_hooks(rt, rec, 'poststop', 'stopped', trace)
     if rec.get('cgroups_paths'):
-        rt.cgroups.remove(rec['cgroups_paths'])
+        rt.remove_cgroups(rec['cgroups_paths'], sid)
         trace.step('removed cgroup paths of sandbox %s' % sid)
+    # what an interrupted create made before its record listed it (the journal has it)
+    left = rt.collect_cgroups([n for n in rt.store.list_cgroup_journal() if n['sandbox'] == sid])
+    if left:
+        trace.step('removed %d cgroup dir(s) of sandbox %s no record listed' % (len(left), sid))
     share.release(rt, sid, trace)
-    rt.store.remove_sandbox(sid)
-    trace.step('removed state of sandbox %s' % sid)
-    if rt.store.get_mapping(sid) == sid:
+    # The mapping before the state: remove_sandbox unlinks the lock file, and from then on a
+    # new sandbox of the same ID can take a fresh lock; nothing of ours may be touched after.
+    if _mapping_of(rt, sid) == sid:
         rt.store.remove_mapping(sid)
         trace.step('removed ID mapping %s' % sid)
+    rt.store.remove_sandbox(sid)
+    trace.step('removed state of sandbox %s' % sid)
+
+
+def _mapping_of(rt, cid):
+    """The mapping of ``cid``; an unreadable one counts as ours to remove (it points nowhere)."""
+    try:
+        return rt.store.get_mapping(cid)
+    except CorruptRecord:
+        return cid
 
 
 def list_all(rt):

@@ -232,6 +232,11 @@ def bind_rootfs(rt, srec, rec, trace):
     trace.step('shared rootfs %s read-only with the guest' % rec['rootfs'])
 
 
+def mounted_on_host(path):
+    """True when something is mounted at ``path`` in our own mount namespace."""
+    return mountinfo.is_mounted(path)
+
+
 def unbind_rootfs(rt, srec, rec, trace):
     mount = rec.get('rootfs_mount')
     if not mount:

@@ -92,7 +92,7 @@ class Host:
                     'accel_requested': settings['accel'], 'accel_reason': 'unit test',
                     'created_at': '2026-01-01T00:00:00Z', 'libvirt_uri': 'test:///default'})
         self.rt.store.ensure()
-        rec['cgroups_paths'] = self.rt.cgroups.create('', sid)
+        rec['cgroups_paths'] = self.rt.create_cgroups('', sid, sid)
         self.rt.store.save_sandbox(rec)
         self.rt.store.set_mapping(sid, sid)
         return rec
@@ -102,7 +102,7 @@ class Host:
         rec = dict(settings)
         rec.update({'id': cid, 'sandbox': sid, 'status': status, 'created_at': '2026-01-01T00:00:00Z',
                     'pid': 7, 'exit_code': None})
-        rec['cgroups_paths'] = self.rt.cgroups.create('', cid)
+        rec['cgroups_paths'] = self.rt.create_cgroups('', cid, sid)
         self.rt.store.save_container(rec)
         self.rt.store.set_mapping(cid, sid)
         return rec
@@ -321,13 +321,17 @@ def test_prune_by_labels_deletes_only_the_selection_and_collects_orphans(capsys,
     keep = host.plant_sandbox('other', state='stopped', labels={'tenant': 'other'})
     host.plant_container('acme-1', 'c1')
     host.rt.store.set_mapping('ghost', 'nowhere')
-    stray = host.cgroup / 'kata-unit' / 'leftover'
-    stray.mkdir(parents=True)
+    # what a create killed between its mkdir and its record leaves: a dir in the journal only
+    stray = host.rt.create_cgroups('', 'leftover', 'gone')[-1]
+    # a dir this state root never made (another root's, sharing the cgroup parent) stays
+    foreign = host.cgroup / 'kata-unit' / 'other-roots'
+    foreign.mkdir()
     out = run(capsys, kata_prune, host.args(labels={'tenant': 'acme'}, force=True))
     assert out['changed'] is True and not out['failed']
     assert sorted(out['deleted']) == ['acme-1', 'acme-2']
     kinds = {(o['kind'], o['id']) for o in out['orphans_removed']}
-    assert ('dangling_mapping', 'ghost') in kinds and ('empty_cgroup', str(stray)) in kinds
+    assert ('dangling_mapping', 'ghost') in kinds and ('empty_cgroup', stray) in kinds
+    assert not os.path.exists(stray) and foreign.is_dir()
     assert [r['id'] for r in host.rt.store.list_sandboxes()[0]] == ['other']
     assert all(os.path.isdir(p) for p in keep['cgroups_paths'])
     out = run(capsys, kata_prune, host.args(labels={'tenant': 'acme'}, force=True))
