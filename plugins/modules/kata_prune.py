@@ -16,8 +16,12 @@ description:
     O(query) or O(all), in parallel, with the delete semantics of M(kata.runtime.kata_sandbox).
     Without any selector it refuses to act.
   - Also removes orphans, whatever the selector - records whose VM is gone (crashed VM,
-    rebooted host), VMs named by this runtime with no record, ID mappings pointing nowhere,
-    and empty cgroup directories under the runtime's cgroup parent.
+    rebooted host), VMs of this state root with no record, ID mappings pointing nowhere,
+    and empty cgroup directories this state root created.
+  - Only this state root's things are collected - each VM names the state root that owns it,
+    and cgroup directories are noted in the state root before they are made - and never what
+    an operation in progress holds (its sandbox is locked), so a prune during a create does not
+    take the new sandbox.
   - One failure does not stop the others; each is reported in RV(failed) with its reason.
   - Meant for incidents, for example
     C(ansible all -m kata.runtime.kata_prune -a 'labels=tenant=acme force=true').
