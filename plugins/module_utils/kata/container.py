@@ -22,6 +22,7 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
     InvalidArgument,
     KataError,
     NotFound,
+    StateWriteError,
 )
 from ansible_collections.kata.runtime.plugins.module_utils.kata.ids import validate_id
 from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import now
@@ -509,6 +510,15 @@ def _delete_unreadable(rt, cid, err, trace):
     return True
 
 
+def _save_progress(rt, rec, trace):
+    """Save a cleanup's progress mark; a full or read-only state file system does not stop the
+    cleanup (removing needs no space; the mark only spares a rerun its poststop hooks)."""
+    try:
+        rt.store.save_container(rec)
+    except StateWriteError as err:
+        trace.warn('container %s: %s; removing it anyway' % (rec['id'], err))
+
+
 def cleanup(rt, srec, rec, trace, poststop=True):
     """Host-side removal of one container, after its process is gone. Idempotent.
 
@@ -520,12 +530,12 @@ def cleanup(rt, srec, rec, trace, poststop=True):
     if rec.get('status') != 'deleting':
         rec['status'] = 'deleting'
         rec['finished_at'] = rec.get('finished_at') or now()
-        rt.store.save_container(rec)
+        _save_progress(rt, rec, trace)
     share.unbind_rootfs(rt, srec, rec, trace)
     if poststop and not rec.get('poststop_done'):
         _run_hooks(rt, rec, 'poststop', 'stopped', trace)
         rec['poststop_done'] = True
-        rt.store.save_container(rec)
+        _save_progress(rt, rec, trace)
     if rec.get('cgroups_paths'):
         rt.remove_cgroups(rec['cgroups_paths'], cid)
         trace.step('removed cgroup paths of container %s' % cid)

@@ -63,6 +63,11 @@ def find_orphans(rt, skip=()):
         reason = _dead_reason(rt, rec)
         if reason and not _busy(rt, rec['id']):
             out.append({'kind': 'sandbox_without_vm', 'id': rec['id'], 'detail': reason})
+    for sid in rt.store.list_lock_ids():
+        if sid not in known and sid not in skip and not os.path.lexists(rt.store.sandbox_dir(sid)) \
+                and not _busy(rt, sid):
+            out.append({'kind': 'sandbox_without_vm', 'id': sid,
+                        'detail': 'lock file left by an interrupted delete'})
     for dom in rt.hv.list_ours():
         if dom['sandbox_id'] not in known and _collectable_vm(rt, dom) and not _busy(rt, dom['sandbox_id']):
             out.append({'kind': 'vm_without_state', 'id': dom['name'],
@@ -171,6 +176,11 @@ def remove_orphan(rt, orphan, trace):
     operation holds the lock, or the state changed since it was found)."""
     kind, oid = orphan['kind'], orphan['id']
     if kind == 'sandbox_without_vm':
+        if not os.path.lexists(rt.store.sandbox_dir(oid)):
+            removed = sbx.drop_leftover_lock(rt, oid)
+            if removed:
+                trace.step('removed the lock file of deleted sandbox %s' % oid)
+            return removed
         with rt.store.try_lock(oid) as free:
             if not free:
                 return False

@@ -25,6 +25,7 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
     InvalidArgument,
     KataError,
     NotFound,
+    StateWriteError,
 )
 from ansible_collections.kata.runtime.plugins.module_utils.kata.hypervisor.accel import choose_accel
 from ansible_collections.kata.runtime.plugins.module_utils.kata.ids import validate_id
@@ -497,7 +498,7 @@ def delete(rt, sid, force=False, trace=None):
     trace = trace or rt.trace()
     validate_id(sid, 'sandbox')
     if not os.path.exists(rt.store.sandbox_dir(sid)):
-        return False  # nothing to delete; do not even create a lock file
+        return drop_leftover_lock(rt, sid)  # nothing else to delete; do not create a lock file
     with rt.store.lock(sid):
         try:
             rec = rt.store.load_sandbox(sid)
@@ -532,7 +533,7 @@ def delete(rt, sid, force=False, trace=None):
             trace.step('undefined VM %s' % rec['domain'])
         rec['state'] = 'deleting'
         if not rec.get('unreadable'):
-            rt.store.save_sandbox(rec)
+            _save_if_possible(rt, rec, force, trace)
         for c in containers:
             ctr.cleanup(rt, rec, c, trace)
         for c in corrupt:
@@ -541,6 +542,28 @@ def delete(rt, sid, force=False, trace=None):
             trace.step('removed corrupt record of container %s' % c['id'])
         _teardown(rt, rec, trace, poststop=True)
     return True
+
+
+def _save_if_possible(rt, rec, force, trace):
+    """Save a delete's progress mark. A forced delete goes on when the state file system is
+    full or read-only: what it removes needs no space, and the mark only speeds up a rerun."""
+    try:
+        rt.store.save_sandbox(rec)
+    except StateWriteError as err:
+        if not force:
+            raise
+        trace.warn('sandbox %s: %s; deleting anyway' % (rec['id'], err))
+
+
+def drop_leftover_lock(rt, sid):
+    """Remove the lock file a delete killed at its very last step leaves (the sandbox has no
+    directory any more); a lock held by an operation in progress stays. True if removed."""
+    path = rt.store.lock_path(sid)
+    if not os.path.lexists(path):
+        return False
+    with rt.store.try_lock(sid):
+        pass  # released without a sandbox directory, the lock takes its file with it
+    return not os.path.lexists(path)
 
 
 def _teardown(rt, rec, trace, poststop):

@@ -532,19 +532,29 @@ class Store:
             del held[path]
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
+                self._drop_lock_file(sid, path, fd)
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+    def _drop_lock_file(self, sid, path, fd):
+        """A lock of a sandbox that has no directory (nothing was created, or a delete was
+        interrupted right before it unlinked the file) takes its file with it, still held: a
+        waiter that then gets the old inode sees it is no longer the file and retries."""
+        if os.path.lexists(self.sandbox_dir(sid)):
+            return
+        mine = os.fstat(fd)
+        current = os.lstat(path)
+        if (current.st_ino, current.st_dev) == (mine.st_ino, mine.st_dev):
+            os.unlink(path)
 
     @contextlib.contextmanager
     def try_lock(self, sid):
         """Take the sandbox's lock only if it is free: yields True holding it, or False (another
         operation holds it: it is in progress, so its state is not an orphan's).
 
-        For a sandbox without a directory (an orphan's leftovers), the lock file made here is
-        unlinked again before it is released, so asking leaves nothing behind.
+        For a sandbox without a directory (an orphan's leftovers), the lock file made here goes
+        again when it is released (see lock), so asking leaves nothing behind.
         """
-        path = self.lock_path(sid)
-        outermost = path not in _held_locks()
         stack = contextlib.ExitStack()
         try:
             stack.enter_context(self.lock(sid, timeout=0))
@@ -552,12 +562,7 @@ class Store:
             yield False
             return
         with stack:
-            try:
-                yield True
-            finally:
-                if outermost and not os.path.lexists(self.sandbox_dir(sid)):
-                    with contextlib.suppress(OSError, KataError):
-                        self._unlink(path)
+            yield True
 
     def _acquire(self, sid, path, timeout):
         if timeout is not None and (isinstance(timeout, bool)
@@ -636,7 +641,9 @@ class Store:
         if not any(os.path.lexists(p) for p in (sdir, self.agent_socket(sid), self.lock_path(sid))):
             return False  # nothing to do: do not even create the lock file
         with self.lock(sid):
-            removed = False
+            # the socket first: killed after the tree went, only the lock file is left, which
+            # any later lock of this ID removes (see lock)
+            removed = self._unlink(self.agent_socket(sid))
             if os.path.lexists(sdir):
                 self._check_entry(sdir)
                 st = os.lstat(sdir)
@@ -648,7 +655,6 @@ class Store:
                 self._refuse_mounts(sdir)
                 self._remove_tree(sdir)
                 removed = True
-            removed = self._unlink(self.agent_socket(sid)) or removed
             removed = self._unlink(self.lock_path(sid)) or removed
         return removed
 
@@ -805,6 +811,10 @@ class Store:
                 corrupt.append({'id': cid, 'path': self._container_file(sid, cid),
                                 'error': str(err)})
         return records, corrupt
+
+    def list_lock_ids(self):
+        """IDs that have a lock file (a sandbox, or what an interrupted delete left)."""
+        return self._list_ids(os.path.join(self.root, LOCKS), suffix='.lock')
 
     # --------------------------------------------------------- cgroup journal
 

@@ -349,12 +349,32 @@ def test_lock_waits_for_release(store):
 
 
 def test_lock_is_per_sandbox_and_reentrant(store):
+    store.save_sandbox({'id': 's1'})
     with store.lock('s1', timeout=0):
         with store.lock('s1', timeout=0):  # same thread: re-entrant
             pass
         with store.lock('s2', timeout=0):
             pass
     assert mode(store.lock_path('s1')) == 0o600
+
+
+def test_a_lock_of_an_id_without_a_sandbox_leaves_no_file(store):
+    """A create refused before its record, a delete of nothing, a delete killed right before it
+    unlinked the lock file: releasing a lock of an ID without a sandbox directory removes the
+    file, so none of them leaves residue; a sandbox's lock file stays."""
+    with store.lock('ghost', timeout=0):
+        assert mode(store.lock_path('ghost')) == 0o600
+    assert not os.path.lexists(store.lock_path('ghost'))
+    store.ensure()
+    with open(store.lock_path('left'), 'w'):
+        pass  # what a delete killed at its last step leaves
+    with store.try_lock('left') as free:
+        assert free
+    assert not os.path.lexists(store.lock_path('left'))
+    store.save_sandbox({'id': 'kept'})
+    with store.try_lock('kept') as free:
+        assert free
+    assert os.path.isfile(store.lock_path('kept'))
 
 
 def _wait_until_open(pid, path, timeout=20):
