@@ -90,9 +90,9 @@ class AgentClient:
     # -- connection ---------------------------------------------------------------------------
 
     def _unavailable(self, err):
-        return AgentError('agent socket %s not available (%s): is the sandbox running?'
-                          % (self.socket_path, err.strerror or err),
-                          socket=self.socket_path)
+        return AgentError('%s is not available (%s): is the sandbox running?'
+                          % (self._who(), err.strerror or err),
+                          socket=self.socket_path, sandbox=self.sandbox_id)
 
     def connect(self, timeout=None):
         """Open the connection if it is not open yet."""
@@ -106,9 +106,9 @@ class AgentClient:
             sock.sendall(b'\n')
         except socket.timeout:
             sock.close()
-            raise AgentError('connecting to agent socket %s timed out after %ss'
-                             % (self.socket_path, _fmt(self.timeout if timeout is None else timeout)),
-                             socket=self.socket_path) from None
+            raise AgentError('connecting to %s timed out after %ss'
+                             % (self._who(), _fmt(self.timeout if timeout is None else timeout)),
+                             socket=self.socket_path, sandbox=self.sandbox_id) from None
         except OSError as err:
             sock.close()
             raise self._unavailable(err) from None
@@ -178,18 +178,19 @@ class AgentClient:
                 # rebooted, qemu restarted): reconnect once. A fresh one dropping is an answer.
                 if attempt == 1 and reused:
                     continue
-                raise AgentError('agent call %r on socket %s failed: connection closed (%s); '
+                raise AgentError('agent call %r to %s failed: connection closed (%s); '
                                  'the sandbox may have stopped%s'
-                                 % (method, self.socket_path, err, self._hint()),
-                                 socket=self.socket_path, method=method) from None
+                                 % (method, self._who(), err, self._hint()),
+                                 socket=self.socket_path, method=method, sandbox=self.sandbox_id) from None
             except socket.timeout:
                 self.close()
-                raise AgentError('agent call %r on socket %s timed out after %ss'
-                                 % (method, self.socket_path, _fmt(timeout)),
-                                 socket=self.socket_path, method=method) from None
+                raise AgentError('agent call %r to %s timed out after %ss: the guest stopped '
+                                 'answering (a forced delete still works)'
+                                 % (method, self._who(), _fmt(timeout)),
+                                 socket=self.socket_path, method=method, sandbox=self.sandbox_id) from None
             if reply.get('error') is not None:
-                raise AgentError('agent call %r failed: %s' % (method, reply['error']),
-                                 socket=self.socket_path, method=method)
+                raise AgentError('agent call %r to %s failed: %s' % (method, self._who(), reply['error']),
+                                 socket=self.socket_path, method=method, sandbox=self.sandbox_id)
             return self._result(method, params, reply)
         raise AssertionError('unreachable')
 

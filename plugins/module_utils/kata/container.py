@@ -283,19 +283,23 @@ def create(rt, sid, cid, settings, trace=None):
         rec = dict(settings)
         rec.update({'id': cid, 'sandbox': sid, 'status': 'creating', 'created_at': now(),
                     'cgroups_paths': [], 'pid': None, 'exit_code': None})
-        rt.store.save_container(rec)
+        # the mapping first: it is how a delete finds the container, so whatever is made from
+        # here on can be found again by a delete, even if this process dies
         rt.store.set_mapping(cid, sid)
-        trace.step('recorded container %s in sandbox %s' % (cid, sid))
+        asked_guest = False
         try:
+            rt.store.save_container(rec)
+            trace.step('recorded container %s in sandbox %s' % (cid, sid))
             rec['cgroups_paths'] = rt.create_cgroups(settings['cgroups_path'], cid, sid)
             rt.store.save_container(rec)
             if not rec.get('bundle'):
                 _write_bundle(rt, sid, rec, trace)
-            share.bind_rootfs(rt, srec, rec, trace)
-            rt.store.save_container(rec)
+            # the record names the mount point before the mount exists (see cleanup)
+            share.bind_rootfs(rt, srec, rec, trace, before_mount=lambda: rt.store.save_container(rec))
             for kind in ('prestart', 'createRuntime'):
                 _run_hooks(rt, rec, kind, 'creating', trace)
             uid, gid = (int(x) for x in rec['user'].split(':'))
+            asked_guest = True
             with rt.agent(sid) as client:
                 client.call('create_container', id=cid, args=rec['args'], env=rec['env'], cwd=rec['cwd'],
                             uid=uid, gid=gid, hostname=cid[:63], readonly=bool(rec['readonly_rootfs']))
@@ -304,6 +308,9 @@ def create(rt, sid, cid, settings, trace=None):
             rec['status'] = 'created'
             rt.store.save_container(rec)
         except BaseException:
+            if asked_guest:
+                # the guest may have made it even if its answer never came (late, lost)
+                _remove_in_guest(rt, sid, cid, trace)
             cleanup(rt, srec, rec, trace, poststop=False)
             raise
     return rec
@@ -440,8 +447,9 @@ def delete(rt, cid, force=False, trace=None):
                 raise CorruptRecord('%s; delete it with force=true' % err)
             return _delete_unreadable(rt, cid, err, trace)
         if rec is None:
-            rt.store.remove_mapping(cid)
-            trace.step('removed dangling ID mapping %s' % cid)
+            # a create or a delete that was killed: what it left is found by name
+            _remove_by_name(rt, _sandbox_or_name(rt, sid, True), cid, trace)
+            trace.step('removed what was left of container %s' % cid)
             return True
         srec = _sandbox_or_name(rt, sid, force)
         vm = rt.hv.state(srec['domain'])
@@ -497,15 +505,7 @@ def _delete_unreadable(rt, cid, err, trace):
                 trace.warn('container %s: could not kill it through the agent (%s); its process '
                            'ends with sandbox %s' % (cid, agent_err, sid))
             _remove_in_guest(rt, sid, cid, trace)
-        target = os.path.join(share.shared_dir(rt.store, sid), cid, 'rootfs')
-        share.unbind_rootfs(rt, srec, {'id': cid, 'rootfs_mount': {
-            'target': target, 'host': share.mounted_on_host(target)}}, trace)
-        rt.collect_cgroups([n for n in rt.store.list_cgroup_journal()
-                            if n['sandbox'] == sid and n['owner'] == cid])
-        if rt.store.get_mapping(cid) == sid:
-            rt.store.remove_mapping(cid)
-        rt.store.remove_container(sid, cid)
-        share.remove_container_dirs(rt, sid, cid)
+        _remove_by_name(rt, srec, cid, trace)
         trace.step('deleted container %s (unreadable record)' % cid)
     return True
 
@@ -526,7 +526,7 @@ def cleanup(rt, srec, rec, trace, poststop=True):
     hooks once (failures are warnings), removes cgroups, the rootfs share, the mapping, and
     the record last.
     """
-    sid, cid = srec['id'], rec['id']
+    cid = rec['id']
     if rec.get('status') != 'deleting':
         rec['status'] = 'deleting'
         rec['finished_at'] = rec.get('finished_at') or now()
@@ -539,14 +539,30 @@ def cleanup(rt, srec, rec, trace, poststop=True):
     if rec.get('cgroups_paths'):
         rt.remove_cgroups(rec['cgroups_paths'], cid)
         trace.step('removed cgroup paths of container %s' % cid)
+    _remove_by_name(rt, srec, cid, trace)
+    trace.step('deleted container %s' % cid)
+
+
+def _remove_by_name(rt, srec, cid, trace):
+    """What a container owns by its name alone, mapping last: until the mapping goes, a
+    delete run again (after this one was killed) finds the container and finishes here."""
+    sid = srec['id']
+    target = os.path.join(share.shared_dir(rt.store, sid), cid, 'rootfs')
+    share.unbind_rootfs(rt, srec, {'id': cid, 'rootfs_mount': {
+        'target': target, 'host': share.mounted_on_host(target)}}, trace)
     # what an interrupted create made before the record listed it (the journal has it)
     rt.collect_cgroups([n for n in rt.store.list_cgroup_journal() if n['sandbox'] == sid and n['owner'] == cid])
-    if rt.store.get_mapping(cid) == sid:
-        rt.store.remove_mapping(cid)
-        trace.step('removed ID mapping %s' % cid)
-    rt.store.remove_container(sid, cid)
     share.remove_container_dirs(rt, sid, cid)
-    trace.step('deleted container %s' % cid)
+    rt.store.remove_container(sid, cid)
+    if _mapping_or_none(rt, cid) in (sid, None) and rt.store.remove_mapping(cid):
+        trace.step('removed ID mapping %s' % cid)
+
+
+def _mapping_or_none(rt, cid):
+    try:
+        return rt.store.get_mapping(cid)
+    except CorruptRecord:
+        return None
 
 
 def wait_for(rt, cid, timeout, poll=0.2):

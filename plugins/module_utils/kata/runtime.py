@@ -72,7 +72,8 @@ class Runtime:
         not in ``used``, hold no process and no child cgroup; forget the notes of dirs that are
         gone. Returns the paths removed. The caller holds the lock of each note's sandbox."""
         removed = []
-        for note in notes:
+        # deepest first: a parent is empty only once its children are gone
+        for note in sorted(notes, key=lambda n: n['path'].count('/'), reverse=True):
             path = note['path']
             if path in used:
                 continue

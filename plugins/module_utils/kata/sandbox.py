@@ -586,8 +586,13 @@ def _teardown(rt, rec, trace, poststop):
     if left:
         trace.step('removed %d cgroup dir(s) of sandbox %s no record listed' % (len(left), sid))
     share.release(rt, sid, trace)
-    # The mapping before the state: remove_sandbox unlinks the lock file, and from then on a
-    # new sandbox of the same ID can take a fresh lock; nothing of ours may be touched after.
+    # Container mappings a killed delete left (each container's goes last), then the
+    # sandbox's own, all before the state: remove_sandbox unlinks the lock file, and from then
+    # on a new sandbox of the same ID can take a fresh lock; nothing of ours is touched after.
+    for cid, owner in sorted(rt.store.list_mappings().items()):
+        if owner == sid and cid != sid:
+            rt.store.remove_mapping(cid)
+            trace.step('removed ID mapping %s left by an interrupted delete' % cid)
     if _mapping_of(rt, sid) == sid:
         rt.store.remove_mapping(sid)
         trace.step('removed ID mapping %s' % sid)

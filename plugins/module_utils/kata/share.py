@@ -213,16 +213,19 @@ def _mount_point(rt, sid, cid):
     return os.path.join(base, cid, 'rootfs')
 
 
-def bind_rootfs(rt, srec, rec, trace):
+def bind_rootfs(rt, srec, rec, trace, before_mount=None):
     """Bind the container's rootfs read-only (nosuid, nodev) at ``shared/<cid>/rootfs``.
 
     Read-only on the host side whatever the container asked: a writable rootfs gets an
     overlay with a tmpfs upper layer inside the guest, so no write of the guest ever reaches
-    the operator's directory through the share.
+    the operator's directory through the share. ``before_mount()`` runs once ``rec`` names the
+    mount point and before the mount is made.
     """
     target = _mount_point(rt, srec['id'], rec['id'])
     cmd, ns = _vmm_mount_cmd(rt, srec, ['mount', '--bind', '-o', 'ro,nosuid,nodev', rec['rootfs'], target])
     rec['rootfs_mount'] = {'target': target, 'host': ns == 'self'}
+    if before_mount is not None:
+        before_mount()  # e.g. save the record: a process killed after the mount leaves a trace
     _run(cmd, 'sharing rootfs %s with the guest' % rec['rootfs'])
     opts = [m[1] for m in mountinfo.mounts(ns) if m[0] == target]
     if not opts or 'ro' not in opts[-1].split(','):

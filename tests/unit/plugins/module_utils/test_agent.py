@@ -488,7 +488,7 @@ def test_error_reply_raises_agent_error_naming_the_call(short_dir):
     try:
         with AgentClient(path, timeout=5) as cli, pytest.raises(AgentError) as info:
             cli.call('start_container', id='x')
-        assert str(info.value) == "agent call 'start_container' failed: boom"
+        assert str(info.value) == "agent call 'start_container' to the agent on socket %s failed: boom" % path
     finally:
         fake.close()
 
@@ -514,12 +514,12 @@ def test_timeout_when_nobody_answers(short_dir):
 
 def test_missing_or_dead_socket_is_reported_as_unavailable(short_dir):
     path = os.path.join(short_dir, 'gone.sock')
-    with pytest.raises(AgentError, match='agent socket .*gone.sock not available.*is the sandbox running'):
-        AgentClient(path).ping()
+    with pytest.raises(AgentError, match='the agent of sandbox sb1 .*gone.sock.* is not available.*is the sandbox running'):
+        AgentClient(path, sandbox_id='sb1').ping()
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path)
     server.close()  # the file stays, nobody listens: connection refused
-    with pytest.raises(AgentError, match='not available .*refused.*is the sandbox running'):
+    with pytest.raises(AgentError, match='is not available .*refused.*is the sandbox running'):
         AgentClient(path).ping()
 
 

@@ -232,7 +232,8 @@ def test_guest_error_text_is_bounded_and_stripped_of_controls(stand_in):
     with AgentClient(fake.path, timeout=10) as cli, pytest.raises(AgentError) as info:
         cli.call('container_state', id='c1')
     msg = str(info.value)
-    assert msg.startswith("agent call 'container_state' failed: ?[2J??fake: ok?yyy")
+    assert msg.startswith("agent call 'container_state' to the agent on socket %s failed: ?[2J??fake: ok?yyy"
+                          % fake.path)
     assert len(msg) < 1000 and 'more characters' in msg
     assert not any(ch in msg for ch in '\x1b\r\n\u202e')
 
