@@ -523,8 +523,8 @@ def cleanup(rt, srec, rec, trace, poststop=True):
     """Host-side removal of one container, after its process is gone. Idempotent.
 
     Marks the record 'deleting' first so an interrupted cleanup resumes here; runs poststop
-    hooks once (failures are warnings), removes cgroups, the rootfs share, the mapping, and
-    the record last.
+    hooks once (failures are warnings), removes the rootfs share, cgroups, directories, the
+    record, and the mapping last (how a delete run again finds what is left).
     """
     cid = rec['id']
     if rec.get('status') != 'deleting':
