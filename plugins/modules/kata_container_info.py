@@ -106,6 +106,7 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.common import (
     common_argument_spec,
     fail_on_kata_error,
     load_module_config,
+    require_state_root_dir,
 )
 from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import Runtime, coerce_str_dict
 
@@ -121,7 +122,7 @@ def main():
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     with fail_on_kata_error(module):
-        rt = Runtime(load_module_config(module))
+        rt = Runtime(require_state_root_dir(load_module_config(module)))
         labels = coerce_str_dict(module.params['labels'], 'labels')
         items, corrupt = ctr.list_all(rt, module.params['sandbox'])
         items = select.filter_items(items, module.params['name'], labels, module.params['status'], 'status')

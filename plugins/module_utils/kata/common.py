@@ -8,6 +8,7 @@ stays free of Ansible. It holds:
 - ``COMMON_ARGS``: the argument spec of ``config`` and ``runtime_root`` (documented by the
   ``kata.runtime.kata`` doc fragment);
 - ``load_module_config(module, **overrides)``: the ``Config`` for this run;
+- ``require_state_root_dir(config)``: refuses a state root that is (or is under) a file;
 - ``fail_on_kata_error(module)``: turns a ``KataError`` into ``fail_json`` in one place;
 - ``Progress``: progress lines for long steps (boot, waiting for the agent, image builds);
 - ``Differences``: one record of differing settings that feeds the decision, ``--diff`` and
@@ -16,13 +17,14 @@ stays free of Ansible. It holds:
 
 from __future__ import annotations
 
+import os
 import time
 
 from ansible_collections.kata.runtime.plugins.module_utils.kata.config import (
     DEFAULT_CONFIG_PATH,
     load_config,
 )
-from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import KataError
+from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import InvalidArgument, KataError
 
 COMMON_ARGS = dict(
     config=dict(type='path', default=DEFAULT_CONFIG_PATH),
@@ -51,6 +53,27 @@ def load_module_config(module, **overrides):
     values = {'state_root': module.params.get('runtime_root')}
     values.update(overrides)
     return load_config(path, overrides=values)
+
+
+def require_state_root_dir(config):
+    """Return ``config`` if its state root can hold state; InvalidArgument if it cannot.
+
+    A state root that does not exist yet is fine (it is made when first needed); one that is,
+    or goes through, an existing file or a dangling link is refused here, with its name, before
+    anything lists or creates under it. Nothing is created or changed.
+    """
+    path = config.state_root
+    probe = path
+    while not os.path.lexists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            return config
+        probe = parent
+    if not os.path.isdir(probe):
+        where = 'it' if probe == path else probe
+        raise InvalidArgument('state root %s cannot be used: %s exists and is not a directory'
+                              % (path, where))
+    return config
 
 
 class fail_on_kata_error(object):

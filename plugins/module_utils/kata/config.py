@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import reprlib
 
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
     InvalidArgument,
@@ -55,8 +56,22 @@ KERNEL_NAME = 'vmlinux'
 INITRD_NAME = 'kata-initrd.img'
 
 
+# How a refused value is shown. YAML aliases let a short file build a list whose full repr is
+# gigabytes ("billion laughs"); nested values are shown cut short, scalars in full.
+_SHOW = reprlib.Repr()
+_SHOW.maxlevel = 3
+_SHOW.maxlist = _SHOW.maxtuple = _SHOW.maxdict = _SHOW.maxset = 8
+_SHOW.maxstring = _SHOW.maxother = 200
+
+
+def _show(value):
+    if isinstance(value, (list, tuple, dict, set)):
+        return _SHOW.repr(value)
+    return repr(value)
+
+
 def _fail(source, key, value, why):
-    raise InvalidArgument(f'invalid {source} {key!r} = {value!r}: {why}')
+    raise InvalidArgument(f'invalid {source} {key!r} = {_show(value)}: {why}')
 
 
 def _string(source, key, value, allow_empty=False):
@@ -73,7 +88,10 @@ def _abs_path(source, key, value):
     _string(source, key, value)
     if not os.path.isabs(value):
         _fail(source, key, value, 'must be an absolute path')
-    return os.path.normpath(value)
+    path = os.path.normpath(value)
+    # POSIX lets normpath keep exactly two leading slashes ('//' is not '/' to it); to Linux
+    # they are the same directory, so '//' must not slip past a check for the root
+    return '/' + path.lstrip('/')
 
 
 def _int(source, key, value, minimum):
@@ -204,7 +222,7 @@ def check_values(values, source='config key'):
     """Return a checked copy of ``values``; unknown keys and bad values are InvalidArgument."""
     if not isinstance(values, dict):
         raise InvalidArgument(
-            f'{source} must be a mapping of settings, not {type(values).__name__}: {values!r}')
+            f'{source} must be a mapping of settings, not {type(values).__name__}: {_show(values)}')
     checked = {}
     for key, value in values.items():
         if key not in _CHECKS:
@@ -223,13 +241,20 @@ def _parse(path, text):
         # JSON is a subset of YAML: a JSON config file still works without PyYAML.
         try:
             return json.loads(text) if text.strip() else None
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
             raise InvalidArgument(
                 f'cannot parse config file {path}: PyYAML is not installed on this host '
                 '(install python3-yaml) and the file is not JSON') from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as err:
+        raise InvalidArgument(f'config file {path} is not valid YAML: {err}') from None
+    except RecursionError:
+        raise InvalidArgument(f'config file {path} is not valid YAML: nested deeper than the parser can '
+                              'follow') from None
+    except (ValueError, TypeError, OverflowError) as err:
+        # PyYAML's constructors let these through for values their resolver misjudged, such
+        # as "!!int 1e400" or an integer longer than Python converts
         raise InvalidArgument(f'config file {path} is not valid YAML: {err}') from None
 
 

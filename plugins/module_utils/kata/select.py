@@ -51,6 +51,12 @@ def query(items, expression):
         return jmespath.search(expression, items)
     except jmespath.exceptions.JMESPathError as err:
         raise InvalidArgument('invalid JMESPath query %r: %s' % (expression, err))
+    except RecursionError:
+        raise InvalidArgument('invalid JMESPath query %r: nested deeper than the parser can follow' % (expression,))
+    except (ValueError, TypeError, ArithmeticError) as err:
+        # jmespath lets these through for expressions it parses but cannot evaluate: a slice
+        # step of 0, floor/ceil of infinity or NaN, contains() of a string and a number
+        raise InvalidArgument('JMESPath query %r cannot be evaluated: %s' % (expression, err))
 
 
 def ids_from_query(items, expression):
