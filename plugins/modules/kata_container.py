@@ -356,6 +356,7 @@ class ContainerManager(StateManager):
             settings = ctr.settings_from(opts)
         want = self.p['state']
         status = cur['status'] if cur else 'absent'
+        replacing = False
         if rec is not None:
             diffs = Differences()
             given = [k for k in SETTING_OPTIONS if self.p[k] is not None]
@@ -376,6 +377,9 @@ class ContainerManager(StateManager):
                 why = 'its settings changed' if immutable else 'it has stopped'
                 if status == 'running' and not self.p['force']:
                     raise Conflict('container %s is still running: recreating it needs force=true' % self.cid)
+                # refuse before deleting anything what the create after the delete would refuse
+                ctr.check_create(self.rt, sid, self.cid, settings, replacing=True)
+                replacing = True
                 self.act('delete container %s to recreate it (%s)' % (self.cid, why), ctr.delete, self.rt,
                          self.cid, force=True)
                 status = 'absent'
@@ -389,6 +393,7 @@ class ContainerManager(StateManager):
             if self.rt.store.load_sandbox(sandbox) is None:
                 raise NotFound('sandbox %s does not exist: create it with kata.runtime.kata_sandbox first'
                                % sandbox)
+            ctr.check_create(self.rt, sandbox, self.cid, settings, replacing=replacing and self.check)
             self.planned = {k: settings[k] for k in ('bundle', 'rootfs', 'args', 'labels', 'annotations')}
             self.planned['sandbox'] = sandbox
             self.act('create container %s in sandbox %s' % (self.cid, sandbox), ctr.create, self.rt, sandbox,

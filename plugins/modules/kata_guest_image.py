@@ -200,11 +200,10 @@ def run(module, params, progress):
     """Check the options, then plan (check mode) or build; returns what main() reports."""
     config = common.load_module_config(module)
     dest = params['dest'] or config.image_dir
-    for name in ('kernel', 'modules_dir', 'busybox', 'python'):
-        if params[name] is not None and not os.path.isabs(params[name]):
-            raise InvalidArgument('invalid %s %r: must be an absolute path' % (name, params[name]))
-    if not os.path.isabs(dest):
-        raise InvalidArgument('invalid dest %r: must be an absolute path' % dest)
+    for name, value in (('kernel', params['kernel']), ('modules_dir', params['modules_dir']),
+                        ('busybox', params['busybox']), ('python', params['python']), ('dest', dest)):
+        if value is not None and ('\x00' in value or not os.path.isabs(value)):
+            raise InvalidArgument('invalid %s %r: must be an absolute path without NUL bytes' % (name, value))
     if params['python'] is None:
         params['python'] = default_python()
         if params['python'] is None:

@@ -153,6 +153,7 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.common import (
     common_argument_spec,
     fail_on_kata_error,
     load_module_config,
+    require_state_root_dir,
 )
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import InvalidArgument
 from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import Runtime, coerce_str_dict
@@ -173,7 +174,7 @@ def main():
     with fail_on_kata_error(module, deleted=[], orphans_removed=[], failures=[], actions=[]):
         if p['workers'] < 1:
             raise InvalidArgument('workers must be at least 1, got %d' % p['workers'])
-        rt = Runtime(load_module_config(module), progress=Progress(module))
+        rt = Runtime(require_state_root_dir(load_module_config(module)), progress=Progress(module))
         labels = coerce_str_dict(p['labels'], 'labels')
         listing = rt.store.list_sandboxes()
         present = sorted([r['id'] for r in listing[0]] + [c['id'] for c in listing[1]])

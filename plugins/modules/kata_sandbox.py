@@ -338,6 +338,7 @@ class SandboxManager(StateManager):
                     % (self.sid, ', '.join(immutable),
                        '; '.join('%s: %r -> %r' % (n, before[n], after[n]) for n in immutable)))
             if immutable:
+                sbx.check_create(self.rt, self.sid, settings)  # refuse before deleting anything
                 self.act('delete sandbox %s to recreate it' % self.sid, sbx.delete, self.rt, self.sid,
                          force=self.p['force'])
                 rec, state = None, 'absent'
@@ -348,6 +349,7 @@ class SandboxManager(StateManager):
                              sbx.update, self.rt, self.sid, mutable)
         self.diff['after']['state'] = want
         if rec is None:
+            sbx.check_create(self.rt, self.sid, settings)  # check mode refuses what a run would
             self.planned = dict(settings, id=self.sid)
             self.diff['after'].update({k: settings[k] for k in ('vcpus', 'memory_mb', 'accel', 'labels')})
             self.act('create sandbox %s' % self.sid, sbx.create, self.rt, self.sid, settings, timeout=timeout,

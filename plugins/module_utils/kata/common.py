@@ -218,7 +218,7 @@ class StateManager(object):
         self.module = module
         self.p = module.params
         self.check = module.check_mode
-        self.config = load_module_config(module)
+        self.config = require_state_root_dir(load_module_config(module))
         self.rt = Runtime(self.config, progress=Progress(module))
         self.trace = self.rt.trace()
         self.changed = False

@@ -266,20 +266,29 @@ def _sandbox_running(rt, sid):
     return srec
 
 
-def create(rt, sid, cid, settings, trace=None):
-    """Create a container in a running sandbox: record, cgroups, rootfs share, hooks, agent."""
-    trace = trace or rt.trace()
+def check_create(rt, sid, cid, settings, replacing=False):
+    """Everything create refuses before it touches anything, checked without touching
+    anything (a recreate consults it before it deletes, check mode before "would create").
+    ``replacing``: the container exists in ``sid`` and is about to be deleted first."""
     validate_id(sid, 'sandbox')
     validate_id(cid, 'container')
     if settings.get('type') == 'pod_sandbox':
         raise InvalidArgument('container %s is annotated as a pod_sandbox: create sandboxes with '
                               'kata.runtime.kata_sandbox' % cid)
     rt.cgroups.resolve(settings['cgroups_path'], cid)
+    srec = _sandbox_running(rt, sid)
+    owner = rt.store.get_mapping(cid)
+    if owner is not None and not (replacing and owner == sid):
+        raise Conflict('ID %s is already used in sandbox %s' % (cid, owner))
+    return srec
+
+
+def create(rt, sid, cid, settings, trace=None):
+    """Create a container in a running sandbox: record, cgroups, rootfs share, hooks, agent."""
+    trace = trace or rt.trace()
+    check_create(rt, sid, cid, settings)
     with rt.store.lock(sid):
-        srec = _sandbox_running(rt, sid)
-        owner = rt.store.get_mapping(cid)
-        if owner is not None:
-            raise Conflict('ID %s is already used in sandbox %s' % (cid, owner))
+        srec = check_create(rt, sid, cid, settings)  # again, under the lock
         rec = dict(settings)
         rec.update({'id': cid, 'sandbox': sid, 'status': 'creating', 'created_at': now(),
                     'cgroups_paths': [], 'pid': None, 'exit_code': None})

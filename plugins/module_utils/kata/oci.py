@@ -286,6 +286,9 @@ def load_bundle(path):
         spec = json.loads(raw.decode('utf-8'))
     except (UnicodeDecodeError, ValueError) as err:
         raise InvalidArgument(f'{config} is not valid JSON: {err}') from None
+    except RecursionError:
+        raise InvalidArgument(f'{config} is not a runtime spec: nested deeper than the JSON parser '
+                              'can follow') from None
     return validate_spec(spec, bundle=bundle)
 
 

@@ -265,7 +265,11 @@ def prune(rt, ids, force=False, check_mode=False, workers=4, orphans=True):
     if orphans:
         # Twice at most: removing a dead sandbox can leave an empty cgroup parent behind.
         for _dummy in range(2):
-            found = find_orphans(rt)
+            try:
+                found = find_orphans(rt)
+            except KataError as err:
+                result['failed'].append({'id': 'orphans', 'kind': 'orphan_search', 'reason': str(err)})
+                break
             if not found:
                 break
             removed_any = False

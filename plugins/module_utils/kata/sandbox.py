@@ -25,7 +25,6 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
     InvalidArgument,
     KataError,
     NotFound,
-    StateWriteError,
 )
 from ansible_collections.kata.runtime.plugins.module_utils.kata.hypervisor.accel import choose_accel
 from ansible_collections.kata.runtime.plugins.module_utils.kata.ids import validate_id
@@ -283,12 +282,10 @@ def _place_vmm(rt, rec, trace):
     trace.step('moved VMM pid %d into the sandbox cgroup' % pid)
 
 
-def create(rt, sid, settings, timeout=None, trace=None, boot=True):
-    """Boot a new sandbox: record, cgroups, VM, agent, hooks. Tears down on failure.
-
-    With ``boot=False`` the sandbox is only recorded (state stopped); starting it boots it.
-    """
-    trace = trace or rt.trace()
+def check_create(rt, sid, settings):
+    """Everything create refuses before it touches anything, checked without touching
+    anything: a recreate consults it before it deletes, and check mode before it says "would
+    create". Returns (accel, reason)."""
     validate_id(sid, 'sandbox')
     _check_boot_files(settings)
     accel, reason = choose_accel(settings['accel'])
@@ -296,6 +293,16 @@ def create(rt, sid, settings, timeout=None, trace=None, boot=True):
     owner = rt.store.get_mapping(sid)
     if owner is not None and owner != sid:
         raise Conflict('ID %s is already used by a container of sandbox %s' % (sid, owner))
+    return accel, reason
+
+
+def create(rt, sid, settings, timeout=None, trace=None, boot=True):
+    """Boot a new sandbox: record, cgroups, VM, agent, hooks. Tears down on failure.
+
+    With ``boot=False`` the sandbox is only recorded (state stopped); starting it boots it.
+    """
+    trace = trace or rt.trace()
+    accel, reason = check_create(rt, sid, settings)
     rt.store.ensure()
     with rt.store.lock(sid):
         if rt.store.load_sandbox(sid) is not None:
@@ -549,7 +556,7 @@ def _save_if_possible(rt, rec, force, trace):
     full or read-only: what it removes needs no space, and the mark only speeds up a rerun."""
     try:
         rt.store.save_sandbox(rec)
-    except StateWriteError as err:
+    except KataError as err:  # a full or read-only file system, a planted non-directory
         if not force:
             raise
         trace.warn('sandbox %s: %s; deleting anyway' % (rec['id'], err))

@@ -575,6 +575,12 @@ class Store:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
                              FILE_MODE)
             except OSError as err:
+                if err.errno == errno.ELOOP and os.path.islink(path):
+                    # a link where our lock file belongs: never followed; it is removed (it
+                    # is in our own tree) so that no planted entry can make a sandbox undeletable
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+                    continue
                 raise KataError(f'cannot open lock file {path}: {err.strerror}') from None
             try:
                 while True:
@@ -736,6 +742,9 @@ class Store:
             names = os.listdir(directory)
         except FileNotFoundError:
             return []
+        except OSError as err:
+            raise KataError(f'cannot list {directory}: {err.strerror}; it must be a directory this '
+                            'runtime made (move whatever is there away)') from None
         ids = []
         for name in sorted(names):
             if suffix:
