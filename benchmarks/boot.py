@@ -9,6 +9,11 @@ memory, vCPUs and guest devices (serial console, virtio-serial agent port, 9p sh
 to the init's marker on the console (the floor) and to the agent's first ping reply. The two
 alternate run by run, so drift on a noisy machine hits both alike; each run gives one pair.
 
+A libvirt define + start above ``DEFINE_START_LIMIT`` (1 s) is flagged below the tables, with
+what ``kata_check`` finds about the cause: libvirt probing QEMU again on every start (a
+``/dev/kvm`` that the user libvirt runs QEMU as cannot open, on a host udev never prepared)
+costs ~10 s per start here, against ~0.4 s when its capabilities cache stays valid.
+
 Memory: RSS and PSS (``/proc/<pid>/smaps_rollup``) of the VMM of one idle sandbox, a few
 seconds after its agent is ready, at each guest memory size; the bare QEMU at the same size
 is the baseline.
@@ -22,11 +27,12 @@ import sys
 import time
 
 import _bench as b
+from ansible_collections.kata.runtime.plugins.module_utils.kata import caps_cache, share
 from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
-from ansible_collections.kata.runtime.plugins.module_utils.kata import share
 from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import image
 
 TARGET = 1.2  # ours / bare floor
+DEFINE_START_LIMIT = 1.0  # seconds; above it libvirt is most likely probing QEMU again
 
 
 def boot_ours(bench, sid, memory_mb=None):
@@ -76,7 +82,7 @@ def run_boot(bench, runs, warmup):
     # its record also gives the exact VM spec the bare boot copies.
     b.log('warm-up: one sandbox and one bare boot')
     dummy, rec = boot_ours(bench, 'warmup')
-    spec = sbx._vm_spec(bench.rt, rec)
+    spec = sbx._vm_spec(bench.rt, rec, None)  # only the boot files, command line and shape are used
     sbx.delete(bench.rt, 'warmup', force=True)
     for _dummy in range(warmup):
         boot_bare(bench, spec)
@@ -96,8 +102,10 @@ def run_boot(bench, runs, warmup):
         o, r = pair['ours'], pair['bare']
         pair['ratio_init'] = b.ratio(o['total_s'], r['init_s'])
         pair['ratio_agent'] = b.ratio(o['total_s'], r['agent_s'])
-        b.log('run %d/%d: ours %.2fs (define+start %.2f, agent wait %.2f)  bare init %.2fs agent %.2fs'
-              % (i + 1, runs, o['total_s'], o['define_start_s'], o['agent_wait_s'], r['init_s'], r['agent_s']))
+        b.log('run %d/%d: ours %.2fs (define+start %.2f%s, agent wait %.2f)  bare init %.2fs agent %.2fs'
+              % (i + 1, runs, o['total_s'], o['define_start_s'],
+                 ' SLOW' if o['define_start_s'] > DEFINE_START_LIMIT else '',
+                 o['agent_wait_s'], r['init_s'], r['agent_s']))
         pairs.append(pair)
     med = {k: b.summary([p['ours'][k] for p in pairs]) for k in pairs[0]['ours']}
     med.update({'bare_' + k: b.summary([p['bare'][k] for p in pairs]) for k in pairs[0]['bare']})
@@ -115,8 +123,32 @@ def run_boot(bench, runs, warmup):
             'ours_vs_bare_agent': b.median([p['ratio_agent'] for p in pairs]),
         },
         'target': TARGET,
+        'define_start_limit_s': DEFINE_START_LIMIT,
+        'define_start_flag': define_start_flag(bench, pairs),
     }
     return out
+
+
+def define_start_flag(bench, pairs):
+    """None when every define + start stayed within the limit; else which runs did not, and
+    what kata_check's capabilities cache check says about this host (the usual cause)."""
+    slow = [p['run'] for p in pairs if p['ours']['define_start_s'] > DEFINE_START_LIMIT]
+    if not slow:
+        return None
+    flag = {'runs': slow, 'median_s': b.median([p['ours']['define_start_s'] for p in pairs]),
+            'caps_cache': None}
+    uri = bench.config.libvirt_uri
+    cache_dir = caps_cache.cache_dir_for(uri)
+    if cache_dir:
+        try:
+            conn = bench.rt.hv.conn()
+            before = caps_cache.cache_files(cache_dir)
+            xml = conn.getCapabilities()
+            emulator = caps_cache.emulator_of(xml, bench.rt.hv.arch)
+            flag['caps_cache'] = caps_cache.check(xml, emulator, cache_dir=cache_dir, before=before)
+        except Exception as err:  # noqa: BLE001 - a hint only, never the benchmark's failure
+            b.log('could not check libvirt\'s capabilities cache: %s' % err)
+    return flag
 
 
 def idle_memory(bench, spec, sizes, settle):
@@ -187,6 +219,24 @@ def print_report(res):
                         b.fmt_s(p['ours']['agent_wait_s']), b.fmt_s(p['bare']['init_s']),
                         b.fmt_s(p['bare']['agent_s']), b.fmt_x(p['ratio_init']), b.fmt_x(p['ratio_agent']))
                        for p in bt['runs']]))
+        flag = bt.get('define_start_flag')
+        if flag:
+            print()
+            print('FLAG: libvirt define + start above %.1f s in run%s %s of %d (median %s s)'
+                  % (bt['define_start_limit_s'], '' if len(flag['runs']) == 1 else 's',
+                     ', '.join(str(r) for r in flag['runs']), len(bt['runs']), b.fmt_s(flag['median_s'])))
+            cc = flag.get('caps_cache')
+            if cc and cc.get('stable') is False:
+                print('  cause: %s' % cc['reason'])
+                print('  fix: %s (or run the kata.runtime.kata_host role, or scripts/prepare-host.sh)' % cc['fix'])
+            elif cc and cc.get('stable'):
+                print('  not libvirt re-probing QEMU: %s; a loaded machine (load at start %s) slows the start too'
+                      % (cc['reason'], res['machine'].get('loadavg_at_start')))
+            elif cc:
+                print('  libvirt capabilities cache: %s (stable: %s; libvirt re-probed QEMU during this check: %s)'
+                      % (cc['reason'], cc['stable'], cc['reprobed']))
+            else:
+                print('  run kata.runtime.kata_check: it says whether libvirt probes QEMU again on every start')
     if 'memory' in res:
         print()
         print('Idle VMM memory, %ss after the agent answered (MiB; PSS split anon/file)' % res['memory_settle_s'])
@@ -221,7 +271,7 @@ def main():
             spec = res['boot']['spec']
         else:
             dummy, rec = boot_ours(bench, 'warmup')
-            spec = sbx._vm_spec(bench.rt, rec)
+            spec = sbx._vm_spec(bench.rt, rec, None)  # only the boot files, command line and shape are used
             sbx.delete(bench.rt, 'warmup', force=True)
         if not args.skip_memory:
             sizes = [int(x) for x in args.memory_sizes.split(',') if x]

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Prepare a Debian/Ubuntu host for development and tests of kata.runtime:
 # the packages the runtime, the guest image builder and the libvirt-python build need,
-# then libvirtd + virtlogd running (systemd when it is PID 1, plain daemons otherwise).
+# then libvirtd + virtlogd running (systemd when it is PID 1, plain daemons otherwise),
+# and /dev/kvm with the permissions udev would give it (root:kvm, group read-write), without
+# which libvirt probes QEMU again on every domain start.
 #
 # Idempotent and cheap on a prepared machine: apt is only touched when a package is missing,
-# daemons are only started when they do not answer.
+# daemons are only started when they do not answer, /dev/kvm only changed when it differs.
 set -euo pipefail
 
 # Packages, and why:
@@ -129,6 +131,62 @@ else
     fi
 fi
 
+# --- /dev/kvm as udev would leave it --------------------------------------------------------
+# libvirt probes each QEMU binary once and caches the result (/var/cache/libvirt/qemu/
+# capabilities/). Before every domain start it checks the cache against the host, among other
+# things whether the user it runs QEMU as (Debian: libvirt-qemu, primary group kvm) can open
+# /dev/kvm read-write; the probing QEMU may override file permissions and so gets KVM anyway.
+# Where the two disagree libvirt throws the cache away and probes QEMU again on every start
+# ("KVM was enabled when probing ..., but it is not available now" in its debug log): about
+# 10 s of define+start per sandbox instead of 0.4 s. udev gives /dev/kvm root:kvm 0660 at boot;
+# without udev (containers, minimal images) it stays crw------- root root, so this does what
+# udev would: group kvm, group read-write (a wider mode already there, such as 0666, is kept).
+# Done before libvirt is started or asked anything (even 'virsh version' looks the cache up),
+# so no probe is wasted; on a running libvirtd it applies from the next lookup, as libvirtd
+# notices the device's change itself (no restart).
+# Running QEMU as root instead (user = "root" in /etc/libvirt/qemu.conf) would also end the
+# re-probe, but would make every VMM root; see docs/role-kata_host.md.
+KVM_DEV=/dev/kvm
+KVM_GROUP=kvm
+
+# 0 when the user libvirt runs QEMU as (its DAC base label) has the kvm group, 1 when not,
+# 2 when it cannot tell. libvirt gives QEMU the user's own groups and its configured group.
+qemu_user_in_kvm_group() {
+    local label uid gid kvm_gid groups
+    label=$(virsh -c "$LIBVIRT_URI" capabilities 2>/dev/null \
+        | sed -n "s|.*<baselabel type='kvm'>\([^<]*\)</baselabel>.*|\1|p" | head -n 1)
+    uid=${label%%:*}; uid=${uid#+}
+    gid=${label#*:}; gid=${gid#+}
+    kvm_gid=$(getent group "$KVM_GROUP" | cut -d: -f3)
+    case "$uid:$gid" in
+        *[!0-9:]*|:*|*:) return 2 ;;
+    esac
+    [ -n "$kvm_gid" ] || return 2
+    if [ "$uid" -eq 0 ] || [ "$gid" -eq "$kvm_gid" ]; then
+        return 0
+    fi
+    groups=$(id -G "$(getent passwd "$uid" | cut -d: -f1)" 2>/dev/null) || return 2
+    case " $groups " in
+        *" $kvm_gid "*) return 0 ;;
+    esac
+    return 1
+}
+
+if [ -c "$KVM_DEV" ]; then
+    if ! getent group "$KVM_GROUP" >/dev/null; then
+        log "WARNING: no '$KVM_GROUP' group: $KVM_DEV left as it is ($(stat -c '%A %U:%G' "$KVM_DEV")); if libvirt's QEMU user cannot open it, libvirt probes QEMU again on every domain start"
+    else
+        read -r kvm_owner kvm_group kvm_mode < <(stat -c '%U %G %a' "$KVM_DEV")
+        if [ "$kvm_owner" = root ] && [ "$kvm_group" = "$KVM_GROUP" ] && [ $((8#$kvm_mode & 8#060)) -eq $((8#060)) ]; then
+            log "$KVM_DEV already root:$KVM_GROUP with group read-write ($(stat -c '%A' "$KVM_DEV"))"
+        else
+            chown "root:$KVM_GROUP" "$KVM_DEV"
+            chmod g+rw "$KVM_DEV"
+            log "$KVM_DEV was $kvm_owner:$kvm_group $kvm_mode, now $(stat -c '%U:%G %a' "$KVM_DEV") as udev sets it (libvirt keeps its QEMU capabilities cache)"
+        fi
+    fi
+fi
+
 # --- libvirt daemons ------------------------------------------------------------------------
 libvirt_answers() {
     virsh -c "$LIBVIRT_URI" version >/dev/null 2>&1
@@ -189,8 +247,13 @@ if [ ! -S /run/libvirt/virtlogd-sock ]; then
     die "virtlogd socket /run/libvirt/virtlogd-sock is missing: domains will not start"
 fi
 
-# --- KVM, for information only: accel=auto decides at run time -------------------------------
-if [ -e /dev/kvm ]; then
+# --- KVM: libvirt's QEMU user, and for information the accelerator -------------------------
+if [ -c "$KVM_DEV" ]; then
+    rc=0
+    qemu_user_in_kvm_group || rc=$?
+    if [ "$rc" -eq 1 ]; then
+        log "WARNING: the user libvirt runs QEMU as is not in the '$KVM_GROUP' group, so it cannot open $KVM_DEV and libvirt probes QEMU again on every domain start: add it (usermod -a -G $KVM_GROUP <user>) and restart libvirtd"
+    fi
     if [ -d /sys/module/kvm_pvm ]; then
         log "/dev/kvm present (paravirtual kvm_pvm: stock guests will run under TCG)"
     else

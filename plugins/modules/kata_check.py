@@ -20,6 +20,11 @@ description:
   - The QEMU binary and its version, whether libvirt answers at the configured URI and its
     versions, the cgroup layout (v1, v2 or hybrid), the guest kernel and initrd with their
     SHA-256 checksums, and whether the state root is writable.
+  - Whether libvirt keeps its QEMU capabilities cache from one domain start to the next. Where
+    C(/dev/kvm) exists but the user libvirt runs QEMU as cannot open it read-write (a fresh
+    host on which udev never set it to C(root:kvm 0660)), libvirt discards the cache and probes
+    QEMU again on every domain start, seconds per sandbox; this is reported in
+    RV(kata_host.warnings) with the command that fixes it.
   - Never changes anything.
 author:
   - kata.runtime contributors (@kata)
@@ -39,6 +44,13 @@ notes:
   - KVM being unusable is not a problem by itself when O(config)'s C(accel) is C(auto), since
     sandboxes then run under TCG (software emulation), which is slower. It is a problem
     when C(accel) is C(kvm).
+  - A capabilities cache that libvirt discards on every start is a warning, not a problem;
+    sandboxes start and run correctly, only seconds slower each, so O(strict) does not fail on
+    it. That holds with C(accel=kvm) too, since sandbox VMMs run as root and open C(/dev/kvm)
+    whatever its group.
+  - To read libvirt's user for QEMU the module asks libvirt for its host capabilities; on a
+    host whose cache is discarded on every use, that request itself re-probes QEMU (seconds),
+    and RV(kata_host.qemu_caps_cache.reprobed) says so.
   - The state root is checked without creating it; when it does not exist yet, the nearest
     existing parent directory must be writable.
 seealso:
@@ -80,6 +92,16 @@ kata_host:
       type: list
       elements: str
       sample: ["guest kernel /var/lib/kata-runtime/image/vmlinux is missing (build it with kata.runtime.kata_guest_image)"]
+    warnings:
+      description:
+        - What makes sandboxes slower or may surprise, one sentence each with what to do. The
+          host can still run sandboxes, so these never make RV(kata_host.ready) false nor
+          O(strict) fail. Each is also shown as an Ansible warning.
+      type: list
+      elements: str
+      sample:
+        - "libvirt discards its QEMU capabilities cache and probes QEMU again on every domain start (...);
+          fix with: chgrp kvm /dev/kvm && chmod 0660 /dev/kvm (...)"
     config:
       description: The settings in effect (the config file plus O(runtime_root)).
       type: dict
@@ -218,6 +240,91 @@ kata_host:
               description: SHA-256 of its contents; null when absent.
               type: str
               sample: 0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f5e3c0f1b9a2d4c6e8f0b
+    qemu_caps_cache:
+      description:
+        - Whether libvirt keeps its QEMU capabilities cache from one domain start to the next,
+          and the inputs of that verdict. Only checked for a local C(qemu://) URI that answers;
+          otherwise RV(kata_host.qemu_caps_cache.reason) says so, RV(kata_host.qemu_caps_cache.qemu_groups)
+          is empty and every other value is null.
+      type: dict
+      contains:
+        stable:
+          description:
+            - V(true) when the cached probe stays valid; V(false) when libvirt discards it and
+              probes QEMU again on every domain start (seconds per sandbox); null when it could
+              not be told (not root, libvirt unreachable, not a local QEMU driver).
+          type: bool
+          sample: false
+        reason:
+          description: Why, in one sentence.
+          type: str
+          sample: "/dev/kvm (crw-rw---- root:kvm) is readable and writable by the user libvirt runs QEMU as (...):
+            the cached probe stays valid"
+        fix:
+          description: The command that makes the cache stay valid; null when nothing is to be done.
+          type: str
+          sample: chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
+        kvm_usable_by_qemu:
+          description:
+            - Whether the user and groups libvirt runs QEMU as may open C(/dev/kvm) read-write
+              (its mode bits, or its access ACL), the check libvirt makes before every start.
+          type: bool
+          sample: false
+        qemu_uid:
+          description: The user id libvirt runs QEMU as (its DAC security model).
+          type: int
+          sample: 64055
+        qemu_gid:
+          description: The group id libvirt runs QEMU as.
+          type: int
+          sample: 64055
+        qemu_user:
+          description: The name of that user.
+          type: str
+          sample: libvirt-qemu
+        qemu_groups:
+          description: The groups QEMU gets (the user's groups in the user database, and that group).
+          type: list
+          elements: str
+          sample: [kvm, libvirt-qemu]
+        kvm_device:
+          description: C(/dev/kvm) as it is.
+          type: dict
+          contains:
+            path:
+              description: The device path.
+              type: str
+              sample: /dev/kvm
+            present:
+              description: Whether it exists.
+              type: bool
+              sample: true
+            mode:
+              description: Its type and permissions as C(ls -l) shows them; null when absent.
+              type: str
+              sample: crw-------
+            owner:
+              description: Its owner; null when absent.
+              type: str
+              sample: root
+            group:
+              description: Its group; null when absent.
+              type: str
+              sample: root
+        cache_file:
+          description: libvirt's cached probe of the QEMU binary sandboxes use; null when none or unreadable.
+          type: str
+          sample: /var/cache/libvirt/qemu/capabilities/926803a9278e445ec919c2b6cbd8c1c449c75b26dcb1686b774314180376c725.xml
+        cache_kvm:
+          description: Whether that cached probe got KVM; null when there is none or it cannot be read.
+          type: bool
+          sample: true
+        reprobed:
+          description:
+            - Whether libvirt rewrote a cache file while the module fetched its capabilities,
+              that is probed QEMU again; null when the cache directory cannot be read.
+          type: bool
+          sample: false
     state_root:
       description: The state root.
       type: dict
@@ -244,6 +351,7 @@ import platform
 import re
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.kata.runtime.plugins.module_utils.kata import caps_cache
 from ansible_collections.kata.runtime.plugins.module_utils.kata.cgroups import detect_layout
 from ansible_collections.kata.runtime.plugins.module_utils.kata.common import (
     common_argument_spec,
@@ -316,16 +424,18 @@ def check_qemu(module, problems):
     return dict(path=path, version=version)
 
 
-def check_libvirt(uri, problems):
+def check_libvirt(uri, problems, cache_dir=None):
+    """Return ``(result, capabilities XML or None, cache snapshot taken before fetching them)``."""
     result = dict(uri=uri, reachable=False, version=None, hypervisor_version=None,
                   client_version=None, error=None)
+    caps_xml = before = None
     try:
         import libvirt
     except ImportError:
         result['error'] = 'libvirt-python is not installed on the target'
         problems.append('libvirt-python is not installed on the target (pip install '
                         'libvirt-python, or the python3-libvirt package)')
-        return result
+        return result, caps_xml, before
     result['client_version'] = _version_string(libvirt.getVersion())
     # libvirt prints every error on stderr by default; errors are reported in the result
     libvirt.registerErrorHandler(lambda ctx, err: None, None)
@@ -338,6 +448,12 @@ def check_libvirt(uri, problems):
         except libvirt.libvirtError:
             pass  # not every driver reports one
         result['reachable'] = True
+        if cache_dir:
+            before = caps_cache.cache_files(cache_dir)
+            try:
+                caps_xml = conn.getCapabilities()
+            except libvirt.libvirtError:
+                caps_xml = None
     except libvirt.libvirtError as err:
         result['error'] = err.get_error_message() or str(err)
         problems.append('libvirt at %s is not reachable: %s (is libvirtd running? without '
@@ -345,7 +461,32 @@ def check_libvirt(uri, problems):
     finally:
         if conn is not None:
             conn.close()
-    return result
+    return result, caps_xml, before
+
+
+CACHE_KEYS = ('stable', 'reason', 'fix', 'kvm_usable_by_qemu', 'qemu_uid', 'qemu_gid', 'qemu_user',
+              'qemu_groups', 'kvm_device', 'cache_file', 'cache_kvm', 'reprobed')
+FIX_HINT = ('run the kata.runtime.kata_host role or scripts/prepare-host.sh, which set it as udev '
+            'would; it applies from the next start, without restarting libvirtd')
+
+
+def check_caps_cache(uri, caps_xml, before, emulator, warnings, dev=KVM_DEV, cache_dir=None):
+    """Does libvirt keep its QEMU capabilities cache across domain starts (see caps_cache).
+
+    Only ever a warning: sandbox VMMs run as root (their domains carry the DAC label +0:+0), so
+    they open /dev/kvm whatever its group; what the device costs is libvirt's re-probe.
+    """
+    cache_dir = cache_dir or caps_cache.cache_dir_for(uri)
+    if cache_dir is None or caps_xml is None:
+        out = dict((key, None) for key in CACHE_KEYS)
+        out['qemu_groups'] = []
+        out['reason'] = ('%s is not a local QEMU driver: not checked' % uri if cache_dir is None
+                         else 'libvirt did not answer with its capabilities: not checked')
+        return out
+    out = caps_cache.check(caps_xml, emulator, dev=dev, cache_dir=cache_dir, before=before)
+    if out['stable'] is False:
+        warnings.append('%s; fix with: %s (or %s)' % (out['reason'], out['fix'], FIX_HINT))
+    return out
 
 
 def check_cgroups(root, problems):
@@ -396,16 +537,22 @@ def check_state_root(path, problems):
 
 def check_host(module, config):
     problems = []
+    warnings = []
     host = dict(config=dict(path=config.path, exists=os.path.exists(config.path),
                             settings=config.as_dict()))
     host['kvm'], host['accel'] = check_kvm(problems, config.accel)
     host['qemu'] = check_qemu(module, problems)
-    host['libvirt'] = check_libvirt(config.libvirt_uri, problems)
+    uri = config.libvirt_uri
+    host['libvirt'], caps_xml, before = check_libvirt(uri, problems, caps_cache.cache_dir_for(uri))
+    arch = QEMU_ARCH.get(platform.machine(), platform.machine())
+    emulator = (caps_cache.emulator_of(caps_xml, arch) if caps_xml else None) or host['qemu']['path']
+    host['qemu_caps_cache'] = check_caps_cache(uri, caps_xml, before, emulator, warnings, dev=KVM_DEV)
     host['cgroups'] = check_cgroups(config.cgroup_root, problems)
     host['image'] = dict(kernel=check_boot_file(config.kernel, 'kernel', problems),
                          initrd=check_boot_file(config.initrd, 'initrd', problems))
     host['state_root'] = check_state_root(config.state_root, problems)
     host['problems'] = problems
+    host['warnings'] = warnings
     host['ready'] = not problems
     return host
 
@@ -420,6 +567,8 @@ def main():
     with fail_on_kata_error(module):
         config = load_module_config(module)
         host = check_host(module, config)
+    for warning in host['warnings']:
+        module.warn(warning)
     if module.params['strict'] and not host['ready']:
         module.fail_json(
             msg='host is not ready to run sandboxes: %s' % '; '.join(host['problems']),
