@@ -309,9 +309,19 @@ def create(rt, sid, cid, settings, trace=None):
                 _run_hooks(rt, rec, kind, 'creating', trace)
             uid, gid = (int(x) for x in rec['user'].split(':'))
             asked_guest = True
+            params = dict(id=cid, args=rec['args'], env=rec['env'], cwd=rec['cwd'], uid=uid, gid=gid,
+                          hostname=cid[:63], readonly=bool(rec['readonly_rootfs']))
             with rt.agent(sid) as client:
-                client.call('create_container', id=cid, args=rec['args'], env=rec['env'], cwd=rec['cwd'],
-                            uid=uid, gid=gid, hostname=cid[:63], readonly=bool(rec['readonly_rootfs']))
+                try:
+                    client.call('create_container', **params)
+                except AgentError as err:
+                    if 'already exists' not in str(err):
+                        raise
+                    # The guest still has a container of this ID that the host forgot (an
+                    # earlier create or delete whose guest calls timed out). The ID is ours
+                    # (mapping taken, lock held): that one goes, then the create is retried.
+                    _drop_stale_in_guest(rt, sid, cid, trace)
+                    client.call('create_container', **params)
             trace.step('created container %s in the guest' % cid)
             _run_hooks(rt, rec, 'createContainer', 'created', trace)
             rec['status'] = 'created'
@@ -415,6 +425,16 @@ def _must_find(rt, cid):
     if sid is None or (rec is None and sid != cid):
         raise NotFound('container %s does not exist' % cid)
     return sid, rec
+
+
+def _drop_stale_in_guest(rt, sid, cid, trace):
+    try:
+        _kill_and_wait(rt, sid, cid, int(signals.SIGKILL), 10, trace)
+    except AgentError as err:
+        trace.step('container %s left in the guest did not take SIGKILL (%s)' % (cid, err))
+    _remove_in_guest(rt, sid, cid, trace)
+    trace.warn('container %s: the guest still had a container of this ID that the host had no record '
+               'of (an earlier create or delete timed out); it was removed' % cid)
 
 
 def _remove_in_guest(rt, sid, cid, trace):

@@ -141,9 +141,13 @@ def state_of(rec, vm):
     """The sandbox state users see, derived from the record's intent and the live VM.
 
     'dead' means the record expects a VM (running or paused) and there is none: the VM
-    crashed or the host rebooted. It is never reported as running.
+    crashed or the host rebooted. It is never reported as running. 'creating' means the VM is
+    up but its create has not finished (in progress, or interrupted: its VMM may not be in the
+    sandbox's cgroups, its create-time hooks may not have run); start finishes it.
     """
     if vm in _VM_TO_STATE:
+        if rec.get('state') == 'creating':
+            return 'creating'  # being created, or a create that was interrupted (start finishes it)
         return _VM_TO_STATE[vm]
     if rec.get('state') == 'stopped':
         return 'stopped'
@@ -370,10 +374,21 @@ def _drop_stale_definition(rt, sid, trace):
 def start(rt, sid, timeout=None, trace=None):
     """stopped -> running (boot again); paused -> running (resume); dead -> boot again."""
     trace = trace or rt.trace()
+    finished = False
     with rt.store.lock(sid):
         rec = _must_load(rt, sid)
         vm = vm_state(rt, rec)
-        if vm == 'paused':
+        if rec.get('state') == 'creating':
+            # under the lock no create is in progress: this one was interrupted (its process
+            # killed, libvirt restarted under it); finish it as create would have
+            trace.step('finishing the interrupted create of sandbox %s' % sid)
+            if vm == 'paused':
+                rt.hv.resume(rec['domain'])
+            _boot(rt, rec, timeout, trace)
+            for kind in ('prestart', 'createRuntime', 'createContainer', 'startContainer'):
+                _run_hooks(rt, rec, kind, 'created', trace)
+            finished = True
+        elif vm == 'paused':
             rt.hv.resume(rec['domain'])
             trace.step('resumed VM %s' % rec['domain'])
         elif vm != 'running':
@@ -381,6 +396,11 @@ def start(rt, sid, timeout=None, trace=None):
             _boot(rt, rec, timeout, trace)
         rec['state'] = 'running'
         rt.store.save_sandbox(rec)
+    if finished:
+        try:
+            _run_hooks(rt, rec, 'poststart', 'running', trace)
+        except KataError as err:
+            trace.warn(str(err))
     return rec
 
 
@@ -562,6 +582,22 @@ def _save_if_possible(rt, rec, force, trace):
         trace.warn('sandbox %s: %s; deleting anyway' % (rec['id'], err))
 
 
+def _collect_parents_of_gone(rt, sid, notes):
+    """The journal-noted dirs of sandboxes that are gone (no directory): only the sandbox that
+    made a dir lists it, so once that one is gone nothing does; each is removed if empty,
+    under its sandbox's lock (skipped while another operation holds it)."""
+    removed = []
+    by_sandbox = {}
+    for note in notes:
+        if note['sandbox'] != sid and not os.path.lexists(rt.store.sandbox_dir(note['sandbox'])):
+            by_sandbox.setdefault(note['sandbox'], []).append(note)
+    for other, mine in sorted(by_sandbox.items()):
+        with rt.store.try_lock(other) as free:
+            if free and not os.path.lexists(rt.store.sandbox_dir(other)):
+                removed += rt.collect_cgroups(mine)
+    return removed
+
+
 def drop_leftover_lock(rt, sid):
     """Remove the lock file a delete killed at its very last step leaves (the sandbox has no
     directory any more); a lock held by an operation in progress stays. True if removed."""
@@ -588,10 +624,13 @@ def _teardown(rt, rec, trace, poststop):
     if rec.get('cgroups_paths'):
         rt.remove_cgroups(rec['cgroups_paths'], sid)
         trace.step('removed cgroup paths of sandbox %s' % sid)
-    # what an interrupted create made before its record listed it (the journal has it)
-    left = rt.collect_cgroups([n for n in rt.store.list_cgroup_journal() if n['sandbox'] == sid])
+    # what an interrupted create made before its record listed it (the journal has it), and
+    # shared parents made by sandboxes deleted earlier (kept then for this one's dirs)
+    notes = rt.store.list_cgroup_journal()
+    left = rt.collect_cgroups([n for n in notes if n['sandbox'] == sid])
+    left += _collect_parents_of_gone(rt, sid, notes)
     if left:
-        trace.step('removed %d cgroup dir(s) of sandbox %s no record listed' % (len(left), sid))
+        trace.step('removed %d cgroup dir(s) no record listed' % len(left))
     share.release(rt, sid, trace)
     # Container mappings a killed delete left (each container's goes last), then the
     # sandbox's own, all before the state: remove_sandbox unlinks the lock file, and from then

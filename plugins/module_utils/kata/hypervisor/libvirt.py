@@ -62,7 +62,8 @@ DESTROY_GRACE = 1.0
 _BAD_XML_CHARS = re.compile('[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]')
 
 _DAEMON_HINT = ('is libvirtd running? start virtlogd and libvirtd (systemctl start libvirtd, or '
-                '"virtlogd -d && libvirtd -d" on a host without systemd)')
+                'apply the kata.runtime.kata_host role, which starts them on a host without '
+                'systemd), then run the operation again')
 
 _libvirt_mod = None
 _import_lock = threading.Lock()
@@ -165,9 +166,15 @@ class LibvirtHypervisor(Hypervisor):
         libvirt = _libvirt()
         with self._conn_lock:
             if self._conn is not None:
+                # isAlive() keeps saying yes after libvirtd restarted (until a call fails with
+                # a broken pipe): one small call proves the connection still answers
                 try:
-                    if self._conn.isAlive():
-                        return self._conn
+                    self._conn.getLibVersion()
+                    return self._conn
+                except libvirt.libvirtError:
+                    pass
+                try:
+                    self._conn.close()
                 except libvirt.libvirtError:
                     pass
                 self._conn = None
@@ -189,8 +196,12 @@ class LibvirtHypervisor(Hypervisor):
                 self._conn = None
 
     def _error(self, what, name, err):
-        return HypervisorError('%s domain %s failed (libvirt %s): %s'
-                               % (what, name, self.uri, err.get_error_message()))
+        libvirt = _libvirt()
+        hint = ''
+        if err.get_error_code() in (libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_RPC):
+            hint = '; ' + _DAEMON_HINT  # the connection broke: libvirtd stopped or restarted
+        return HypervisorError('%s domain %s failed (libvirt %s): %s%s'
+                               % (what, name, self.uri, err.get_error_message(), hint))
 
     # -- names and ownership --------------------------------------------------------------
 
@@ -572,6 +583,8 @@ class LibvirtHypervisor(Hypervisor):
         if st in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED,
                   libvirt.VIR_DOMAIN_SHUTDOWN, libvirt.VIR_DOMAIN_NOSTATE):
             return RUNNING
+        if st == libvirt.VIR_DOMAIN_PAUSED and reason == libvirt.VIR_DOMAIN_PAUSED_STARTING_UP:
+            return RUNNING  # libvirt starts QEMU paused and resumes it at once: a boot, not a pause
         if st in (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PMSUSPENDED):
             return PAUSED
         if st == libvirt.VIR_DOMAIN_CRASHED:

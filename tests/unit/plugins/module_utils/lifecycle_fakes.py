@@ -1208,14 +1208,17 @@ def records_parse(rt):
 
 def truthful(rt, hv):
     """Problems with what the runtime reports now (list_all of sandboxes and containers):
-    a sandbox is never running or paused unless its VM is; containers of a VM that is not
-    running are stopped. Listing must not fail."""
+    a sandbox is never running or paused unless its VM is, and one whose create did not finish
+    (record ``creating``) is reported ``creating``, never running; containers of a VM that is
+    not running are stopped. Listing must not fail."""
     problems = []
     sandboxes, dummy = sbx.list_all(rt)
+    records = {r['id']: r for r in rt.store.list_sandboxes()[0]}
     for s in sandboxes:
         vm = hv.state(s['domain'])
         if vm in (base.RUNNING, base.PAUSED):
-            if s['state'] != vm:
+            expected = 'creating' if records.get(s['id'], {}).get('state') == 'creating' else vm
+            if s['state'] != expected:
                 problems.append('sandbox %s is reported %s, its VM is %s' % (s['id'], s['state'], vm))
         elif s['state'] not in ('stopped', 'dead'):
             problems.append('sandbox %s is reported %s, its VM is %s' % (s['id'], s['state'], vm))

@@ -796,3 +796,27 @@ def test_state_fs_fault_at_each_write(env, monkeypatch, scenario, write_index, c
     assert truthful(rt, env.hv) == []
     sbx.delete(rt, 'sb', force=True)
     assert env.residue() == {}
+
+
+def test_a_create_interrupted_after_its_vm_booted_is_reported_creating_and_start_finishes_it(env, monkeypatch):
+    """A create whose process died after the VM booted (or whose libvirtd restarted under it)
+    leaves a running VM and a record still ``creating``: reported ``creating``, never
+    ``running`` (its create-time hooks never ran); ``start`` finishes the create -- the hooks
+    run, then the record says running."""
+    hooks, log = log_hooks(env)
+    killer = Killer(monkeypatch, env.hv, env.agents, root=env.root,
+                    at=lambda what, done: what == 'hook prestart of sb')
+    with pytest.raises(Killed):
+        env.sandbox('sb', hooks=hooks)
+    killer.disarm()
+    rt = env.fresh()
+    assert env.hv.domain_of('sb').state == 'running'
+    assert sbx.info(rt, rt.store.load_sandbox('sb'))['state'] == 'creating'
+    assert hook_log(log) == []
+    sbx.start(rt, 'sb')
+    assert rt.store.load_sandbox('sb')['state'] == 'running'
+    assert sbx.info(rt, rt.store.load_sandbox('sb'))['state'] == 'running'
+    assert [k for k, dummy in hook_log(log)] == ['prestart', 'createRuntime', 'createContainer',
+                                                   'startContainer', 'poststart']
+    sbx.delete(rt, 'sb', force=True)
+    assert env.residue() == {}
