@@ -299,6 +299,7 @@ class ContainerManager(StateManager):
         return sid, rec, ctr.info(self.rt, rec)
 
     def run(self):
+        sbx.check_timeout('stop_timeout', self.p['stop_timeout'])
         sid, rec, cur = self.observe()
         if self.p['sandbox'] and sid and sid != self.p['sandbox'] and self.p['state'] != 'absent':
             raise Conflict('container %s belongs to sandbox %s, not %s' % (self.cid, sid, self.p['sandbox']))

@@ -280,6 +280,7 @@ class SandboxManager(StateManager):
     observed_vm = None
 
     def run(self):
+        sbx.check_timeout('timeout', self.p['timeout'])
         rec, state = self.current()
         self.observed = rec
         self.diff['before'] = {'state': state}

@@ -18,6 +18,7 @@ import time
 from ansible_collections.kata.runtime.plugins.module_utils.kata import container as ctr
 from ansible_collections.kata.runtime.plugins.module_utils.kata import hooks as oci_hooks
 from ansible_collections.kata.runtime.plugins.module_utils.kata import oci, share
+from ansible_collections.kata.runtime.plugins.module_utils.kata.config import MAX_TIMEOUT
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
     AgentError,
     Conflict,
@@ -44,6 +45,20 @@ BASE_KERNEL_PARAMS = (
     'i8042.noaux=1 i8042.nopnp=1 i8042.dumbkbd=1 i8042.direct=1 8250.nr_uarts=1 '
     'cryptomgr.notests rcupdate.rcu_expedited=1 random.trust_cpu=on'
 )
+
+# What QEMU's x86 machines take at most (vCPUs of the pc machine, guest RAM of 4 TiB): a larger
+# value is a mistake to refuse now, not a record that fails at every boot.
+MAX_VCPUS = 255
+MAX_MEMORY_MB = 4 * 1024 * 1024
+
+
+def check_timeout(name, value):
+    """A module's wait option: None, or a positive number of seconds no clock overflows on."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not 0 < value <= MAX_TIMEOUT):
+        raise InvalidArgument('%s must be a positive number of seconds, at most %d; got %r' % (name, MAX_TIMEOUT, value))
+    return value
+
 
 # Live VM states (hypervisor) -> sandbox state shown to users.
 _VM_TO_STATE = {'running': 'running', 'paused': 'paused'}
@@ -80,10 +95,11 @@ def settings_from(config, opts):
         'hooks': oci.validate_hooks(opts.get('hooks') or {}),
         'cgroups_path': opts.get('cgroups_path') or '',
     }
-    if not isinstance(s['vcpus'], int) or isinstance(s['vcpus'], bool) or s['vcpus'] < 1:
-        raise InvalidArgument('vcpus must be a positive integer, got %r' % (s['vcpus'],))
-    if not isinstance(s['memory_mb'], int) or isinstance(s['memory_mb'], bool) or s['memory_mb'] < 64:
-        raise InvalidArgument('memory_mb must be an integer of at least 64, got %r' % (s['memory_mb'],))
+    if not isinstance(s['vcpus'], int) or isinstance(s['vcpus'], bool) or not 1 <= s['vcpus'] <= MAX_VCPUS:
+        raise InvalidArgument('vcpus must be an integer from 1 to %d, got %r' % (MAX_VCPUS, s['vcpus']))
+    if (not isinstance(s['memory_mb'], int) or isinstance(s['memory_mb'], bool)
+            or not 64 <= s['memory_mb'] <= MAX_MEMORY_MB):
+        raise InvalidArgument('memory_mb must be an integer from 64 to %d, got %r' % (MAX_MEMORY_MB, s['memory_mb']))
     if s['accel'] not in ('auto', 'kvm', 'tcg'):
         raise InvalidArgument('accel must be one of auto, kvm, tcg; got %r' % (s['accel'],))
     for key in ('kernel', 'initrd'):

@@ -446,3 +446,20 @@ def test_create_drops_a_stale_vm_definition_and_refuses_a_running_one(host):
         if hv.state(name) != 'missing':
             hv.undefine(name)
         sbx.delete(host.rt, 'old', force=True)
+
+
+@pytest.mark.parametrize('module, args, named', [
+    (kata_sandbox, {'name': 'sb', 'timeout': 10 ** 400}, 'timeout'),
+    (kata_sandbox, {'name': 'sb', 'vcpus': 10 ** 400}, 'vcpus'),
+    (kata_sandbox, {'name': 'sb', 'memory_mb': 10 ** 9}, 'memory_mb'),
+    (kata_container, {'name': 'c1', 'sandbox': 'sb', 'rootfs': '/', 'command': ['true'], 'stop_timeout': 10 ** 400},
+     'stop_timeout'),
+])
+def test_numbers_no_clock_or_machine_takes_are_refused_up_front(capsys, host, module, args, named):
+    """A wait no clock can add (10**400 s) or a VM no machine can have is refused naming the
+    option, before anything is created; it used to pass and fail later (an OverflowError in the
+    wait, or a record that fails at every boot)."""
+    before = host.files()
+    out = run(capsys, module, host.args(**args))
+    assert out['failed'] and named in out['msg'] and out['changed'] is False, out
+    assert host.files() == before
