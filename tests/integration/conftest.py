@@ -21,6 +21,7 @@ Set ``KATA_TEST_KEEP=1`` to keep each run's playbook, results and output (under 
 
 from __future__ import annotations
 
+import copy
 import glob
 import json
 import os
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 
 import pytest
@@ -394,3 +396,110 @@ def kata(kata_envs):
     env = kata_envs()
     yield env
     assert_clean_teardown(env)
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers of the fault and race tests (test_faults.py, test_races.py)
+
+class Background(threading.Thread):
+    """``func(*args, **kwargs)`` in a thread; ``get()`` joins it and returns or raises its result."""
+
+    def __init__(self, func, *args, **kwargs):
+        super().__init__(daemon=True)
+        self._call = (func, args, kwargs)
+        self._result = None
+        self._error = None
+        self.start()
+
+    def run(self):
+        func, args, kwargs = self._call
+        try:
+            self._result = func(*args, **kwargs)
+        except BaseException as err:  # noqa: BLE001 - handed to get()
+            self._error = err
+
+    def get(self, timeout=PLAYBOOK_TIMEOUT):
+        self.join(timeout)
+        assert not self.is_alive(), 'background call still running after %ss' % timeout
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
+def side(env):
+    """The same world as ``env`` with a run directory of its own: for playbooks run at the same
+    time as others of that env (KataEnv numbers its runs, so two threads could pick one dir)."""
+    clone = copy.copy(env)
+    clone.workdir = tempfile.mkdtemp(dir=env.workdir)
+    clone._runs = 0
+    return clone
+
+
+# What a module crash looks like in a task result, as opposed to an error the module reported.
+CRASH_MARKERS = ('Traceback (most recent call last)', 'Module failed', 'MODULE FAILURE',
+                 'Unexpected failure during module execution')
+
+
+def crash_of(result):
+    """The text showing that a task result is a crash (unhandled exception, traceback, killed
+    module), or None for a success or a failure the module reported itself."""
+    texts = [str(result.get(k) or '') for k in ('msg', 'module_stderr', 'module_stdout', 'stderr')]
+    for text in texts:
+        for marker in CRASH_MARKERS:
+            if marker in text:
+                return text[-3000:]
+    return None
+
+
+def assert_clear_error(result, *words):
+    """``result`` failed with a message of its own (no crash) that names every one of ``words``."""
+    assert result.get('failed'), 'should have failed: %s' % json.dumps(result, indent=1)[:3000]
+    crash = crash_of(result)
+    assert crash is None, 'a crash, not a clear error: %s' % crash
+    msg = str(result.get('msg') or '')
+    assert msg.strip(), 'failed without a message: %s' % json.dumps(result, indent=1)[:3000]
+    missing = [w for w in words if w not in msg]
+    assert not missing, 'the error does not name %s: %s' % (missing, msg)
+    return msg
+
+
+def vmm_processes(prefix):
+    """Pids of live qemu processes whose guest name starts with ``prefix``."""
+    out = []
+    for entry in os.listdir('/proc'):
+        if not entry.isdigit():
+            continue
+        try:
+            with open('/proc/%s/cmdline' % entry, 'rb') as f:
+                args = f.read().decode('utf-8', 'replace').split('\0')
+        except OSError:
+            continue
+        if any(a.startswith('guest=' + prefix) for a in args):
+            out.append(int(entry))
+    return sorted(out)
+
+
+def residue(env):
+    """Everything of ``env`` still on the host: ``leftovers()`` (domains, cgroup dirs, files,
+    sockets and links under the state root, mounts) plus sandbox directories (an empty share
+    is a directory, not a file) and VMM processes. {} when nothing is left."""
+    left = {k: v for k, v in env.leftovers().items() if v}
+    sandboxes = os.path.join(env.state_root, 'sandboxes')
+    if os.path.isdir(sandboxes) and os.listdir(sandboxes):
+        left['sandbox_dirs'] = sorted(os.listdir(sandboxes))
+    vmms = vmm_processes(env.domain_prefix)
+    if vmms:
+        left['vmm_processes'] = vmms
+    return left
+
+
+def wait_until(predicate, timeout, what, interval=0.1):
+    """Poll ``predicate`` until it returns something true; that value, or AssertionError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError('timed out after %ss waiting for %s' % (timeout, what))
+        time.sleep(interval)
