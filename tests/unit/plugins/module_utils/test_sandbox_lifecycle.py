@@ -816,7 +816,7 @@ def test_a_create_interrupted_after_its_vm_booted_is_reported_creating_and_start
     sbx.start(rt, 'sb')
     assert rt.store.load_sandbox('sb')['state'] == 'running'
     assert sbx.info(rt, rt.store.load_sandbox('sb'))['state'] == 'running'
-    assert [k for k, dummy in hook_log(log)] == ['prestart', 'createRuntime', 'createContainer',
-                                                   'startContainer', 'poststart']
+    assert [k for k, dummy in hook_log(log)] == [
+        'prestart', 'createRuntime', 'createContainer', 'startContainer', 'poststart']
     sbx.delete(rt, 'sb', force=True)
     assert env.residue() == {}
