@@ -19,7 +19,6 @@ import threading
 
 import pytest
 from ansible_collections.kata.runtime.plugins.module_utils.kata import container as ctr
-from ansible_collections.kata.runtime.plugins.module_utils.kata import hooks as hooks_mod
 from ansible_collections.kata.runtime.plugins.module_utils.kata import mountinfo, oci, prune
 from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
@@ -31,42 +30,20 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
 )
 from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import Runtime
 from ansible_collections.kata.runtime.tests.unit.plugins.module_utils.lifecycle_fakes import (
-    Env,
     Killed,
     Killer,
     StateFsFault,
     agent_cases,
-    cleanup_mounts,
     dry_run,
     hv_cases,
     kill_cases,
-    mount_tmpfs,
     records_parse,
     truthful,
     write_cases,
 )
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason='rootfs binds and share.prepare mount: root only')
-
-
-@pytest.fixture
-def tmp_host(tmp_path):
-    """tmp_path on a tmpfs of its own (as /run is), everything mounted there lazily unmounted
-    at the end, pass or fail."""
-    mount_tmpfs(tmp_path)
-    yield tmp_path
-    cleanup_mounts(tmp_path)
-
-
-@pytest.fixture(autouse=True)
-def quick_hooks(monkeypatch):
-    """The hook runner polls a finished hook every 50 ms; 5 ms keeps the fault runs fast."""
-    monkeypatch.setattr(hooks_mod, '_POLL', 0.005)
-
-
-@pytest.fixture
-def env(tmp_host):
-    return Env(tmp_host)
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason='rootfs binds and share.prepare mount: root only'),
+              pytest.mark.usefixtures('quick_hooks')]
 
 
 def log_hooks(env, kinds):

@@ -13,7 +13,6 @@ import os
 import threading
 
 import pytest
-from ansible_collections.kata.runtime.plugins.module_utils.kata import hooks as hooks_mod
 from ansible_collections.kata.runtime.plugins.module_utils.kata import prune
 from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import Conflict, InvalidArgument
@@ -23,34 +22,13 @@ from ansible_collections.kata.runtime.tests.unit.plugins.module_utils.lifecycle_
     FakeHypervisor,
     Killed,
     Killer,
-    cleanup_mounts,
-    mount_tmpfs,
     reboot_host,
     residue,
     truthful,
 )
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason='share.prepare mounts tmpfs: root only')
-
-
-@pytest.fixture
-def tmp_host(tmp_path):
-    """tmp_path on a tmpfs of its own (as /run is), everything mounted there lazily unmounted
-    at the end, pass or fail."""
-    mount_tmpfs(tmp_path)
-    yield tmp_path
-    cleanup_mounts(tmp_path)
-
-
-@pytest.fixture(autouse=True)
-def quick_hooks(monkeypatch):
-    """The hook runner polls a finished hook every 50 ms; 5 ms keeps the runs fast."""
-    monkeypatch.setattr(hooks_mod, '_POLL', 0.005)
-
-
-@pytest.fixture
-def env(tmp_host):
-    return Env(tmp_host)
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason='share.prepare mounts tmpfs: root only'),
+              pytest.mark.usefixtures('quick_hooks')]
 
 
 def snapshot(env, only_mine=False):

@@ -19,7 +19,6 @@ import time
 
 import pytest
 from ansible_collections.kata.runtime.plugins.module_utils.kata import container as ctr
-from ansible_collections.kata.runtime.plugins.module_utils.kata import hooks as hooks_mod
 from ansible_collections.kata.runtime.plugins.module_utils.kata import mountinfo, prune
 from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
@@ -31,6 +30,7 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
     KataError,
     NotFound,
 )
+from ansible_collections.kata.runtime.plugins.module_utils.kata.hooks import HOOK_KINDS
 from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import Runtime
 from ansible_collections.kata.runtime.plugins.module_utils.kata.store import Store
 from ansible_collections.kata.runtime.tests.unit.plugins.module_utils.lifecycle_fakes import (
@@ -39,40 +39,17 @@ from ansible_collections.kata.runtime.tests.unit.plugins.module_utils.lifecycle_
     Killer,
     StateFsFault,
     agent_cases,
-    cleanup_mounts,
     dry_run,
     hv_cases,
     kill_cases,
-    mount_tmpfs,
     reboot_host,
     records_parse,
     truthful,
     write_cases,
 )
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason='share.prepare mounts tmpfs: root only')
-
-HOOK_KINDS = ('prestart', 'createRuntime', 'createContainer', 'startContainer', 'poststart', 'poststop')
-
-
-@pytest.fixture
-def tmp_host(tmp_path):
-    """tmp_path on a tmpfs of its own (as /run is), everything mounted there lazily unmounted
-    at the end, pass or fail."""
-    mount_tmpfs(tmp_path)
-    yield tmp_path
-    cleanup_mounts(tmp_path)
-
-
-@pytest.fixture(autouse=True)
-def quick_hooks(monkeypatch):
-    """The hook runner polls a finished hook every 50 ms; 5 ms keeps the fault runs fast."""
-    monkeypatch.setattr(hooks_mod, '_POLL', 0.005)
-
-
-@pytest.fixture
-def env(tmp_host):
-    return Env(tmp_host)
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason='share.prepare mounts tmpfs: root only'),
+              pytest.mark.usefixtures('quick_hooks')]
 
 
 def log_hooks(env, kinds=HOOK_KINDS, name='hooks.log'):
