@@ -267,12 +267,20 @@ class Cgroups:
             raise CgroupError('; '.join(errors), removed=removed)
         return removed
 
+    @staticmethod
+    def is_empty(path):
+        """True when ``path`` is a cgroup dir holding no process and no child cgroup."""
+        try:
+            return os.path.isdir(path) and not _has_child_cgroups(path) and not _pids(path)
+        except OSError:
+            return False
+
     def remove_if_empty(self, path):
         """rmdir one of our cgroup dirs only if it holds no process and no child cgroup (never
         moving anything out of it). True when removed, False when kept or already gone."""
         path = self._check_dir(path)
         try:
-            if not os.path.isdir(path) or _has_child_cgroups(path) or _pids(path):
+            if not self.is_empty(path):
                 return False
             os.rmdir(path)
         except FileNotFoundError:

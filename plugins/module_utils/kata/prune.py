@@ -131,7 +131,7 @@ def _orphan_cgroups(rt, skip=()):
     out = []
     for note in notes:
         path = note['path']
-        if path in used or not os.path.isdir(path) or _has_tasks(path) or _has_children(path):
+        if path in used or not rt.cgroups.is_empty(path):
             continue
         if any(o['id'] == path for o in out) or _busy(rt, note['sandbox']):
             continue
@@ -149,25 +149,6 @@ def _used_cgroups(rt):
         for c in containers:
             used.update(c.get('cgroups_paths') or [])
     return used
-
-
-def _has_children(path):
-    try:
-        with os.scandir(path) as entries:
-            return any(e.is_dir(follow_symlinks=False) for e in entries)
-    except OSError:
-        return False
-
-
-def _has_tasks(path):
-    for name in ('cgroup.procs', 'tasks'):
-        try:
-            with open(os.path.join(path, name)) as f:
-                if f.read().strip():
-                    return True
-        except OSError:
-            continue
-    return False
 
 
 def remove_orphan(rt, orphan, trace):
