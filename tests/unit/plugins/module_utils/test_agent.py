@@ -552,11 +552,11 @@ def test_wait_ready_times_out_with_a_clear_message(short_dir):
         start = time.monotonic()
         with pytest.raises(AgentError) as info:
             cli.wait_ready(2.2, progress=ticks.append)
-        assert 2.0 < time.monotonic() - start < 4
+        assert 2.0 < time.monotonic() - start < 10
         msg = str(info.value)
         assert 'did not answer within 2.2s' in msg and path in msg
         assert '/var/log/console.log' in msg
-        assert len(ticks) >= 2 and all(0.9 < t < 2.5 for t in ticks)
+        assert len(ticks) >= 2 and all(0.9 < t < 4 for t in ticks)
     finally:
         server.close()
 

@@ -138,7 +138,7 @@ def test_timeout_kills_the_hook_and_its_children(tmp_path):
     with pytest.raises(HookError) as err:
         run_hooks('createContainer', {'createContainer': [hook(path, timeout=1)]}, STATE)
     elapsed = time.monotonic() - start
-    assert 0.9 <= elapsed < 2.0
+    assert 0.9 <= elapsed < 10  # the hook would hang for 60 s; the slack is for a loaded host
     msg = str(err.value)
     assert 'timed out after 1 s' in msg and path in msg and 'about to hang' in msg
     grandchild = int(pidfile.read_text())
@@ -151,7 +151,7 @@ def test_default_timeout_applies_and_poststop_timeout_warns(tmp_path):
     after = appender(tmp_path, 'after', log)
     start = time.monotonic()
     warnings = run_hooks('poststop', {'poststop': [hook(hang), hook(after)]}, STATE, default_timeout=1)
-    assert time.monotonic() - start < 2.0
+    assert time.monotonic() - start < 10  # not the 60 s the hook hangs
     assert len(warnings) == 1 and 'timed out after 1 s' in warnings[0]
     assert log.read_text().split() == ['after']
 
@@ -162,7 +162,7 @@ def test_background_child_holding_stderr_does_not_block(tmp_path):
     start = time.monotonic()
     try:
         assert run_hooks('poststart', {'poststart': [hook(path, timeout=10)]}, STATE) == []
-        assert time.monotonic() - start < 2.0
+        assert time.monotonic() - start < 10  # not the 30 s the child holds stderr
     finally:
         if pidfile.exists():
             os.kill(int(pidfile.read_text()), 9)
