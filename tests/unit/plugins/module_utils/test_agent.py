@@ -694,3 +694,55 @@ def test_guest_agent_and_image_agree_with_the_contract():
     assert 'mount_share %s %s ro,nodev' % (contract.SHARED_TAG, contract.SHARED_MOUNT) in init
     assert 'mount_share %s %s nosuid,nodev,noexec' % (contract.OUTPUT_TAG, contract.OUTPUT_MOUNT) in init
     assert 'overlay' in image.DEFAULT_MODULES
+
+
+# --- the device port while the host is away -------------------------------------------------
+
+
+def test_device_transport_waits_for_sigio_instead_of_polling():
+    """An idle sandbox's agent must not poll its port: it asks for SIGIO (the guest driver
+    sends one when the host connects), backs off for IDLE_RETRY, and a wake-up ends the
+    back-off. A pty stands in for the virtio port: it supports O_ASYNC, and a read after the
+    other side closed fails like a port whose host went away."""
+    master, slave = os.openpty()
+    path = os.ttyname(slave)
+    got = []
+    old = signal.signal(signal.SIGIO, lambda signum, frame: got.append(signum))
+    transport = guest_agent.DeviceTransport(path)
+    try:
+        fd = transport.fd()
+        assert fd is not None and transport.async_io
+        os.write(master, b'ping\n')
+        deadline = time.monotonic() + 5
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert got == [signal.SIGIO]  # data (and, on a virtio port, a host connecting) signals
+        os.close(master)
+        master = None
+        assert transport.on_readable() in (b'', b'ping\n')
+        while transport.on_readable() != b'':
+            pass
+        # the host is away: no look at the port for IDLE_RETRY seconds...
+        assert transport.fd() is None
+        assert guest_agent.IDLE_RETRY - 1 < transport.timeout() <= guest_agent.IDLE_RETRY
+        assert guest_agent.IDLE_RETRY >= 1.0 > guest_agent.RETRY_DELAY
+        # ...unless a signal says something happened
+        transport.wake()
+        assert transport.fd() == fd
+    finally:
+        signal.signal(signal.SIGIO, old)
+        transport.close()
+        os.close(slave)
+        if master is not None:
+            os.close(master)
+
+
+def test_device_transport_polls_where_sigio_is_refused():
+    transport = guest_agent.DeviceTransport(os.devnull)  # reads as "host away", like the port
+    try:
+        assert transport.fd() is not None
+        transport.async_io = False  # what enable_sigio() reports when fcntl refuses O_ASYNC
+        assert transport.on_readable() == b''
+        assert 0 < transport.timeout() <= guest_agent.RETRY_DELAY
+    finally:
+        transport.close()
