@@ -46,11 +46,19 @@ DEFAULTS = {
     # (container output and anything else it writes there) and its serial console log.
     'guest_write_limit_mb': 64,
     'console_log_limit_kb': 1024,
+    # A lean VMM (docs/benchmarks.md has the measured trade-offs). Under TCG, the most QEMU may
+    # use for translated code (0: QEMU's own default, which lets it grow to 1 GiB; a full boot
+    # of our guest translates ~64 MiB of it). And whether, once the agent answers, the VMM's
+    # copies of the kernel and initrd are paged out of it (vmm_memory.py).
+    'tcg_tb_cache_mb': 32,
+    'release_boot_files': True,
 }
 
 # Upper bounds keep a typo from turning a cap into no cap at all (both live in host RAM).
 MAX_GUEST_WRITE_LIMIT_MB = 64 * 1024
 MAX_CONSOLE_LOG_LIMIT_KB = 1024 * 1024
+MIN_TB_CACHE_MB = 8
+MAX_TB_CACHE_MB = 4096
 
 KERNEL_NAME = 'vmlinux'
 INITRD_NAME = 'kata-initrd.img'
@@ -139,6 +147,19 @@ def _check_accel(source, key, value):
     return value
 
 
+def _check_tb_cache(source, key, value):
+    _int(source, key, value, 0)
+    if value and not MIN_TB_CACHE_MB <= value <= MAX_TB_CACHE_MB:
+        _fail(source, key, value, f"must be 0 (QEMU's default) or from {MIN_TB_CACHE_MB} to {MAX_TB_CACHE_MB} MiB")
+    return value
+
+
+def _bool(source, key, value):
+    if not isinstance(value, bool):
+        _fail(source, key, value, f'must be true or false, not {type(value).__name__}')
+    return value
+
+
 def _check_optional_path(source, key, value):
     if value is None:
         return None
@@ -189,6 +210,8 @@ _CHECKS = {
     'domain_prefix': _check_domain_prefix,
     'guest_write_limit_mb': _bounded_int(1, MAX_GUEST_WRITE_LIMIT_MB),
     'console_log_limit_kb': _bounded_int(64, MAX_CONSOLE_LOG_LIMIT_KB),
+    'tcg_tb_cache_mb': _check_tb_cache,
+    'release_boot_files': _bool,
 }
 
 

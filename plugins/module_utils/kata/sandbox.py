@@ -17,7 +17,7 @@ import time
 
 from ansible_collections.kata.runtime.plugins.module_utils.kata import container as ctr
 from ansible_collections.kata.runtime.plugins.module_utils.kata import hooks as oci_hooks
-from ansible_collections.kata.runtime.plugins.module_utils.kata import oci, share
+from ansible_collections.kata.runtime.plugins.module_utils.kata import oci, share, vmm_memory
 from ansible_collections.kata.runtime.plugins.module_utils.kata.config import MAX_TIMEOUT
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
     AgentError,
@@ -255,6 +255,7 @@ def _vm_spec(rt, rec, output_accessmode):
         'output_dir': share.output_dir(rt.store, sid),
         'output_accessmode': output_accessmode,
         'state_root': rt.store.root,
+        'tb_cache_mb': rt.config.tcg_tb_cache_mb if rec['accel'] == 'tcg' else 0,
     }
 
 
@@ -289,6 +290,21 @@ def _boot(rt, rec, timeout, trace):
         trace.step('started VM %s' % rec['domain'])
     _place_vmm(rt, rec, trace)
     _wait_agent(rt, rec, timeout, trace)
+    if rt.config.release_boot_files:
+        _release_boot_files(rt, rec, trace)
+
+
+def _release_boot_files(rt, rec, trace):
+    """Page the VMM's copies of the kernel and initrd out of it (vmm_memory.py): the guest
+    has them in its own memory by now. Best effort: a failure is a note in the actions."""
+    pid = rt.hv.pid(rec['domain'])
+    if pid is None:
+        return
+    released, why = vmm_memory.release_file_pages(pid, (rec['kernel'], rec['initrd']))
+    if why:
+        trace.step('kept the VMM\'s copies of the kernel and initrd: %s' % why)
+    else:
+        trace.step('paged %d MiB of kernel and initrd copies out of VMM pid %d' % (released // (1 << 20), pid))
 
 
 def _place_vmm(rt, rec, trace):

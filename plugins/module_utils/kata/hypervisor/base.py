@@ -24,7 +24,9 @@ class Hypervisor:
     initrd, cmdline, accel ('kvm'|'tcg'), console_log, agent_socket, shared_dir`` (exported
     read-only), ``output_dir``, ``output_accessmode`` (the writable share) and
     ``state_root``: the state root whose record owns the VM, kept with the VM so that two
-    state roots sharing a domain prefix never take each other's VMs for orphans.
+    state roots sharing a domain prefix never take each other's VMs for orphans; optional
+    ``tb_cache_mb``: under TCG, the most memory QEMU may use for translated code (0 or absent:
+    QEMU's default).
     """
 
     def domain_name(self, sandbox_id):

@@ -334,6 +334,11 @@ class LibvirtHypervisor(Hypervisor):
             _sub(os_el, 'cmdline', cmdline)
         features = _sub(dom, 'features')
         _sub(features, 'acpi')  # without it the guest's poweroff only halts
+        tb_cache_mb = vm.get('tb_cache_mb') or 0
+        if accel == 'tcg' and tb_cache_mb:
+            # the most QEMU may use for translated code; without it QEMU 7.2 lets it grow to
+            # 1 GiB, backed by huge pages (~64 MiB after one boot of our guest)
+            _sub(_sub(features, 'tcg'), 'tb-cache', str(_check_int('tb_cache_mb', tb_cache_mb, 1)), unit='MiB')
         if accel == 'kvm':
             _sub(dom, 'cpu', mode='host-passthrough')
         _sub(dom, 'clock', offset='utc')

@@ -47,8 +47,16 @@ def test_defaults_table():
         'domain_prefix': 'kata-',
         'guest_write_limit_mb': 64,
         'console_log_limit_kb': 1024,
+        'tcg_tb_cache_mb': 32,
+        'release_boot_files': True,
     }
     assert set(cfg.as_dict()) == set(DEFAULTS)
+
+
+def test_lean_vmm_keys_take_their_off_values(tmp_path):
+    cfg = load_config(write(tmp_path, 'tcg_tb_cache_mb: 0\nrelease_boot_files: false\n'))
+    assert cfg.tcg_tb_cache_mb == 0 and cfg.release_boot_files is False
+    assert load_config(os.devnull, overrides={'tcg_tb_cache_mb': 4096}).tcg_tb_cache_mb == 4096
 
 
 def test_missing_default_file_means_defaults(tmp_path, monkeypatch):
@@ -159,6 +167,13 @@ BAD_VALUES = [
     ('guest_write_limit_mb', 10 ** 400),
     ('console_log_limit_kb', 8),
     ('console_log_limit_kb', 10 ** 9),
+    ('tcg_tb_cache_mb', 4),
+    ('tcg_tb_cache_mb', -1),
+    ('tcg_tb_cache_mb', 4097),
+    ('tcg_tb_cache_mb', True),
+    ('tcg_tb_cache_mb', '32'),
+    ('release_boot_files', 'yes'),
+    ('release_boot_files', 1),
 ]
 
 

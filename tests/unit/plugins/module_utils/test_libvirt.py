@@ -149,6 +149,20 @@ def test_build_xml_kvm(hv):
     assert root.find('cpu').get('mode') == 'host-passthrough'
 
 
+def test_build_xml_tb_cache_only_under_tcg(hv):
+    root = ET.fromstring(hv.build_xml(make_vm(hv, tb_cache_mb=32)))
+    tb = root.find('features/tcg/tb-cache')
+    assert tb.text == '32' and tb.get('unit') == 'MiB'
+    # libvirt's test driver keeps it (its schema knows the element), in KiB
+    hv.create(make_vm(hv, tb_cache_mb=32))
+    live = ET.fromstring(hv.conn().lookupByName('kata-sb1').XMLDesc()).find('features/tcg/tb-cache')
+    assert (live.text, live.get('unit')) == ('32768', 'KiB')
+    for vm in (make_vm(hv, tb_cache_mb=0), make_vm(hv), make_vm(hv, accel='kvm', tb_cache_mb=32)):
+        assert ET.fromstring(hv.build_xml(vm)).find('features/tcg') is None
+    with pytest.raises(InvalidArgument, match='tb_cache_mb'):
+        hv.build_xml(make_vm(hv, tb_cache_mb='32'))
+
+
 def test_build_xml_output_share_defaults_to_squash_and_refuses_passthrough(hv):
     root = ET.fromstring(hv.build_xml(make_vm(hv, output_accessmode=None)))
     assert root.findall('devices/filesystem')[1].get('accessmode') == 'squash'

@@ -259,6 +259,8 @@ def config_values(image_dirs):
                                                 'caf\u00e9', 'kata-unit-s'])),
         'guest_write_limit_mb': _ints([1, 65536, 65537]),
         'console_log_limit_kb': _ints([64, 63, 1048576, 1048577]),
+        'tcg_tb_cache_mb': _ints([0, 7, 8, 32, 4096, 4097]),
+        'release_boot_files': bools,
     }
 
 
