@@ -25,7 +25,7 @@ import threading
 import time
 
 from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
-from ansible_collections.kata.runtime.plugins.module_utils.kata.config import load_config
+from ansible_collections.kata.runtime.plugins.module_utils.kata.config import Config, load_config
 from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import image
 from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import Runtime, Trace
 
@@ -85,6 +85,13 @@ class Bench:
 
     def settings(self, **opts):
         return sbx.settings_from(self.config, opts)
+
+    def runtime_with(self, **overrides):
+        """A Runtime in the same world (state root, prefix, image copy) with some config keys
+        changed, such as the lean-VMM levers turned off for a baseline."""
+        values = self.config.as_dict()
+        values.update(overrides)
+        return Runtime(Config(values))
 
     def ours(self):
         """Names of the domains with our prefix that libvirt still knows."""
@@ -409,6 +416,16 @@ def process_start(pid):
         return None
     offset = time.clock_gettime(time.CLOCK_BOOTTIME) - time.perf_counter()
     return ticks / _TICK - offset
+
+
+def idle_cpu(pid, seconds):
+    """Percent of one core process ``pid`` used over the next ``seconds``."""
+    c0, t0 = cpu_seconds(pid), time.perf_counter()
+    time.sleep(seconds)
+    c1, t1 = cpu_seconds(pid), time.perf_counter()
+    if c0 is None or c1 is None:
+        return None
+    return 100.0 * (c1 - c0) / (t1 - t0)
 
 
 def smaps_rollup(pid):

@@ -14,9 +14,15 @@ what ``kata_check`` finds about the cause: libvirt probing QEMU again on every s
 ``/dev/kvm`` that the user libvirt runs QEMU as cannot open, on a host udev never prepared)
 costs ~10 s per start here, against ~0.4 s when its capabilities cache stays valid.
 
-Memory: RSS and PSS (``/proc/<pid>/smaps_rollup``) of the VMM of one idle sandbox, a few
-seconds after its agent is ready, at each guest memory size; the bare QEMU at the same size
-is the baseline.
+The lean-VMM levers (config keys ``tcg_tb_cache_mb``, ``release_boot_files`` and
+``free_page_reporting``) are measured
+against themselves: each run also boots a sandbox with both turned off (``LEVERS_OFF``), so the
+boot time they cost and the memory they save come from the same run.
+
+Memory and idle CPU: RSS and PSS (``/proc/<pid>/smaps_rollup``) of the VMM of one idle sandbox,
+a few seconds after its agent is ready, at each guest memory size, then the share of one core
+it uses while idle (``--idle-window`` seconds); the same for a sandbox with the levers off and
+for the bare QEMU at the same size.
 
     PYTHONPATH=.collections .venv/bin/python benchmarks/boot.py [--runs N] [--json]
 """
@@ -33,11 +39,14 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import ima
 
 TARGET = 1.2  # ours / bare floor
 DEFINE_START_LIMIT = 1.0  # seconds; above it libvirt is most likely probing QEMU again
+LEVERS_OFF = {'tcg_tb_cache_mb': 0, 'release_boot_files': False, 'free_page_reporting': False}
+PSS_TARGET_MIB = 160  # idle, 128 MiB guest, cold-booted
+IDLE_CPU_TARGET = 1.0  # percent of one core per idle sandbox
 
 
-def boot_ours(bench, sid, memory_mb=None):
+def boot_ours(bench, sid, memory_mb=None, rt=None):
     """Create a sandbox and time it; returns (figures, record)."""
-    rt = bench.rt
+    rt = rt or bench.rt
     hv = rt.hv
     trace = b.TimedTrace()
     settings = bench.settings(memory_mb=memory_mb)
@@ -87,27 +96,31 @@ def run_boot(bench, runs, warmup):
     for _dummy in range(warmup):
         boot_bare(bench, spec)
     pairs = []
+    rotation = ('ours', 'off', 'bare')
     for i in range(runs):
-        order = ('ours', 'bare') if i % 2 == 0 else ('bare', 'ours')
+        order = rotation[i % 3:] + rotation[:i % 3]
         pair = {'run': i + 1, 'first': order[0]}
         for which in order:
-            if which == 'ours':
-                sid = 'boot-%d' % (i + 1)
-                pair['ours'], dummy = boot_ours(bench, sid)
+            if which in ('ours', 'off'):
+                sid = 'boot-%d%s' % (i + 1, '-off' if which == 'off' else '')
+                rt = bench.off if which == 'off' else bench.rt
+                pair[which], dummy = boot_ours(bench, sid, rt=rt)
                 t = time.perf_counter()
-                sbx.delete(bench.rt, sid, force=True)
-                pair['ours']['delete_s'] = time.perf_counter() - t
+                sbx.delete(rt, sid, force=True)
+                pair[which]['delete_s'] = time.perf_counter() - t
             else:
                 pair['bare'] = boot_bare(bench, spec)
         o, r = pair['ours'], pair['bare']
         pair['ratio_init'] = b.ratio(o['total_s'], r['init_s'])
         pair['ratio_agent'] = b.ratio(o['total_s'], r['agent_s'])
-        b.log('run %d/%d: ours %.2fs (define+start %.2f%s, agent wait %.2f)  bare init %.2fs agent %.2fs'
+        pair['ratio_levers'] = b.ratio(o['total_s'], pair['off']['total_s'])
+        b.log('run %d/%d: ours %.2fs (define+start %.2f%s, agent wait %.2f)  levers off %.2fs  bare init %.2fs agent %.2fs'
               % (i + 1, runs, o['total_s'], o['define_start_s'],
                  ' SLOW' if o['define_start_s'] > DEFINE_START_LIMIT else '',
-                 o['agent_wait_s'], r['init_s'], r['agent_s']))
+                 o['agent_wait_s'], pair['off']['total_s'], r['init_s'], r['agent_s']))
         pairs.append(pair)
     med = {k: b.summary([p['ours'][k] for p in pairs]) for k in pairs[0]['ours']}
+    med.update({'off_' + k: b.summary([p['off'][k] for p in pairs]) for k in pairs[0]['off']})
     med.update({'bare_' + k: b.summary([p['bare'][k] for p in pairs]) for k in pairs[0]['bare']})
     out = {
         'spec': {k: spec[k] for k in ('accel', 'vcpus', 'memory_mb', 'cmdline', 'kernel', 'initrd')},
@@ -117,11 +130,15 @@ def run_boot(bench, runs, warmup):
             'ours_vs_bare_init': b.ratio(med['total_s']['median'], med['bare_init_s']['median']),
             'ours_vs_bare_agent': b.ratio(med['total_s']['median'], med['bare_agent_s']['median']),
             'vmm_cpu_ours_vs_bare': b.ratio(med['vmm_cpu_s']['median'], med['bare_vmm_cpu_s']['median']),
+            'ours_vs_levers_off': b.ratio(med['total_s']['median'], med['off_total_s']['median']),
+            'vmm_cpu_ours_vs_levers_off': b.ratio(med['vmm_cpu_s']['median'], med['off_vmm_cpu_s']['median']),
         },
         'median_of_paired_ratios': {
             'ours_vs_bare_init': b.median([p['ratio_init'] for p in pairs]),
             'ours_vs_bare_agent': b.median([p['ratio_agent'] for p in pairs]),
+            'ours_vs_levers_off': b.median([p['ratio_levers'] for p in pairs]),
         },
+        'levers_off': LEVERS_OFF,
         'target': TARGET,
         'define_start_limit_s': DEFINE_START_LIMIT,
         'define_start_flag': define_start_flag(bench, pairs),
@@ -151,27 +168,31 @@ def define_start_flag(bench, pairs):
     return flag
 
 
-def idle_memory(bench, spec, sizes, settle):
+def idle_memory(bench, spec, sizes, settle, window):
     out = []
     for size in sizes:
-        sid = 'mem-%d' % size
-        b.log('memory: sandbox at %d MiB' % size)
-        dummy, rec = boot_ours(bench, sid, memory_mb=size)
-        try:
-            time.sleep(settle)
-            pid = bench.rt.hv.pid(rec['domain'])
-            ours = b.smaps_rollup(pid)
-        finally:
-            sbx.delete(bench.rt, sid, force=True)
+        entry = {'memory_mb': size}
+        for who, rt in (('ours', bench.rt), ('off', bench.off)):
+            sid = 'mem-%d-%s' % (size, who)
+            b.log('memory: sandbox at %d MiB%s, then %.0fs idle' % (size, ', levers off' if who == 'off' else '', window))
+            dummy, rec = boot_ours(bench, sid, memory_mb=size, rt=rt)
+            try:
+                time.sleep(settle)
+                pid = rt.hv.pid(rec['domain'])
+                entry[who + '_kib'] = b.smaps_rollup(pid)
+                entry[who + '_idle_cpu_pct'] = b.idle_cpu(pid, window)
+            finally:
+                sbx.delete(rt, sid, force=True)
         b.log('memory: bare qemu at %d MiB' % size)
         vm = b.BareVM(spec['kernel'], spec['initrd'], spec['cmdline'], spec['accel'], size, spec['vcpus'], bench.tmp)
         try:
             vm.boot()
             time.sleep(settle)
-            bare = b.smaps_rollup(vm.pid)
+            entry['bare_kib'] = b.smaps_rollup(vm.pid)
+            entry['bare_idle_cpu_pct'] = b.idle_cpu(vm.pid, window)
         finally:
             vm.stop()
-        out.append({'memory_mb': size, 'ours_kib': ours, 'bare_kib': bare})
+        out.append(entry)
     return out
 
 
@@ -196,6 +217,8 @@ def print_report(res):
                            ('init_s', '  (create -> init marker in console log)'),
                            ('init_to_agent_s', '  (init marker -> agent ready)'),
                            ('after_ready_s', '  after ready (record)'),
+                           ('off_total_s', 'levers off: sandbox.create -> agent ready'),
+                           ('off_vmm_cpu_s', 'levers off: VMM CPU seconds to agent ready'),
                            ('bare_init_s', 'bare qemu -> init marker (floor)'),
                            ('bare_agent_s', 'bare qemu -> agent ping reply'),
                            ('delete_s', '(ours: forced delete afterwards)'),
@@ -211,12 +234,15 @@ def print_report(res):
              '<= %.1fx' % bt['target']),
             ('ours / bare to agent', b.fmt_x(rm['ours_vs_bare_agent']), b.fmt_x(pr['ours_vs_bare_agent']), ''),
             ('VMM CPU to agent: ours / bare', b.fmt_x(rm['vmm_cpu_ours_vs_bare']), '', ''),
+            ('ours / levers off (what the levers cost)', b.fmt_x(rm['ours_vs_levers_off']),
+             b.fmt_x(pr['ours_vs_levers_off']), '<= 1.1x'),
+            ('VMM CPU to agent: ours / levers off', b.fmt_x(rm['vmm_cpu_ours_vs_levers_off']), '', ''),
         ]))
         print()
-        print(b.table(('run', 'first', 'ours', 'define+start', 'agent wait', 'bare init', 'bare agent', 'ratio init',
-                       'ratio agent'),
+        print(b.table(('run', 'first', 'ours', 'define+start', 'agent wait', 'levers off', 'bare init', 'bare agent',
+                       'ratio init', 'ratio agent'),
                       [(p['run'], p['first'], b.fmt_s(p['ours']['total_s']), b.fmt_s(p['ours']['define_start_s']),
-                        b.fmt_s(p['ours']['agent_wait_s']), b.fmt_s(p['bare']['init_s']),
+                        b.fmt_s(p['ours']['agent_wait_s']), b.fmt_s(p['off']['total_s']), b.fmt_s(p['bare']['init_s']),
                         b.fmt_s(p['bare']['agent_s']), b.fmt_x(p['ratio_init']), b.fmt_x(p['ratio_agent']))
                        for p in bt['runs']]))
         flag = bt.get('define_start_flag')
@@ -239,15 +265,22 @@ def print_report(res):
                 print('  run kata.runtime.kata_check: it says whether libvirt probes QEMU again on every start')
     if 'memory' in res:
         print()
-        print('Idle VMM memory, %ss after the agent answered (MiB; PSS split anon/file)' % res['memory_settle_s'])
+        print('Idle VMM memory, %ss after the agent answered (MiB; PSS split anon/file), then CPU over %ss idle '
+              '(%% of one core)' % (res['memory_settle_s'], res['idle_window_s']))
         rows = []
+        labels = {'ours': 'sandbox VMM', 'off': 'sandbox VMM, levers off', 'bare': 'bare qemu'}
         for e in res['memory']:
-            for who in ('ours', 'bare'):
+            for who in ('ours', 'off', 'bare'):
                 k = e[who + '_kib']
-                rows.append(('%s @ %d MiB guest' % ('sandbox VMM' if who == 'ours' else 'bare qemu', e['memory_mb']),
+                cpu = e.get(who + '_idle_cpu_pct')
+                rows.append(('%s @ %d MiB guest' % (labels[who], e['memory_mb']),
                              '%.1f' % (k['Rss'] / 1024), '%.1f' % (k['Pss'] / 1024),
-                             '%.1f' % (k.get('Pss_Anon', 0) / 1024), '%.1f' % (k.get('Pss_File', 0) / 1024)))
-        print(b.table(('process', 'RSS', 'PSS', 'PSS anon', 'PSS file'), rows))
+                             '%.1f' % (k.get('Pss_Anon', 0) / 1024), '%.1f' % (k.get('Pss_File', 0) / 1024),
+                             '%.1f' % (k.get('AnonHugePages', 0) / 1024), '-' if cpu is None else '%.2f' % cpu))
+        print(b.table(('process', 'RSS', 'PSS', 'PSS anon', 'PSS file', 'anon huge', 'idle CPU %'), rows))
+        print()
+        print('targets: idle PSS <= %d MiB at 128 MiB; idle CPU <= %.0f%% of a core per sandbox'
+              % (PSS_TARGET_MIB, IDLE_CPU_TARGET))
     if res.get('cleanup_problems'):
         print()
         print('CLEANUP PROBLEMS: ' + '; '.join(res['cleanup_problems']))
@@ -258,11 +291,14 @@ def main():
     p.add_argument('--warmup', type=int, default=1, help='unmeasured bare boots first (default %(default)s)')
     p.add_argument('--memory-sizes', default='128,256', help='guest MiB for the memory figures (default %(default)s)')
     p.add_argument('--settle', type=float, default=3.0, help='seconds idle before reading memory (default %(default)s)')
+    p.add_argument('--idle-window', type=float, default=10.0,
+                   help='seconds over which idle CPU is sampled (default %(default)s)')
     p.add_argument('--skip-boot', action='store_true')
     p.add_argument('--skip-memory', action='store_true')
     args = p.parse_args()
     b.die_on_signals()
     bench = b.Bench('boot', args)
+    bench.off = bench.runtime_with(**LEVERS_OFF)
     res = {'machine': b.machine(), 'image': bench.image}
     rc = 0
     try:
@@ -275,8 +311,9 @@ def main():
             sbx.delete(bench.rt, 'warmup', force=True)
         if not args.skip_memory:
             sizes = [int(x) for x in args.memory_sizes.split(',') if x]
-            res['memory'] = idle_memory(bench, spec, sizes, args.settle)
+            res['memory'] = idle_memory(bench, spec, sizes, args.settle, args.idle_window)
             res['memory_settle_s'] = args.settle
+            res['idle_window_s'] = args.idle_window
     finally:
         clean = b.cleaned(bench, res)
     return b.report(res, args, print_report, rc if clean else 1)

@@ -49,9 +49,11 @@ DEFAULTS = {
     # A lean VMM (docs/benchmarks.md has the measured trade-offs). Under TCG, the most QEMU may
     # use for translated code (0: QEMU's own default, which lets it grow to 1 GiB; a full boot
     # of our guest translates ~64 MiB of it). And whether, once the agent answers, the VMM's
-    # copies of the kernel and initrd are paged out of it (vmm_memory.py).
+    # copies of the kernel and initrd are paged out of it (vmm_memory.py). And whether the guest
+    # gives the pages it frees back to the host (virtio-balloon free page reporting).
     'tcg_tb_cache_mb': 32,
     'release_boot_files': True,
+    'free_page_reporting': True,
 }
 
 # Upper bounds keep a typo from turning a cap into no cap at all (both live in host RAM).
@@ -212,6 +214,7 @@ _CHECKS = {
     'console_log_limit_kb': _bounded_int(64, MAX_CONSOLE_LOG_LIMIT_KB),
     'tcg_tb_cache_mb': _check_tb_cache,
     'release_boot_files': _bool,
+    'free_page_reporting': _bool,
 }
 
 

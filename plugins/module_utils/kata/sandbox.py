@@ -256,6 +256,7 @@ def _vm_spec(rt, rec, output_accessmode):
         'output_accessmode': output_accessmode,
         'state_root': rt.store.root,
         'tb_cache_mb': rt.config.tcg_tb_cache_mb if rec['accel'] == 'tcg' else 0,
+        'free_page_reporting': rt.config.free_page_reporting,
     }
 
 

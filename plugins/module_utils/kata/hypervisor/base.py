@@ -26,7 +26,7 @@ class Hypervisor:
     ``state_root``: the state root whose record owns the VM, kept with the VM so that two
     state roots sharing a domain prefix never take each other's VMs for orphans; optional
     ``tb_cache_mb``: under TCG, the most memory QEMU may use for translated code (0 or absent:
-    QEMU's default).
+    QEMU's default); optional ``free_page_reporting``: the guest returns the pages it frees.
     """
 
     def domain_name(self, sandbox_id):

@@ -374,7 +374,13 @@ class LibvirtHypervisor(Hypervisor):
             fs = _sub(devices, 'filesystem', type='mount', accessmode=mode)
             _sub(fs, 'source', dir=_check_path('output_dir', output_dir))
             _sub(fs, 'target', dir=OUTPUT_TAG)
-        _sub(devices, 'memballoon', model='none')
+        if vm.get('free_page_reporting'):
+            # the guest hands pages it freed back to the host (virtio-balloon free page
+            # reporting; the balloon itself is never inflated). Never for a VM whose RAM is a
+            # private mapping of a file others map too: QEMU 7.2 punches holes in that file.
+            _sub(devices, 'memballoon', model='virtio', freePageReporting='on')
+        else:
+            _sub(devices, 'memballoon', model='none')
 
         # qemu runs as root: the state dirs it opens (socket, console, share) are root-only 0700
         seclabel = _sub(dom, 'seclabel', type='static', model='dac', relabel='no')

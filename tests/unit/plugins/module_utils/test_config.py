@@ -49,6 +49,7 @@ def test_defaults_table():
         'console_log_limit_kb': 1024,
         'tcg_tb_cache_mb': 32,
         'release_boot_files': True,
+        'free_page_reporting': True,
     }
     assert set(cfg.as_dict()) == set(DEFAULTS)
 
@@ -174,6 +175,7 @@ BAD_VALUES = [
     ('tcg_tb_cache_mb', '32'),
     ('release_boot_files', 'yes'),
     ('release_boot_files', 1),
+    ('free_page_reporting', 'no'),
 ]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import lzma
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -178,6 +179,7 @@ kernel/net/9p/9pnet_virtio.ko: kernel/net/9p/9pnet.ko kernel/drivers/virtio/virt
 kernel/drivers/virtio/virtio.ko
 kernel/fs/9p/9p.ko: kernel/fs/fscache/fscache.ko.xz kernel/net/9p/9pnet.ko kernel/fs/netfs/netfs.ko.xz
 kernel/fs/overlayfs/overlay.ko:
+kernel/drivers/virtio/virtio_balloon.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko
 kernel/sound/unrelated.ko: kernel/drivers/virtio/virtio.ko
 '''
 
@@ -195,12 +197,13 @@ def test_modules_dep_closure_and_order():
     names = [image.module_name(p) for p in order]
     assert sorted(names) == sorted(['virtio', 'virtio_ring', 'virtio_pci_modern_dev',
                                     'virtio_pci_legacy_dev', 'virtio_pci', 'virtio_console',
-                                    'netfs', 'fscache', '9pnet', '9pnet_virtio', '9p', 'overlay'])
+                                    'netfs', 'fscache', '9pnet', '9pnet_virtio', '9p', 'overlay',
+                                    'virtio_balloon'])
     assert 'unrelated' not in names
     assert len(set(order)) == len(order)
     _assert_deps_first(order, deps)
-    # the order follows the request: overlay (asked last) is loaded last
-    assert names[-1] == 'overlay'
+    # the order follows the request: the balloon (asked last) is loaded last
+    assert names[-1] == 'virtio_balloon'
 
 
 def test_modules_dep_names_fold_dashes_and_skip_builtins():
@@ -253,6 +256,7 @@ def make_modules_dir(root, with_dep_file=False):
         'kernel/net/9p/9pnet_virtio.ko': '9pnet,virtio_ring,virtio',
         'kernel/fs/9p/9p.ko': 'netfs,9pnet,fscache',
         'kernel/fs/overlayfs/overlay.ko': '',
+        'kernel/drivers/virtio/virtio_balloon.ko': 'virtio_ring,virtio',
         'kernel/sound/unrelated.ko': 'virtio',
     }
     for rel, depends in mods.items():
@@ -289,7 +293,7 @@ def test_module_deps_from_modinfo_or_modules_dep(tmp_path, with_dep_file):
     order = image.module_load_order(deps, image.DEFAULT_MODULES + ('ext4',),
                                     image.module_builtins(mdir))
     names = [image.module_name(p) for p in order]
-    assert len(names) == 12 and 'unrelated' not in names
+    assert len(names) == 13 and 'unrelated' not in names
     _assert_deps_first(order, deps)
     assert image.read_module(os.path.join(mdir, 'kernel/fs/netfs/netfs.ko.xz'))[:4] == b'\x7fELF'
 
@@ -358,6 +362,9 @@ def test_initrd_contents(tmp_path):
     for n in names:
         assert entries['lib/modules/%s.ko' % n]['data'][:4] == b'\x7fELF'   # .xz ones unpacked
     assert 'kataShared' in init and image.INIT_MARKER in init
+    assert 'virtio_balloon' in names  # free page reporting, at an order a small guest reaches
+    assert 'echo 5 > /sys/module/page_reporting/parameters/page_reporting_order' in init
+    assert not re.search(r'@[A-Z_]+@', init)  # every placeholder filled in
     assert 'exec /usr/bin/python3 -S "$agent"' in init and '[ -f /opt/kata/agent.pyc ]' in init
     assert entries['opt/kata/agent.pyc']['data'][16:] != b''      # the agent, precompiled
     assert entries['bin/sh']['data'] == b'busybox'

@@ -133,7 +133,7 @@ def test_build_xml_content(hv):
     assert out.find('source').get('dir') == vm['output_dir']
     assert out.find('target').get('dir') == 'kataOutput'
     assert out.find('readonly') is None
-    assert dev.find('memballoon').get('model') == 'none'
+    assert dev.find('memballoon').get('model') == 'none'  # free page reporting is asked for
     assert dev.find("controller[@type='usb']").get('model') == 'none'
     for absent in ('graphics', 'video', 'interface', 'disk', 'sound', 'input'):
         assert dev.find(absent) is None, absent
@@ -161,6 +161,16 @@ def test_build_xml_tb_cache_only_under_tcg(hv):
         assert ET.fromstring(hv.build_xml(vm)).find('features/tcg') is None
     with pytest.raises(InvalidArgument, match='tb_cache_mb'):
         hv.build_xml(make_vm(hv, tb_cache_mb='32'))
+
+
+def test_build_xml_free_page_reporting_balloon(hv):
+    balloon = ET.fromstring(hv.build_xml(make_vm(hv, free_page_reporting=True))).find('devices/memballoon')
+    assert balloon.attrib == {'model': 'virtio', 'freePageReporting': 'on'}
+    hv.create(make_vm(hv, free_page_reporting=True))
+    live = ET.fromstring(hv.conn().lookupByName('kata-sb1').XMLDesc()).find('devices/memballoon')
+    assert live.get('model') == 'virtio' and live.get('freePageReporting') == 'on'
+    assert ET.fromstring(hv.build_xml(make_vm(hv, free_page_reporting=False))).find(
+        'devices/memballoon').attrib == {'model': 'none'}
 
 
 def test_build_xml_output_share_defaults_to_squash_and_refuses_passthrough(hv):

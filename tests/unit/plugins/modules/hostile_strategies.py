@@ -261,6 +261,7 @@ def config_values(image_dirs):
         'console_log_limit_kb': _ints([64, 63, 1048576, 1048577]),
         'tcg_tb_cache_mb': _ints([0, 7, 8, 32, 4096, 4097]),
         'release_boot_files': bools,
+        'free_page_reporting': bools,
     }
 
 
