@@ -289,18 +289,15 @@ def _boot(rt, rec, timeout, trace):
     elif vm in ('shutoff', 'crashed'):
         rt.hv.start(rec['domain'])
         trace.step('started VM %s' % rec['domain'])
-    _place_vmm(rt, rec, trace)
+    pid = _place_vmm(rt, rec, trace)
     _wait_agent(rt, rec, timeout, trace)
-    if rt.config.release_boot_files:
-        _release_boot_files(rt, rec, trace)
+    if rt.config.release_boot_files and pid is not None:
+        _release_boot_files(rec, pid, trace)
 
 
-def _release_boot_files(rt, rec, trace):
+def _release_boot_files(rec, pid, trace):
     """Page the VMM's copies of the kernel and initrd out of it (vmm_memory.py): the guest
     has them in its own memory by now. Best effort: a failure is a note in the actions."""
-    pid = rt.hv.pid(rec['domain'])
-    if pid is None:
-        return
     released, why = vmm_memory.release_file_pages(pid, (rec['kernel'], rec['initrd']))
     if why:
         trace.step('kept the VMM\'s copies of the kernel and initrd: %s' % why)
@@ -310,13 +307,14 @@ def _release_boot_files(rt, rec, trace):
 
 def _place_vmm(rt, rec, trace):
     """Move the VMM into the sandbox's cgroup (in every hierarchy), as Kata does, so limits
-    set on the sandbox's cgroup path apply to the whole VM."""
+    set on the sandbox's cgroup path apply to the whole VM. Returns its pid, or None."""
     pid = rt.hv.pid(rec['domain'])
     if pid is None:
-        return  # a VMM that is not a local process (remote URI, test driver)
+        return None  # a VMM that is not a local process (remote URI, test driver)
     dirs = rt.cgroups.resolve(rec.get('cgroups_path') or '', rec['id'])
     rt.cgroups.add_pid(dirs, pid)
     trace.step('moved VMM pid %d into the sandbox cgroup' % pid)
+    return pid
 
 
 def check_create(rt, sid, settings):
