@@ -54,7 +54,7 @@ DEFAULTS = {
     # the whole suite has passed with it on (docs/benchmarks.md).
     'tcg_tb_cache_mb': 32,
     'release_boot_files': True,
-    'free_page_reporting': False,
+    'free_page_reporting': True,
 }
 
 # Upper bounds keep a typo from turning a cap into no cap at all (both live in host RAM).

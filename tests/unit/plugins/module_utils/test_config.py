@@ -49,7 +49,7 @@ def test_defaults_table():
         'console_log_limit_kb': 1024,
         'tcg_tb_cache_mb': 32,
         'release_boot_files': True,
-        'free_page_reporting': False,
+        'free_page_reporting': True,
     }
     assert set(cfg.as_dict()) == set(DEFAULTS)
 
