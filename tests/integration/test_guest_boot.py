@@ -18,6 +18,7 @@ import shutil
 import statistics
 
 import pytest
+from ansible_collections.kata.runtime.benchmarks._probe import probe_boot
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import ImageError
 from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import image
 
@@ -73,7 +74,7 @@ def test_package_kernel_unpacks_without_installing():
     deps = image.module_deps(mdir, image.DEFAULT_MODULES)
     pos = {image.module_name(p): i for i, p in enumerate(image.module_load_order(deps, image.DEFAULT_MODULES))}
     assert pos['virtio_ring'] < pos['virtio_pci'] and pos['9pnet'] < pos['9pnet_virtio'] < pos['9p']
-    probe = image.probe_boot(r['kernel'], r['initrd'], agent=False)
+    probe = probe_boot(r['kernel'], r['initrd'], agent=False)
     assert 'kata-init: insmod' not in probe['console'], probe['console']
 
 
@@ -93,8 +94,8 @@ def test_guest_boots_to_the_agent_and_runs_a_container(built, tmp_path):
     ]
     output = tmp_path / 'output'
     output.mkdir()
-    r = image.probe_boot(built['kernel_link'], built['initrd_link'], shared_dir=str(shared),
-                         output_dir=str(output), requests=requests, timeout=120)
+    r = probe_boot(built['kernel_link'], built['initrd_link'], shared_dir=str(shared),
+                   output_dir=str(output), requests=requests, timeout=120)
     console = r['console']
     assert 'kata-init: mounted kataShared at /run/kata-containers/shared' in console, console
     assert 'kata-init: mounted kataOutput at /run/kata-containers/output' in console, console
@@ -110,7 +111,7 @@ def test_guest_boots_to_the_agent_and_runs_a_container(built, tmp_path):
 
 
 def _median_boot(kernel, initrd, runs):
-    boots = [image.probe_boot(kernel, initrd, timeout=120) for i in range(runs)]
+    boots = [probe_boot(kernel, initrd, timeout=120) for i in range(runs)]
     inits = [r['init_s'] for r in boots]
     agents = [r['agent_s'] for r in boots]
     return {'init_s': round(statistics.median(inits), 2), 'agent_s': round(statistics.median(agents), 2),
