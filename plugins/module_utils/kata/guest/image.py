@@ -32,7 +32,6 @@ import glob
 import gzip
 import hashlib
 import io
-import json
 import os
 import pkgutil
 import re
@@ -40,7 +39,7 @@ import shutil
 import tempfile
 
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import ImageError
-from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import contract
+from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import cache, contract
 from ansible_collections.kata.runtime.plugins.module_utils.kata.guest.buildutil import (
     read_file,
     report,
@@ -172,16 +171,10 @@ def _pack_agent_with_module_utils():  # pragma: no cover - never called
 
 def _build_kernel(out_dir, vmlinuz, progress):
     """Write the (extracted) kernel; returns (name, sha, size, extracted, method, changed)."""
-    cache = os.path.join(out_dir, 'cache')
     src_sha = sha256_file(vmlinuz)
-    index = os.path.join(cache, 'kernel-%s.json' % src_sha[:32])
-    try:
-        with open(index, encoding='utf-8') as f:
-            rec = json.load(f)
-        if os.path.isfile(os.path.join(out_dir, rec['name'])):
-            return rec['name'], rec['sha256'], rec['size'], rec['extracted'], rec['method'], False
-    except (OSError, ValueError, KeyError):
-        pass
+    rec = cache.lookup(out_dir, 'kernel', src_sha)
+    if rec is not None:
+        return rec['name'], rec['sha256'], rec['size'], rec['extracted'], rec['method'], False
     data = read_file(vmlinuz)
     try:
         out, method = extract_vmlinux(data)
@@ -199,7 +192,7 @@ def _build_kernel(out_dir, vmlinuz, progress):
         changed = True
     rec = {'name': name, 'sha256': sha, 'size': len(out), 'extracted': extracted, 'method': method,
            'source': vmlinuz}
-    write_atomic(index, json.dumps(rec, sort_keys=True).encode('utf-8'))
+    cache.save(out_dir, 'kernel', src_sha, rec)
     return name, sha, len(out), extracted, method, changed
 
 
@@ -340,29 +333,24 @@ def build_initrd(out_dir, modules_dir, kernel_version, modules=DEFAULT_MODULES, 
     """Build the initrd into ``out_dir``; returns a dict (see ``build_image``) for it alone."""
     if compress not in ('none', 'gzip'):
         raise ImageError('compress must be none or gzip, not %r' % (compress,))
-    cache = os.path.join(out_dir, 'cache')
-    os.makedirs(cache, exist_ok=True)
+    cache_dir = os.path.join(out_dir, 'cache')
+    os.makedirs(cache_dir, exist_ok=True)
     if agent is None:
         agent_bytes = agent_source()
     elif isinstance(agent, bytes):
         agent_bytes = agent
     else:
         agent_bytes = read_file(agent)
-    stage = tempfile.mkdtemp(dir=cache, prefix='.stage-')
+    stage = tempfile.mkdtemp(dir=cache_dir, prefix='.stage-')
     try:
         report(progress, 'collecting initrd inputs')
         items, names, probe = _collect_inputs(modules_dir, kernel_version, modules, busybox, python,
                                               agent_bytes, extra_files, stage)
         digest = _digest_inputs(items, compress)
-        index = os.path.join(cache, 'initrd-%s.json' % digest[:32])
-        try:
-            with open(index, encoding='utf-8') as f:
-                rec = json.load(f)
-            if os.path.isfile(os.path.join(out_dir, rec['name'])):
-                rec['changed'] = False
-                return rec
-        except (OSError, ValueError, KeyError):
-            pass
+        rec = cache.lookup(out_dir, 'initrd', digest)
+        if rec is not None:
+            rec['changed'] = False
+            return rec
         report(progress, 'assembling the initrd (%d entries)' % len(items))
         data = _assemble(items).cpio()
     finally:
@@ -383,7 +371,7 @@ def build_initrd(out_dir, modules_dir, kernel_version, modules=DEFAULT_MODULES, 
     rec = {'name': name, 'sha256': sha, 'size': len(data), 'modules': names, 'compress': compress,
            'python': probe['executable'], 'inputs_digest': digest,
            'stdlib_missing': probe.get('missing', [])}
-    write_atomic(index, json.dumps(rec, sort_keys=True).encode('utf-8'))
+    cache.save(out_dir, 'initrd', digest, rec)
     rec['changed'] = changed
     return rec
 
@@ -459,26 +447,6 @@ def readlink_or_none(path):
         return None
 
 
-def _load_index(path):
-    try:
-        with open(path, encoding='utf-8') as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
-        return None
-
-
-def _output_ok(dest, rec, verify):
-    """Is the output named by the cache record ``rec`` there (and intact, with ``verify``)?"""
-    if not rec or 'name' not in rec:
-        return False
-    path = os.path.join(dest, rec['name'])
-    if not os.path.isfile(path):
-        return False
-    if verify:
-        return os.path.getsize(path) == rec.get('size') and sha256_file(path) == rec.get('sha256')
-    return True
-
-
 def plan_image(dest, kernel=None, modules_dir=None, busybox='/bin/busybox', python='/usr/bin/python3.11',
                verify=False):
     """What a build into ``dest`` would do, found without downloading or writing anything.
@@ -496,15 +464,15 @@ def plan_image(dest, kernel=None, modules_dir=None, busybox='/bin/busybox', pyth
     if not os.path.isdir(dest):
         actions.append('would create %s and build the kernel and initrd' % dest)
         return True, image, actions, after
-    cache = os.path.join(dest, 'cache')
+    cache_dir = os.path.join(dest, 'cache')
 
     # the kernel: given, the host's, or a package that would have to be fetched
     if kernel is None and find_host_kernel() is None:
         pkg = resolve_kernel_package()
-        unpacked = pkg and glob.glob(os.path.join(cache, 'kernel-%s' % pkg[len('linux-image-'):], 'boot', 'vmlinuz-*'))
+        unpacked = pkg and glob.glob(os.path.join(cache_dir, 'kernel-%s' % pkg[len('linux-image-'):], 'boot', 'vmlinuz-*'))
         if not unpacked:
             actions.append('would download and unpack the kernel package %s into %s'
-                           % (pkg or KERNEL_PACKAGE, cache))
+                           % (pkg or KERNEL_PACKAGE, cache_dir))
             return True, image, actions, after
     vmlinuz, mdir, version, source = prepare_kernel(dest, kernel, modules_dir, None)
     if not os.path.isdir(mdir):
@@ -512,8 +480,8 @@ def plan_image(dest, kernel=None, modules_dir=None, busybox='/bin/busybox', pyth
     image.update(kernel_version=version, kernel_source=source)
 
     changed = False
-    krec = _load_index(os.path.join(cache, 'kernel-%s.json' % sha256_file(vmlinuz)[:32]))
-    if _output_ok(dest, krec, verify):
+    krec = cache.lookup(dest, 'kernel', sha256_file(vmlinuz), verify)
+    if krec is not None:
         image.update(kernel=os.path.join(dest, krec['name']), kernel_sha256=krec['sha256'],
                      kernel_size=krec['size'], vmlinux_extracted=krec['extracted'],
                      kernel_method=krec['method'])
@@ -530,10 +498,10 @@ def plan_image(dest, kernel=None, modules_dir=None, busybox='/bin/busybox', pyth
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     digest = _digest_inputs(items, 'none')
-    irec = _load_index(os.path.join(cache, 'initrd-%s.json' % digest[:32]))
-    if _output_ok(dest, irec, verify):
+    irec = cache.lookup(dest, 'initrd', digest, verify)
+    if irec is not None:
         image.update(initrd=os.path.join(dest, irec['name']), initrd_sha256=irec['sha256'],
-                     initrd_size=irec['size'], modules=irec.get('modules'))
+                     initrd_size=irec['size'], modules=irec['modules'])
         after['initrd'] = irec['name']
     else:
         changed = True
@@ -544,14 +512,3 @@ def plan_image(dest, kernel=None, modules_dir=None, busybox='/bin/busybox', pyth
             changed = True
             actions.append('would point %s at %s' % (link, after[key]))
     return changed, image, actions, after
-
-
-def forget_build_records(dest):
-    """Drop the cache's records of earlier builds so the builder re-derives and verifies every output.
-
-    Only the small JSON records go; downloaded kernel packages stay.
-    """
-    cache = os.path.join(dest, 'cache')
-    for pattern in ('kernel-*.json', 'initrd-*.json'):
-        for path in glob.glob(os.path.join(cache, pattern)):
-            os.unlink(path)
