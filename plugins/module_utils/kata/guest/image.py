@@ -11,8 +11,9 @@
 - ``<out_dir>/kata-initrd-<sha16>.img``: a newc cpio (uncompressed or gzip) holding busybox,
   the kernel modules the guest needs (closure and load order from ``modules.dep``, or from the
   modules' own ``.modinfo`` when the package ships no ``modules.dep``), a minimal Python
-  runtime (interpreter, its shared libraries, the stdlib closure of the agent) and the agent
-  at ``/opt/kata/agent.py``, started by ``/init``.
+  runtime (interpreter, its shared libraries, the stdlib closure of the agent), the agent
+  at ``/opt/kata/agent.py``, started by ``/init``, and next to it the containers' init
+  ``exec_init.py``.
 - stable symlinks ``<out_dir>/vmlinux`` and ``<out_dir>/kata-initrd.img`` (replaced
   atomically).
 
@@ -93,6 +94,8 @@ SHARED_MOUNT = contract.SHARED_MOUNT
 OUTPUT_TAG = contract.OUTPUT_TAG
 OUTPUT_MOUNT = contract.OUTPUT_MOUNT
 AGENT_PATH = '/opt/kata/agent.py'
+# The containers' init, where the agent looks for it: next to itself.
+EXEC_INIT_PATH = '/opt/kata/exec_init.py'
 # Printed by /init on the serial console right before the agent starts.
 INIT_MARKER = 'kata-init: starting agent'
 
@@ -150,20 +153,31 @@ poweroff -f
 # ---------------------------------------------------------------------------------------------
 # the agent
 
-def agent_source():
-    """The in-guest agent's source, read through the package loader (works zipped too)."""
+def _guest_source(name, what):
+    """The source of guest/``name``, read through the package loader (works zipped too)."""
     try:
-        data = pkgutil.get_data(__package__ or __name__.rpartition('.')[0], 'agent.py')
+        data = pkgutil.get_data(__package__ or __name__.rpartition('.')[0], name)
     except (OSError, ImportError, ValueError) as err:
-        raise ImageError('cannot read the guest agent (guest/agent.py): %s' % err)
+        raise ImageError('cannot read the guest %s (guest/%s): %s' % (what, name, err))
     if not data:
-        raise ImageError('cannot read the guest agent (guest/agent.py)')
+        raise ImageError('cannot read the guest %s (guest/%s)' % (what, name))
     return data
 
 
+def agent_source():
+    """The in-guest agent's source."""
+    return _guest_source('agent.py', 'agent')
+
+
+def exec_init_source():
+    """The source of the containers' init the agent runs (guest/exec_init.py)."""
+    return _guest_source('exec_init.py', 'container init')
+
+
 def _pack_agent_with_module_utils():  # pragma: no cover - never called
-    """Never called: names guest/agent.py so Ansible's module_utils packer ships it too."""
-    from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import agent  # noqa: F401
+    """Never called: names guest/agent.py and guest/exec_init.py so Ansible's module_utils
+    packer ships them too."""
+    from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import agent, exec_init  # noqa: F401
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,6 +280,7 @@ def _collect_inputs(modules_dir, kernel_version, modules, busybox, python, agent
     for dest, real in sorted(ldd_closure(elves).items()):
         items.append((dest, 'file', 0o755, real))
     items.append((AGENT_PATH, 'bytes', 0o755, agent))
+    items.append((EXEC_INIT_PATH, 'bytes', 0o644, exec_init_source()))
     # the rest of the filesystem
     init = render_init(names)
     items.append(('/init', 'bytes', 0o755, init.encode('utf-8')))

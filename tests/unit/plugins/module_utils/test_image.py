@@ -18,6 +18,7 @@ import subprocess
 
 import pytest
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import ImageError
+from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import agent as guest_agent
 from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import cpio, image, kmod, vmlinux
 
 BUSYBOX = '/bin/busybox'
@@ -371,6 +372,8 @@ def test_initrd_contents(tmp_path):
     for applet in ('mount', 'insmod', 'poweroff', 'unshare', 'chroot', 'setpriv'):
         assert entries['bin/' + applet]['data'] == b'busybox', applet
     assert entries['opt/kata/agent.py']['data'] == AGENT
+    assert entries['opt/kata/exec_init.py']['data'] == image.exec_init_source()   # the containers' init
+    assert entries['opt/kata/exec_init.py']['mode'] == 0o100644
     assert entries['etc/kata/extra.txt']['data'] == b'hello'
     assert entries['dev/console']['rdev'] == (5, 1)
     assert entries['usr/bin/python3']['data'] == b'python3.11'
@@ -422,6 +425,21 @@ def test_initrd_python_runs_the_agent_chrooted(tmp_path):
     proc = subprocess.run([CHROOT, str(root), '/bin/sh', '-c', 'echo $((6*7))'],
                           stdout=subprocess.PIPE, check=True)
     assert proc.stdout == b'42\n'
+    # the containers' init runs on the initrd's Python, with the command line the agent writes,
+    # into a rootfs that has no proc or dev (so it mounts nothing) where it execs the command
+    ctr = root / 'ctr'
+    (ctr / 'bin').mkdir(parents=True)
+    shutil.copy2(root / 'bin' / 'busybox', ctr / 'bin' / 'busybox')
+    os.symlink('busybox', ctr / 'bin' / 'echo')
+    spec = {'rootfs': '/ctr', 'hostname': None, 'cwd': '/', 'uid': 0, 'gid': 0, 'env': [],
+            'args': ['echo', 'from', 'the', 'container']}
+    argv = guest_agent.exec_init_argv('/usr/bin/python3', spec, '/no-fifo', '/bin/busybox')
+    assert argv[3] == guest_agent.EXEC_INIT_PATH
+    argv[3] = image.EXEC_INIT_PATH
+    proc = subprocess.run([CHROOT, str(root)] + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          env={'PATH': '/bin'}, check=False)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout == b'from the container\n'
 
 
 @needs_tools
