@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 
+from ansible_collections.kata.runtime.benchmarks._probe import qemu_argv
 from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
 from ansible_collections.kata.runtime.plugins.module_utils.kata.config import Config, load_config
 from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import image
@@ -290,7 +291,7 @@ def busybox_rootfs(parent):
 # bare QEMU: the floor our sandboxes are compared with
 
 class BareVM:
-    """``qemu-system-x86_64`` booting a kernel + initrd directly (image.qemu_argv: serial console,
+    """``qemu-system-x86_64`` booting a kernel + initrd directly (_probe.qemu_argv: serial console,
     the agent's virtio-serial port, the 9p share) with timestamps of the init marker and of
     the agent's first ping reply, measured from just before the process is spawned."""
 
@@ -299,8 +300,8 @@ class BareVM:
         self.sock_path = os.path.join(self.work, 'agent.sock')
         self.shared = os.path.join(self.work, 'shared')
         os.mkdir(self.shared, 0o700)
-        self.argv = image.qemu_argv(kernel, initrd, cmdline, accel=accel, memory_mb=memory_mb, vcpus=vcpus,
-                                    agent_socket=self.sock_path, shared_dir=self.shared)
+        self.argv = qemu_argv(kernel, initrd, cmdline, accel=accel, memory_mb=memory_mb, vcpus=vcpus,
+                              agent_socket=self.sock_path, shared_dir=self.shared)
         if accel == 'kvm':
             self.argv[1:1] = ['-cpu', 'host']  # what the libvirt domain uses under KVM
         self.proc = None

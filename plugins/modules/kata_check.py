@@ -345,7 +345,6 @@ kata_host:
           sample: true
 '''
 
-import hashlib
 import os
 import platform
 import re
@@ -359,6 +358,7 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.common import (
     load_module_config,
 )
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import KataError
+from ansible_collections.kata.runtime.plugins.module_utils.kata.guest.buildutil import sha256_file
 from ansible_collections.kata.runtime.plugins.module_utils.kata.hypervisor.accel import (
     KVM_DEV,
     choose_accel,
@@ -375,14 +375,6 @@ QEMU_ARCH = {
     's390x': 's390x',
 }
 QEMU_EXTRA_DIRS = ['/usr/libexec']  # RHEL family: /usr/libexec/qemu-kvm
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, 'rb') as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _version_string(number):
@@ -500,7 +492,7 @@ def check_boot_file(path, what, problems):
     info = dict(path=path, present=False, sha256=None)
     if os.path.isfile(path) and os.access(path, os.R_OK):
         try:
-            info['sha256'] = _sha256(path)
+            info['sha256'] = sha256_file(path)
             info['present'] = True
         except OSError as err:
             problems.append('guest %s %s cannot be read: %s' % (what, path, err.strerror or err))

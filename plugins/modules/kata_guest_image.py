@@ -182,6 +182,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kata.runtime.plugins.module_utils.kata import common
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import InvalidArgument
 from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import image as builder
+from ansible_collections.kata.runtime.plugins.module_utils.kata.guest.cache import forget_build_records
 
 KERNEL_LINK = builder.KERNEL_LINK
 INITRD_LINK = builder.INITRD_LINK
@@ -226,7 +227,7 @@ def run(module, params, progress):
 
     if params['force']:
         progress('forgetting earlier build records in %s' % os.path.join(dest, 'cache'))
-        builder.forget_build_records(dest)
+        forget_build_records(dest)
     result = builder.build_image(
         dest, kernel=params['kernel'], modules_dir=params['modules_dir'],
         busybox=params['busybox'], python=params['python'], progress=progress)

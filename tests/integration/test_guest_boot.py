@@ -18,8 +18,11 @@ import shutil
 import statistics
 
 import pytest
+from ansible_collections.kata.runtime.benchmarks._probe import probe_boot
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import ImageError
-from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import image
+from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import image, kmod
+from ansible_collections.kata.runtime.plugins.module_utils.kata.guest.kernel import package_kernel
+from ansible_collections.kata.runtime.plugins.module_utils.kata.guest.vmlinux import bzimage_version
 
 QEMU = shutil.which('qemu-system-x86_64')
 IMAGE_DIR = os.environ.get('KATA_TEST_IMAGE_DIR', '/var/lib/kata-runtime/image-test')
@@ -61,19 +64,19 @@ def test_package_kernel_unpacks_without_installing():
     if not shutil.which('apt-get') or not shutil.which('dpkg-deb'):
         pytest.skip('needs apt-get and dpkg-deb')
     cache = os.path.join(IMAGE_DIR, 'cache')
-    vmlinuz, mdir, ver = image.package_kernel(cache)
+    vmlinuz, mdir, ver = package_kernel(cache)
     assert vmlinuz.startswith(cache) and mdir.startswith(cache)
     assert os.path.basename(vmlinuz) == 'vmlinuz-' + ver
     assert not os.path.exists(os.path.join(mdir, 'modules.dep'))
     with open(vmlinuz, 'rb') as f:
-        assert image.bzimage_version(f.read()) == ver
+        assert bzimage_version(f.read()) == ver
     out = os.path.join(IMAGE_DIR, 'from-package')
     r = _build(out, kernel=vmlinuz, modules_dir=mdir)
     assert r['vmlinux_extracted'] is True and r['kernel_version'] == ver
-    deps = image.module_deps(mdir, image.DEFAULT_MODULES)
-    pos = {image.module_name(p): i for i, p in enumerate(image.module_load_order(deps, image.DEFAULT_MODULES))}
+    deps = kmod.module_deps(mdir, image.DEFAULT_MODULES)
+    pos = {kmod.module_name(p): i for i, p in enumerate(kmod.module_load_order(deps, image.DEFAULT_MODULES))}
     assert pos['virtio_ring'] < pos['virtio_pci'] and pos['9pnet'] < pos['9pnet_virtio'] < pos['9p']
-    probe = image.probe_boot(r['kernel'], r['initrd'], agent=False)
+    probe = probe_boot(r['kernel'], r['initrd'], agent=False)
     assert 'kata-init: insmod' not in probe['console'], probe['console']
 
 
@@ -93,8 +96,8 @@ def test_guest_boots_to_the_agent_and_runs_a_container(built, tmp_path):
     ]
     output = tmp_path / 'output'
     output.mkdir()
-    r = image.probe_boot(built['kernel_link'], built['initrd_link'], shared_dir=str(shared),
-                         output_dir=str(output), requests=requests, timeout=120)
+    r = probe_boot(built['kernel_link'], built['initrd_link'], shared_dir=str(shared),
+                   output_dir=str(output), requests=requests, timeout=120)
     console = r['console']
     assert 'kata-init: mounted kataShared at /run/kata-containers/shared' in console, console
     assert 'kata-init: mounted kataOutput at /run/kata-containers/output' in console, console
@@ -110,7 +113,7 @@ def test_guest_boots_to_the_agent_and_runs_a_container(built, tmp_path):
 
 
 def _median_boot(kernel, initrd, runs):
-    boots = [image.probe_boot(kernel, initrd, timeout=120) for i in range(runs)]
+    boots = [probe_boot(kernel, initrd, timeout=120) for i in range(runs)]
     inits = [r['init_s'] for r in boots]
     agents = [r['agent_s'] for r in boots]
     return {'init_s': round(statistics.median(inits), 2), 'agent_s': round(statistics.median(agents), 2),

@@ -29,6 +29,7 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox a
 from ansible_collections.kata.runtime.plugins.module_utils.kata.config import load_config
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import KataError
 from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import image
+from ansible_collections.kata.runtime.plugins.module_utils.kata.guest.kernel import prepare_kernel
 from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import Runtime
 from conftest import IMAGE_DIR, virsh
 
@@ -239,7 +240,7 @@ _kata_test_plant(@CANARY@)
 @pytest.fixture
 def hostile_initrd(guest_image, tmp_path, canary):
     """The real initrd with the prelude prepended to the real agent."""
-    vmlinuz, mdir, ver, source = image._prepare_kernel(IMAGE_DIR, None, None, None)
+    vmlinuz, mdir, ver, source = prepare_kernel(IMAGE_DIR, None, None, None)
     main = b"\nif __name__ == '__main__':"
     source = image.agent_source()
     assert source.count(main) == 1

@@ -25,7 +25,9 @@ import time
 
 import pytest
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import HypervisorError
-from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import image
+from ansible_collections.kata.runtime.plugins.module_utils.kata.guest.cpio import CpioEntry, write_cpio
+from ansible_collections.kata.runtime.plugins.module_utils.kata.guest.kernel import find_host_kernel, package_kernel
+from ansible_collections.kata.runtime.plugins.module_utils.kata.guest.vmlinux import extract_vmlinux
 from ansible_collections.kata.runtime.plugins.module_utils.kata.hypervisor.accel import choose_accel
 from ansible_collections.kata.runtime.plugins.module_utils.kata.hypervisor.libvirt import (
     LibvirtHypervisor,
@@ -78,10 +80,10 @@ def _kernel_source(cache):
     for path in (os.environ.get('KATA_TEST_KERNEL'), IMAGE_KERNEL):
         if path and os.path.isfile(path):
             return path
-    found = image.find_host_kernel()
+    found = find_host_kernel()
     if found:
         return found[0]
-    return image.package_kernel(os.path.join(cache, 'packages'))[0]
+    return package_kernel(os.path.join(cache, 'packages'))[0]
 
 
 @pytest.fixture(scope='module')
@@ -93,7 +95,7 @@ def boot_files(tmp_path_factory):
         data = f.read()
     vmlinux = os.path.join(cache, 'vmlinux-%s' % hashlib.sha256(data).hexdigest()[:16])
     if not os.path.isfile(vmlinux):
-        elf, dummy = image.extract_vmlinux(data)
+        elf, dummy = extract_vmlinux(data)
         tmp = vmlinux + '.tmp'
         with open(tmp, 'wb') as f:
             f.write(elf)
@@ -103,15 +105,15 @@ def boot_files(tmp_path_factory):
     with open(busybox, 'rb') as f:
         bb = f.read()
     entries = [
-        image.CpioEntry('bin', 'dir', 0o755), image.CpioEntry('proc', 'dir', 0o755),
-        image.CpioEntry('dev', 'dir', 0o755),
-        image.CpioEntry('dev/console', 'chr', 0o600, rdev=(5, 1)),
-        image.CpioEntry('bin/busybox', 'file', 0o755, bb),
-        image.CpioEntry('init', 'file', 0o755, INIT),
+        CpioEntry('bin', 'dir', 0o755), CpioEntry('proc', 'dir', 0o755),
+        CpioEntry('dev', 'dir', 0o755),
+        CpioEntry('dev/console', 'chr', 0o600, rdev=(5, 1)),
+        CpioEntry('bin/busybox', 'file', 0o755, bb),
+        CpioEntry('init', 'file', 0o755, INIT),
     ]
     initrd = tmp_path_factory.mktemp('initrd') / 'test-initrd.img'
     with open(initrd, 'wb') as f:
-        image.write_cpio(entries, f)
+        write_cpio(entries, f)
     return vmlinux, str(initrd)
 
 

@@ -17,7 +17,7 @@ import sys
 import tempfile
 
 import pytest
-from ansible_collections.kata.runtime.plugins.module_utils.kata.guest.image import find_host_kernel, package_kernel
+from ansible_collections.kata.runtime.plugins.module_utils.kata.guest.kernel import find_host_kernel, package_kernel
 
 IMAGE_DIR = os.environ.get('KATA_TEST_IMAGE_DIR', '/var/lib/kata-runtime/image-test')
 ANSIBLE = os.path.join(os.path.dirname(sys.executable), 'ansible')

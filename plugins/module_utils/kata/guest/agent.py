@@ -1020,140 +1020,21 @@ class Agent:
 
 
 # ---------------------------------------------------------------------------------------------
-# --exec-init: PID 1 of the container's new namespaces, becomes the container process.
+# the container's init: guest/exec_init.py, PID 1 of the container's new namespaces
 # ---------------------------------------------------------------------------------------------
 
 
-# The container's init, run as ``python3 -I -S -c EXEC_INIT ...`` right after ``busybox unshare``:
-# PID 1 of the new namespaces, it mounts proc and a small /dev, sets the hostname, enters the rootfs, drops to
-# the container's uid/gid and execs the command. It imports only os and sys (frozen into the
-# interpreter), so it starts in a fraction of the agent's own start-up time, which counts under
-# software emulation. argv: fifo busybox rootfs hostname cwd uid gid N env[N] args...
-EXEC_INIT = r"""
-import os, sys
-
-def main(argv):
-    fifo, busybox, rootfs, mode, scratch, hostname, cwd, uid, gid, nenv = argv[:10]
-    env = argv[10:10 + int(nenv)]
-    args = argv[10 + int(nenv):]
-    try:
-        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        os.set_blocking(fd, True)
-    except OSError:
-        fd = 2  # the agent gave up waiting: stderr is the best place left
-
-    def fail(code, message):
-        try:
-            os.write(fd, message.encode('utf-8', 'replace'))
-        except OSError:
-            pass
-        os._exit(code)
-
-    def mount(*argv):
-        pid = os.fork()
-        if pid == 0:
-            try:
-                null = os.open('/dev/null', os.O_RDWR)
-                os.dup2(null, 1)
-                os.dup2(null, 2)
-                os.execv(busybox, [busybox, 'mount'] + list(argv))
-            finally:
-                os._exit(127)
-        return os.waitpid(pid, 0)[1] == 0
-
-    # The mounts below live in this new mount namespace only: they vanish with the container.
-    try:
-        if mode == 'overlay':
-            if not mount('-t', 'tmpfs', '-o', 'mode=0700', 'kata-rw', scratch):
-                fail(1, 'cannot mount the writable layer at %s' % scratch)
-            for name in ('upper', 'work', 'root'):
-                os.mkdir(os.path.join(scratch, name), 0o755)
-            layers = 'lowerdir=%s,upperdir=%s/upper,workdir=%s/work' % (rootfs, scratch, scratch)
-            if not mount('-t', 'overlay', '-o', layers, 'overlay', scratch + '/root'):
-                fail(1, 'cannot mount an overlay over rootfs %s' % rootfs)
-            rootfs = scratch + '/root'
-            for name in ('proc', 'dev'):  # writable: give it the mount points it lacks
-                if not os.path.lexists(os.path.join(rootfs, name)):
-                    os.mkdir(os.path.join(rootfs, name), 0o755)
-        elif mode == 'readonly':
-            if not (mount('--bind', rootfs, rootfs) and mount('-o', 'remount,bind,ro', rootfs)):
-                fail(1, 'cannot make rootfs %s read-only' % rootfs)
-        proc = os.path.join(rootfs, 'proc')
-        if os.path.isdir(proc):
-            mount('-t', 'proc', '-o', 'nosuid,nodev,noexec', 'proc', proc)
-        dev = os.path.join(rootfs, 'dev')
-        if os.path.isdir(dev) and mount('-t', 'tmpfs', '-o', 'nosuid,noexec,mode=755,size=65536k',
-                                        'tmpfs', dev):
-            # A private /dev with the usual nodes, as runtimes give OCI containers.
-            for name, major, minor in (('null', 1, 3), ('zero', 1, 5), ('full', 1, 7),
-                                       ('random', 1, 8), ('urandom', 1, 9), ('tty', 5, 0)):
-                node = os.path.join(dev, name)
-                try:
-                    os.mknod(node, 0o020666, os.makedev(major, minor))
-                    os.chmod(node, 0o666)
-                except OSError:
-                    pass
-            for name, target in (('fd', '/proc/self/fd'), ('stdin', '/proc/self/fd/0'),
-                                 ('stdout', '/proc/self/fd/1'), ('stderr', '/proc/self/fd/2'),
-                                 ('ptmx', 'pts/ptmx')):
-                os.symlink(target, os.path.join(dev, name))
-            for name in ('pts', 'shm'):
-                os.mkdir(os.path.join(dev, name))
-            os.chmod(os.path.join(dev, 'shm'), 0o1777)
-        if hostname:
-            with open('/proc/sys/kernel/hostname', 'w') as fh:
-                fh.write(hostname)
-        os.chroot(rootfs)
-        os.chdir('/')
-    except OSError as err:
-        fail(1, 'cannot enter rootfs %s: %s' % (rootfs, err))
-    try:
-        os.chdir(cwd)
-    except OSError as err:
-        fail(1, 'cannot change to cwd %s: %s' % (cwd, err.strerror))
-    environ = {}
-    for item in env:
-        key, _, value = item.partition('=')
-        environ[key] = value
-    environ.setdefault('PATH', @DEFAULT_PATH@)
-    path = args[0]
-    if '/' not in path:
-        for directory in environ['PATH'].split(':'):
-            candidate = os.path.join(directory or '.', args[0])
-            if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-                path = candidate
-                break
-        else:
-            fail(127, 'exec %s: executable file not found in $PATH' % args[0])
-    try:
-        os.setgroups([])
-        os.setgid(int(gid))
-        os.setuid(int(uid))
-    except OSError as err:
-        fail(1, 'cannot switch to uid %s gid %s: %s' % (uid, gid, err.strerror))
-    # Ignored signals survive exec: the agent (PID 1 of the guest) ignores HUP/INT/TERM and
-    # Python ignores PIPE/XFSZ, so the container would start deaf to a graceful stop and
-    # unable to trap TERM. Like other runtimes, every signal gets its default disposition.
-    import _signal
-    for signum in range(1, _signal.NSIG):
-        try:
-            _signal.signal(signum, _signal.SIG_DFL)
-        except (OSError, ValueError):
-            pass  # SIGKILL, SIGSTOP and the numbers that are no signal
-    try:
-        os.execve(path, args, environ)
-    except OSError as err:
-        fail(126 if err.errno in (13, 8) else 127, 'exec %s: %s' % (args[0], err.strerror))
-
-main(sys.argv[1:])
-""".replace('@DEFAULT_PATH@', repr(DEFAULT_PATH))
+# The container's init (guest/exec_init.py), run as ``python3 -I -S EXEC_INIT_PATH ...`` right
+# after ``busybox unshare``. It sits next to this file: in the initrd (/opt/kata) and in the
+# collection, where the host test modes run the agent from.
+EXEC_INIT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'exec_init.py')
 
 
 def exec_init_argv(python, spec, fifo, busybox, scratch=''):
     """The command line that turns into the container process after ``busybox unshare``."""
-    return ([python, '-I', '-S', '-c', EXEC_INIT, fifo, busybox, spec['rootfs'],
+    return ([python, '-I', '-S', EXEC_INIT_PATH, fifo, busybox, spec['rootfs'],
              spec.get('rootfs_mode', 'plain'), scratch, spec['hostname'] or '', spec['cwd'], str(spec['uid']), str(spec['gid']),
-             str(len(spec['env']))] + list(spec['env']) + list(spec['args']))
+             DEFAULT_PATH, str(len(spec['env']))] + list(spec['env']) + list(spec['args']))
 
 
 # ---------------------------------------------------------------------------------------------

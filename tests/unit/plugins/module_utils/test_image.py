@@ -18,7 +18,8 @@ import subprocess
 
 import pytest
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import ImageError
-from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import image
+from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import agent as guest_agent
+from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import cpio, image, kmod, vmlinux
 
 BUSYBOX = '/bin/busybox'
 PYTHON = '/usr/bin/python3.11'
@@ -37,28 +38,28 @@ if __name__ == "__main__":
 
 def _entries():
     return [
-        image.CpioEntry('bin', 'dir', 0o755),
-        image.CpioEntry('bin/busybox', 'file', 0o755, b'\x7fELF' + b'x' * 1001),
-        image.CpioEntry('bin/sh', 'symlink', 0o777, 'busybox'),
-        image.CpioEntry('etc', 'dir', 0o755),
-        image.CpioEntry('etc/odd name.txt', 'file', 0o600, b'abc'),
-        image.CpioEntry('empty', 'file', 0o644, b''),
-        image.CpioEntry('dev', 'dir', 0o755),
-        image.CpioEntry('dev/console', 'chr', 0o600, rdev=(5, 1)),
+        cpio.CpioEntry('bin', 'dir', 0o755),
+        cpio.CpioEntry('bin/busybox', 'file', 0o755, b'\x7fELF' + b'x' * 1001),
+        cpio.CpioEntry('bin/sh', 'symlink', 0o777, 'busybox'),
+        cpio.CpioEntry('etc', 'dir', 0o755),
+        cpio.CpioEntry('etc/odd name.txt', 'file', 0o600, b'abc'),
+        cpio.CpioEntry('empty', 'file', 0o644, b''),
+        cpio.CpioEntry('dev', 'dir', 0o755),
+        cpio.CpioEntry('dev/console', 'chr', 0o600, rdev=(5, 1)),
     ]
 
 
 def _cpio(entries):
     import io
     buf = io.BytesIO()
-    image.write_cpio(entries, buf)
+    cpio.write_cpio(entries, buf)
     return buf.getvalue()
 
 
 def test_cpio_roundtrip_python_reader():
     data = _cpio(_entries())
     assert len(data) % 4 == 0
-    got = {e['path']: e for e in image.read_cpio(data)}
+    got = {e['path']: e for e in cpio.read_cpio(data)}
     assert sorted(got) == sorted(e.path for e in _entries())
     assert got['bin/busybox']['data'] == b'\x7fELF' + b'x' * 1001
     assert got['bin/busybox']['mode'] == 0o100755
@@ -90,9 +91,9 @@ def test_cpio_tool_reads_it(tmp_path):
 
 
 def test_tree_creates_parents():
-    t = image.Tree()
+    t = cpio.Tree()
     t.file('/usr/lib/python3.11/os.py', b'x')
-    names = {e['path'] for e in image.read_cpio(t.cpio())}
+    names = {e['path'] for e in cpio.read_cpio(t.cpio())}
     assert {'usr', 'usr/lib', 'usr/lib/python3.11', 'usr/lib/python3.11/os.py'} == names
 
 
@@ -120,45 +121,45 @@ def _bzimage(payload, hdr=True, decoy=b''):
 def test_extract_xz_with_setup_header():
     blob = _bzimage(lzma.compress(FAKE_ELF, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32),
                     decoy=b'\xfd7zXZ\x00 not really xz')
-    out, method = image.extract_vmlinux(blob)
+    out, method = vmlinux.extract_vmlinux(blob)
     assert out == FAKE_ELF
     assert method.startswith('xz@')
-    assert image.bzimage_version(blob) == '6.1.0-99-test'
+    assert vmlinux.bzimage_version(blob) == '6.1.0-99-test'
 
 
 def test_extract_xz_by_magic_scan_without_header():
     blob = b'MZ' + b'\0' * 3000 + lzma.compress(FAKE_ELF, format=lzma.FORMAT_XZ) + b'trailer'
-    out, method = image.extract_vmlinux(blob)
+    out, method = vmlinux.extract_vmlinux(blob)
     assert out == FAKE_ELF and method == 'xz@3002'
-    assert image.bzimage_version(blob) is None
+    assert vmlinux.bzimage_version(blob) is None
 
 
 def test_extract_gzip_fallback():
     blob = _bzimage(gzip.compress(FAKE_ELF, mtime=0), hdr=False)
-    out, method = image.extract_vmlinux(blob)
+    out, method = vmlinux.extract_vmlinux(blob)
     assert out == FAKE_ELF and method.startswith('gzip@')
 
 
 @pytest.mark.skipif(not shutil.which('zstd'), reason='needs the zstd tool')
 def test_extract_zstd_fallback():
     z = subprocess.run(['zstd', '-q', '-c'], input=FAKE_ELF, stdout=subprocess.PIPE, check=True).stdout
-    out, method = image.extract_vmlinux(_bzimage(z))
+    out, method = vmlinux.extract_vmlinux(_bzimage(z))
     assert out == FAKE_ELF and method.startswith('zstd@')
 
 
 def test_extract_refuses_non_elf_payload():
     blob = _bzimage(lzma.compress(b'not an elf' * 100, format=lzma.FORMAT_XZ))
     with pytest.raises(ImageError, match='not an ELF'):
-        image.extract_vmlinux(blob)
+        vmlinux.extract_vmlinux(blob)
 
 
 def test_extract_refuses_blob_without_payload():
     with pytest.raises(ImageError, match='no compressed payload'):
-        image.extract_vmlinux(b'MZ' + b'\0' * 4096)
+        vmlinux.extract_vmlinux(b'MZ' + b'\0' * 4096)
 
 
 def test_extract_passes_elf_through():
-    assert image.extract_vmlinux(FAKE_ELF) == (FAKE_ELF, 'already-elf')
+    assert vmlinux.extract_vmlinux(FAKE_ELF) == (FAKE_ELF, 'already-elf')
 
 
 # --------------------------------------------------------------------------------------------
@@ -192,9 +193,9 @@ def _assert_deps_first(order, deps):
 
 
 def test_modules_dep_closure_and_order():
-    deps = image.parse_modules_dep(MODULES_DEP)
-    order = image.module_load_order(deps, image.DEFAULT_MODULES)
-    names = [image.module_name(p) for p in order]
+    deps = kmod.parse_modules_dep(MODULES_DEP)
+    order = kmod.module_load_order(deps, image.DEFAULT_MODULES)
+    names = [kmod.module_name(p) for p in order]
     assert sorted(names) == sorted(['virtio', 'virtio_ring', 'virtio_pci_modern_dev',
                                     'virtio_pci_legacy_dev', 'virtio_pci', 'virtio_console',
                                     'netfs', 'fscache', '9pnet', '9pnet_virtio', '9p', 'overlay',
@@ -207,18 +208,18 @@ def test_modules_dep_closure_and_order():
 
 
 def test_modules_dep_names_fold_dashes_and_skip_builtins():
-    deps = image.parse_modules_dep(MODULES_DEP)
-    assert [image.module_name(p) for p in image.module_load_order(deps, ['virtio-console'])] == [
+    deps = kmod.parse_modules_dep(MODULES_DEP)
+    assert [kmod.module_name(p) for p in kmod.module_load_order(deps, ['virtio-console'])] == [
         'virtio_ring', 'virtio', 'virtio_console']
-    assert image.module_load_order(deps, ['ext4'], builtin=['ext4']) == []
+    assert kmod.module_load_order(deps, ['ext4'], builtin=['ext4']) == []
     with pytest.raises(ImageError, match='no_such_mod'):
-        image.module_load_order(deps, ['no_such_mod'])
+        kmod.module_load_order(deps, ['no_such_mod'])
 
 
 def test_modules_dep_cycle_is_an_error():
-    deps = image.parse_modules_dep('a.ko: b.ko\nb.ko: a.ko\n')
+    deps = kmod.parse_modules_dep('a.ko: b.ko\nb.ko: a.ko\n')
     with pytest.raises(ImageError, match='cycle'):
-        image.module_load_order(deps, ['a'])
+        kmod.module_load_order(deps, ['a'])
 
 
 def fake_module(name, depends=''):
@@ -262,7 +263,7 @@ def make_modules_dir(root, with_dep_file=False):
     for rel, depends in mods.items():
         path = os.path.join(root, rel)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        data = fake_module(image.module_name(rel), depends)
+        data = fake_module(kmod.module_name(rel), depends)
         if rel.endswith('.xz'):
             data = lzma.compress(data)
         with open(path, 'wb') as f:
@@ -270,7 +271,7 @@ def make_modules_dir(root, with_dep_file=False):
     if with_dep_file:
         lines = []
         for rel, depends in mods.items():
-            by = {image.module_name(r): r for r in mods}
+            by = {kmod.module_name(r): r for r in mods}
             lines.append('%s: %s' % (rel, ' '.join(by[d] for d in depends.split(',') if d)))
         with open(os.path.join(root, 'modules.dep'), 'w') as f:
             f.write('\n'.join(lines) + '\n')
@@ -280,22 +281,22 @@ def make_modules_dir(root, with_dep_file=False):
 
 
 def test_modinfo_reads_depends():
-    info = image.modinfo(fake_module('9p', 'netfs,9pnet,fscache'))
+    info = kmod.modinfo(fake_module('9p', 'netfs,9pnet,fscache'))
     assert info['depends'] == ['netfs,9pnet,fscache'] and info['name'] == ['9p']
     with pytest.raises(ImageError):
-        image.modinfo(b'not elf at all')
+        kmod.modinfo(b'not elf at all')
 
 
 @pytest.mark.parametrize('with_dep_file', [False, True])
 def test_module_deps_from_modinfo_or_modules_dep(tmp_path, with_dep_file):
     mdir = make_modules_dir(str(tmp_path), with_dep_file)
-    deps = image.module_deps(mdir, image.DEFAULT_MODULES)
-    order = image.module_load_order(deps, image.DEFAULT_MODULES + ('ext4',),
-                                    image.module_builtins(mdir))
-    names = [image.module_name(p) for p in order]
+    deps = kmod.module_deps(mdir, image.DEFAULT_MODULES)
+    order = kmod.module_load_order(deps, image.DEFAULT_MODULES + ('ext4',),
+                                   kmod.module_builtins(mdir))
+    names = [kmod.module_name(p) for p in order]
     assert len(names) == 13 and 'unrelated' not in names
     _assert_deps_first(order, deps)
-    assert image.read_module(os.path.join(mdir, 'kernel/fs/netfs/netfs.ko.xz'))[:4] == b'\x7fELF'
+    assert kmod.read_module(os.path.join(mdir, 'kernel/fs/netfs/netfs.ko.xz'))[:4] == b'\x7fELF'
 
 
 # --------------------------------------------------------------------------------------------
@@ -353,7 +354,7 @@ def test_initrd_contents(tmp_path):
     kernel, mdir, agent = _setup(tmp_path)
     r = image.build_image(str(tmp_path / 'out'), kernel=kernel, modules_dir=mdir, agent=agent,
                           extra_files={'/etc/kata/extra.txt': b'hello'})
-    entries = {e['path']: e for e in image.read_cpio(open(r['initrd'], 'rb').read())}
+    entries = {e['path']: e for e in cpio.read_cpio(open(r['initrd'], 'rb').read())}
     init = entries['init']['data'].decode()
     assert entries['init']['mode'] == 0o100755
     assert init.startswith('#!/bin/busybox sh')
@@ -371,6 +372,8 @@ def test_initrd_contents(tmp_path):
     for applet in ('mount', 'insmod', 'poweroff', 'unshare', 'chroot', 'setpriv'):
         assert entries['bin/' + applet]['data'] == b'busybox', applet
     assert entries['opt/kata/agent.py']['data'] == AGENT
+    assert entries['opt/kata/exec_init.py']['data'] == image.exec_init_source()   # the containers' init
+    assert entries['opt/kata/exec_init.py']['mode'] == 0o100644
     assert entries['etc/kata/extra.txt']['data'] == b'hello'
     assert entries['dev/console']['rdev'] == (5, 1)
     assert entries['usr/bin/python3']['data'] == b'python3.11'
@@ -393,7 +396,7 @@ def test_initrd_python_runs_the_agent_chrooted(tmp_path):
     r = image.build_image(str(tmp_path / 'out'), kernel=kernel, modules_dir=mdir, agent=agent)
     root = tmp_path / 'root'
     root.mkdir()
-    for e in image.read_cpio(open(r['initrd'], 'rb').read()):
+    for e in cpio.read_cpio(open(r['initrd'], 'rb').read()):
         p = root / e['path']
         kind = e['mode'] & 0o170000
         if kind == 0o040000:
@@ -422,6 +425,21 @@ def test_initrd_python_runs_the_agent_chrooted(tmp_path):
     proc = subprocess.run([CHROOT, str(root), '/bin/sh', '-c', 'echo $((6*7))'],
                           stdout=subprocess.PIPE, check=True)
     assert proc.stdout == b'42\n'
+    # the containers' init runs on the initrd's Python, with the command line the agent writes,
+    # into a rootfs that has no proc or dev (so it mounts nothing) where it execs the command
+    ctr = root / 'ctr'
+    (ctr / 'bin').mkdir(parents=True)
+    shutil.copy2(root / 'bin' / 'busybox', ctr / 'bin' / 'busybox')
+    os.symlink('busybox', ctr / 'bin' / 'echo')
+    spec = {'rootfs': '/ctr', 'hostname': None, 'cwd': '/', 'uid': 0, 'gid': 0, 'env': [],
+            'args': ['echo', 'from', 'the', 'container']}
+    argv = guest_agent.exec_init_argv('/usr/bin/python3', spec, '/no-fifo', '/bin/busybox')
+    assert argv[3] == guest_agent.EXEC_INIT_PATH
+    argv[3] = image.EXEC_INIT_PATH
+    proc = subprocess.run([CHROOT, str(root)] + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          env={'PATH': '/bin'}, check=False)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout == b'from the container\n'
 
 
 @needs_tools

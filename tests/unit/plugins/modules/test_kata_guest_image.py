@@ -16,7 +16,7 @@ import subprocess
 
 import pytest
 from ansible.module_utils.testing import patch_module_args
-from ansible_collections.kata.runtime.plugins.module_utils.kata.guest.image import find_host_kernel
+from ansible_collections.kata.runtime.plugins.module_utils.kata.guest.kernel import find_host_kernel
 from ansible_collections.kata.runtime.plugins.modules import kata_guest_image
 
 BUSYBOX = '/bin/busybox'
