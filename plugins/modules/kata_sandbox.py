@@ -339,7 +339,7 @@ class SandboxManager(StateManager):
                     % (self.sid, ', '.join(immutable),
                        '; '.join('%s: %r -> %r' % (n, before[n], after[n]) for n in immutable)))
             if immutable:
-                sbx.check_create(self.rt, self.sid, settings)  # refuse before deleting anything
+                sbx.check_create(self.rt, self.sid, settings, replacing=True)  # refuse before deleting anything
                 self.act('delete sandbox %s to recreate it' % self.sid, sbx.delete, self.rt, self.sid,
                          force=self.p['force'])
                 rec, state = None, 'absent'

@@ -317,10 +317,11 @@ def _place_vmm(rt, rec, trace):
     return pid
 
 
-def check_create(rt, sid, settings):
+def check_create(rt, sid, settings, replacing=False):
     """Everything create refuses before it touches anything, checked without touching
     anything: a recreate consults it before it deletes, and check mode before it says "would
-    create". Returns (accel, reason)."""
+    create". ``replacing``: the sandbox exists and is deleted first, so its VM name is its own.
+    Returns (accel, reason)."""
     validate_id(sid, 'sandbox')
     _check_boot_files(settings)
     accel, reason = choose_accel(settings['accel'])
@@ -328,7 +329,31 @@ def check_create(rt, sid, settings):
     owner = rt.store.get_mapping(sid)
     if owner is not None and owner != sid:
         raise Conflict('ID %s is already used by a container of sandbox %s' % (sid, owner))
+    if not replacing:
+        if rt.store.load_sandbox(sid) is not None:
+            raise Conflict('sandbox %s already exists' % sid)
+        _check_vm_name(rt, sid)
     return accel, reason
+
+
+def _check_vm_name(rt, sid):
+    """The state of the VM already called as sandbox ``sid``'s would be ('missing' when the
+    name is free); refuses a name taken by a domain that is not ours (HypervisorError), by a
+    sandbox of another state root, or by a VM that runs without a record here."""
+    name = rt.hv.domain_name(sid)
+    vm = rt.hv.state(name)
+    if vm == 'missing':
+        return vm
+    other = foreign_root(rt, name)
+    if other is not None:
+        raise Conflict('sandbox %s: its VM name %s is taken by a sandbox of state root %s (same '
+                       'domain prefix); use another ID, or another domain_prefix for one of the '
+                       'roots' % (sid, name, other))
+    if vm in ('running', 'paused'):
+        raise Conflict('sandbox %s has no record here but its VM %s is %s: it belongs to another '
+                       'state root with the same domain prefix, or it is an orphan (kata_prune '
+                       'collects those)' % (sid, name, vm))
+    return vm
 
 
 def create(rt, sid, settings, timeout=None, trace=None, boot=True):
@@ -385,19 +410,9 @@ def _drop_stale_definition(rt, sid, trace):
     root under /run emptied by a reboot keeps libvirt's definitions) would otherwise be booted
     with its old settings and devices; a running one may belong to another state root that
     shares the domain prefix, so it is refused, never destroyed."""
-    name = rt.hv.domain_name(sid)
-    vm = rt.hv.state(name)
-    if vm == 'missing':
+    if _check_vm_name(rt, sid) == 'missing':  # again, under the lock
         return
-    other = foreign_root(rt, name)
-    if other is not None:
-        raise Conflict('sandbox %s: its VM name %s is taken by a sandbox of state root %s (same '
-                       'domain prefix); use another ID, or another domain_prefix for one of the '
-                       'roots' % (sid, name, other))
-    if vm in ('running', 'paused'):
-        raise Conflict('sandbox %s has no record here but its VM %s is %s: it belongs to another '
-                       'state root with the same domain prefix, or it is an orphan (kata_prune '
-                       'collects those)' % (sid, name, vm))
+    name = rt.hv.domain_name(sid)
     rt.hv.undefine(name)
     trace.step('undefined the stale definition of VM %s (no record of it here)' % name)
 

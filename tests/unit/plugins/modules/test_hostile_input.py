@@ -571,6 +571,8 @@ def test_kata_sandbox(lab, options, world, config, fmt, check):
 @example(options=plain(name='new', cgroups_path='../../../etc'), config=None, fmt='yaml')
 @example(options=plain(name='new', kernel=D + '/nonexistent/vmlinux'), config=None, fmt='yaml')
 @example(options=plain(name='c1'), config=None, fmt='yaml')
+# the lab's kata-unit-stranger: our prefix, not our domain
+@example(options=plain(name='stranger'), config=None, fmt='yaml')
 def test_kata_sandbox_check_mode_refuses_what_a_run_refuses(lab, options, config, fmt):
     """A dry run that says "would create" is a promise: the real run does not refuse the input.
     (The world is the plain one: planted links make a real run fail where a dry run never looks.)"""
