@@ -453,26 +453,7 @@ def _run(argv, what):
 
 
 # ---------------------------------------------------------------------------------------------
-# the agent's post_clone reply (checked like every other reply: AgentClient's _RESULTS)
-
-def _post_clone_result(result, params):
-    if not isinstance(result, dict):
-        raise agent_mod._Invalid('expected an object, got %s' % agent_mod._kind(result))
-    seeded = result.get('seeded')
-    if not _is_int(seeded, 0, 4096):
-        raise agent_mod._Invalid('seeded must be a byte count')
-    if not isinstance(result.get('clock_set'), bool):
-        raise agent_mod._Invalid('clock_set must be a boolean')
-    mounted = result.get('mounted')
-    asked = params.get('mounts') or []
-    if not isinstance(mounted, list) or len(mounted) > len(asked) or any(t not in asked for t in mounted):
-        raise agent_mod._Invalid('mounted must list some of the shares asked for')
-    return {'seeded': seeded, 'clock_set': result['clock_set'], 'mounted': list(mounted)}
-
-
-# TODO(wiring): move into agent.py's _RESULTS with the rest of the protocol.
-agent_mod._RESULTS.setdefault('post_clone', _post_clone_result)
-
+# the agent's post_clone request (its reply is checked where every reply is: agent.py _RESULTS)
 
 def post_clone(client, tags, seed=None, when=None, timeout=None):
     """Ask a clone's agent to reseed its RNG, set its clock and mount ``tags``; its answer."""

@@ -454,6 +454,7 @@ def parse_post_clone(params):
 def reseed_rng(seed):
     """Mix ``seed`` into the kernel's input pool, credited, then make the crng reseed now (a
     write to /dev/urandom alone is neither credited nor used before the next timed reseed)."""
+    import fcntl  # clones only: not imported at start-up (see the imports above)
     fd = os.open('/dev/urandom', os.O_WRONLY)
     try:
         info = ((len(seed) * 8).to_bytes(4, sys.byteorder, signed=True)

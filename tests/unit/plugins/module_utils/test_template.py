@@ -15,6 +15,7 @@ import time
 import xml.etree.ElementTree as ET
 
 import pytest
+from ansible_collections.kata.runtime.plugins.module_utils.kata import agent as agent_mod
 from ansible_collections.kata.runtime.plugins.module_utils.kata import template
 from ansible_collections.kata.runtime.plugins.module_utils.kata.agent import AgentClient
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
@@ -351,7 +352,7 @@ def test_post_clone_through_the_agent(agent_client):
 
 
 def test_post_clone_reply_is_checked():
-    check = template._post_clone_result
+    check = agent_mod._RESULTS['post_clone']
     params = {'mounts': ['kataShared']}
     assert check({'seeded': 64, 'clock_set': True, 'mounted': ['kataShared'], 'x': 1}, params) == \
         {'seeded': 64, 'clock_set': True, 'mounted': ['kataShared']}
