@@ -55,6 +55,15 @@ DEFAULTS = {
     'tcg_tb_cache_mb': 32,
     'release_boot_files': True,
     'free_page_reporting': False,
+    # VM templates (template.py, docs/templates.md): off by default, as in Kata, because clones
+    # share the template's pages with each other (a cross-VM side channel, docs/security.md).
+    # ``template`` is the default of kata_sandbox's option of that name; templates live on a
+    # tmpfs of ``template_tmpfs_mb`` MiB at <state_root>/templates (host RAM, used only as
+    # templates fill it: each holds its guest's memory_mb plus ~0.4 MiB of device state).
+    # ``template_pool_size``: paused clones kept ready (accepted and checked; no pool yet).
+    'template': False,
+    'template_pool_size': 0,
+    'template_tmpfs_mb': 2048,
 }
 
 # Upper bounds keep a typo from turning a cap into no cap at all (both live in host RAM).
@@ -62,6 +71,10 @@ MAX_GUEST_WRITE_LIMIT_MB = 64 * 1024
 MAX_CONSOLE_LOG_LIMIT_KB = 1024 * 1024
 MIN_TB_CACHE_MB = 8
 MAX_TB_CACHE_MB = 4096
+MAX_TEMPLATE_POOL_SIZE = 1024
+# The templates tmpfs holds at least one template of the smallest guest (MIN_MEMORY_MB).
+MIN_TEMPLATE_TMPFS_MB = 128
+MAX_TEMPLATE_TMPFS_MB = 16 * 1024 * 1024
 
 KERNEL_NAME = 'vmlinux'
 INITRD_NAME = 'kata-initrd.img'
@@ -216,6 +229,9 @@ _CHECKS = {
     'tcg_tb_cache_mb': _check_tb_cache,
     'release_boot_files': _bool,
     'free_page_reporting': _bool,
+    'template': _bool,
+    'template_pool_size': _bounded_int(0, MAX_TEMPLATE_POOL_SIZE),
+    'template_tmpfs_mb': _bounded_int(MIN_TEMPLATE_TMPFS_MB, MAX_TEMPLATE_TMPFS_MB),
 }
 
 
