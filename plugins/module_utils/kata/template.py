@@ -39,8 +39,10 @@ these domains tainted (custom-argv, custom-monitor).
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -52,16 +54,18 @@ import subprocess
 import time
 
 from ansible_collections.kata.runtime.plugins.module_utils.kata import agent as agent_mod
-from ansible_collections.kata.runtime.plugins.module_utils.kata import mountinfo
+from ansible_collections.kata.runtime.plugins.module_utils.kata import mountinfo, share
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
     AgentError,
     CorruptRecord,
     InvalidArgument,
     KataError,
+    LockTimeout,
     StateWriteError,
 )
 from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import contract
 from ansible_collections.kata.runtime.plugins.module_utils.kata.hypervisor import libvirt as lv
+from ansible_collections.kata.runtime.plugins.module_utils.kata.store import Store
 
 TEMPLATE_VERSION = 1
 TEMPLATE_FILE = 'template.json'
@@ -92,6 +96,15 @@ _SHAPE_KEYS = ('version', 'image_digest', 'vcpus', 'memory_mb', 'accel', 'machin
                'cmdline', 'devices')
 _RECORD_KEYS = ('version', 'key', 'shape', 'created_at', 'sizes', 'image_digest', 'kernel', 'initrd')
 _MIB = 1024 * 1024
+TEMPLATES_DIR = 'templates'
+# <state_root>/locks/<LOCKS_DIR>/: the sandbox locks' directory holds only <id>.lock files
+# (store.list_lock_ids), so a sub-directory is never taken for a sandbox's lock.
+LOCKS_DIR = 'templates'
+# How long a build waits for another build of the same template (a cold boot under TCG on a
+# busy host, plus the save).
+LOCK_TIMEOUT = 600
+# Room the device state and template.json take next to the RAM file (~0.4 MiB measured).
+STATE_ROOM = 4 * _MIB
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,7 +160,7 @@ def shape_of(hv, vm, qemu=None, digest=None):
         'accel': vm['accel'],
         'machine': hv.machine,
         'arch': hv.arch,
-        'qemu': qemu or lv.qemu_version(hv),
+        'qemu': qemu or hv.vmm_version(),
         'cmdline': cmdline,
         'devices': devices_of(vm),
     }
@@ -420,9 +433,10 @@ def _remove_tree(templates_dir, path):
 # the tmpfs
 
 def ensure_tmpfs(templates_dir, size_mb):
-    """Mount a tmpfs of ``size_mb`` MiB at ``templates_dir`` unless something is mounted there
-    already; True when it mounted one. Must happen before any VMM that maps a template starts
-    (libvirt gives each VMM a copy of the host's mount namespace at start)."""
+    """Mount a tmpfs of ``size_mb`` MiB at ``templates_dir``, or resize the one there to it;
+    True when it mounted or resized one; something else mounted there is refused. Must
+    happen before any VMM that maps a template starts (libvirt gives each VMM a copy of the
+    host's mount namespace at start)."""
     if isinstance(size_mb, bool) or not isinstance(size_mb, int) or size_mb < 16:
         raise InvalidArgument('templates tmpfs size must be an integer of at least 16 MiB, got %r' % (size_mb,))
     if not isinstance(templates_dir, str) or not os.path.isabs(templates_dir):
@@ -430,8 +444,19 @@ def ensure_tmpfs(templates_dir, size_mb):
     os.makedirs(templates_dir, mode=0o700, exist_ok=True)
     if os.path.islink(templates_dir) or not os.path.isdir(templates_dir):
         raise KataError('%s is not a directory of ours; refusing to mount over it' % templates_dir)
-    if mountinfo.is_mounted(templates_dir):
-        return False
+    found = [m for m in mountinfo.mounts() if m[0] == os.path.realpath(templates_dir)]
+    if found:
+        dummy, dummy, fstype, source = found[-1]
+        if (fstype, source) != ('tmpfs', TMPFS_SOURCE):
+            raise KataError('%s is a mount point of %s (%s), not the templates tmpfs; refusing to put templates there'
+                            % (templates_dir, source, fstype))
+        st = os.statvfs(templates_dir)
+        if st.f_blocks * st.f_frsize == size_mb * _MIB:
+            return False
+        # template_tmpfs_mb changed: tmpfs resizes in place (a size below what is used fails)
+        _run(['mount', '-o', 'remount,size=%dm' % size_mb, templates_dir],
+             'resizing the templates tmpfs %s to %d MiB' % (templates_dir, size_mb))
+        return True
     opts = 'size=%dm,nr_inodes=4096,%s' % (size_mb, TMPFS_FLAGS)
     _run(['mount', '-t', 'tmpfs', '-o', opts, TMPFS_SOURCE, templates_dir], 'mounting the templates tmpfs %s' % templates_dir)
     return True
@@ -464,6 +489,98 @@ def post_clone(client, tags, seed=None, when=None, timeout=None):
 
 
 # ---------------------------------------------------------------------------------------------
+# where templates live, and their locks
+
+def templates_dir(state_root):
+    """``<state_root>/templates``: the tmpfs every template of this state root lives on."""
+    return os.path.join(state_root, TEMPLATES_DIR)
+
+
+@contextlib.contextmanager
+def lock(state_root, name, timeout=LOCK_TIMEOUT):
+    """Hold ``<state_root>/locks/templates/<name>.lock``: ``name`` is a template key (its build
+    or removal) or ``tmpfs`` (mounting the templates tmpfs). Two builds of one shape then
+    never collide: the second waits and finds the first one's template. LockTimeout after
+    ``timeout`` seconds."""
+    if name != 'tmpfs':
+        _check_key(name)
+    path = os.path.join(state_root, 'locks', LOCKS_DIR, name + '.lock')
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as err:
+        raise KataError('cannot open template lock %s: %s' % (path, err.strerror)) from None
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise LockTimeout('template %s is locked by another build or removal; gave up after %ss'
+                                      % (name, timeout)) from None
+                time.sleep(0.1)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+@contextlib.contextmanager
+def try_lock(state_root, name):
+    """Yields True holding the lock of ``name``, or False when another operation holds it."""
+    stack = contextlib.ExitStack()
+    try:
+        stack.enter_context(lock(state_root, name, timeout=0))
+    except LockTimeout:
+        yield False
+        return
+    with stack:
+        yield True
+
+
+def busy(state_root, name):
+    """True when an operation holds the lock of ``name`` now. Only looks: no lock file is made
+    (a holder makes it first), so check mode and listings write nothing."""
+    path = os.path.join(state_root, 'locks', LOCKS_DIR, name + '.lock')
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def check_room(templates_dir, memory_mb):
+    """KataError unless the templates tmpfs has room for a template of ``memory_mb`` MiB: a
+    guest touching RAM the file system cannot back would kill its VMM (SIGBUS)."""
+    st = os.statvfs(templates_dir)
+    free = st.f_bavail * st.f_frsize
+    need = memory_mb * _MIB + STATE_ROOM
+    if free < need:
+        raise KataError('the templates tmpfs %s has %d MiB free, a template of %d MiB needs %d MiB: raise the '
+                        "config's template_tmpfs_mb (now %d MiB in all) or remove templates (kata_template "
+                        'state=absent, kata_prune removes stale ones)'
+                        % (templates_dir, free // _MIB, memory_mb, -(-need // _MIB), st.f_blocks * st.f_frsize // _MIB))
+
+
+def is_stale(tpl):
+    """Why ``tpl`` is stale (the kernel or initrd it was built from changed or went), or None."""
+    try:
+        digest = image_digest(tpl.record['kernel'], tpl.record['initrd'])
+    except InvalidArgument as err:
+        return str(err)
+    if digest != tpl.record['image_digest']:
+        return 'its image changed (%s or %s differs from the build)' % (tpl.record['kernel'], tpl.record['initrd'])
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
 # build and clone
 
 def _destroy(hv, name):
@@ -473,21 +590,28 @@ def _destroy(hv, name):
         hv.undefine(name)
 
 
-def build(hv, templates_dir, spec, agent_timeout=120, force=False, progress=None):
+def probe_spec(spec):
+    """``spec`` with every device a sandbox has (the paths are placeholders): a template's
+    shape is that of the sandboxes that will start from it."""
+    return dict(spec, console_log='/c', agent_socket='/a', shared_dir='/s', output_dir='/o')
+
+
+def build(hv, templates_dir, spec, agent_timeout=120, force=False, progress=None, agent=None, settle=SAVE_SETTLE):
     """Build the template for ``spec`` (kernel, initrd, vcpus, memory_mb, accel, cmdline;
-    optional output_accessmode, state_root, tb_cache_mb) under ``templates_dir`` and return
+    optional state_root, tb_cache_mb) under ``templates_dir`` and return
     ``(Template, changed, timings)``; unchanged when a valid one exists (``force`` rebuilds).
+    The caller holds the template's lock (``lock``) and mounted the tmpfs.
 
     Boots a guest with every sandbox device (console, agent channel, both 9p shares, left
     unmounted by the guest) and its RAM in a shared file, waits for the agent, pauses it,
     saves its device state, then destroys and undefines the domain. The directory appears
-    under its key only when complete."""
+    under its key only when complete. ``agent(vm)`` returns a client of that guest's agent
+    (default: one on its socket)."""
     report = progress or (lambda msg: None)
     timings = {}
     t0 = time.monotonic()
     memory_mb = spec.get('memory_mb')
-    probe = dict(spec, console_log='/c', agent_socket='/a', shared_dir='/s', output_dir='/o')
-    shape = shape_of(hv, probe)
+    shape = shape_of(hv, probe_spec(spec))
     key = key_of(shape)
     final = os.path.join(templates_dir, key)
     if not force:
@@ -497,6 +621,7 @@ def build(hv, templates_dir, spec, agent_timeout=120, force=False, progress=None
             existing = None
         if existing is not None:
             return existing, False, timings
+    check_room(templates_dir, memory_mb)
     work = os.path.join(templates_dir, '%s%s-%s' % (BUILD_PREFIX, key, secrets.token_hex(4)))
     os.mkdir(work, 0o700)
     sid = 'template-%s-%s' % (key, secrets.token_hex(3))
@@ -505,32 +630,36 @@ def build(hv, templates_dir, spec, agent_timeout=120, force=False, progress=None
         'name': name, 'sandbox_id': sid, 'vcpus': spec['vcpus'], 'memory_mb': memory_mb,
         'kernel': spec['kernel'], 'initrd': spec['initrd'], 'accel': spec['accel'],
         'cmdline': _template_cmdline(shape['cmdline']),
-        'console_log': os.path.join(work, 'console.log'), 'agent_socket': os.path.join(work, 'agent.sock'),
+        # the state root's socket directory keeps the path within sun_path's 108 bytes
+        'console_log': os.path.join(work, 'console.log'),
+        'agent_socket': (Store(spec['state_root']).agent_socket(sid) if spec.get('state_root')
+                         else os.path.join(work, 'agent.sock')),
         'shared_dir': os.path.join(work, 'shared'), 'output_dir': os.path.join(work, 'output'),
-        'output_accessmode': spec.get('output_accessmode'), 'state_root': spec.get('state_root'),
-        'tb_cache_mb': spec.get('tb_cache_mb'),
+        'state_root': spec.get('state_root'), 'tb_cache_mb': spec.get('tb_cache_mb'),
+        # never a free-page-reporting balloon: it would punch holes in the shared RAM file
+        'free_page_reporting': False,
     }
     for d in (vm['shared_dir'], vm['output_dir']):
         os.mkdir(d, 0o700)
+    # the 9p access mode a sandbox's output share gets on a tmpfs like this one (share.py)
+    vm['output_accessmode'] = 'mapped' if share.user_xattrs_work(vm['output_dir']) else 'squash'
     ram = os.path.join(work, RAM_FILE)
     state = os.path.join(work, STATE_FILE)
     defined = False
     try:
-        xml = lv.with_ram_file(hv.build_xml(vm), ram, memory_mb, share=True)
         report('template %s: booting %s' % (key, name))
-        lv.create_from_xml(hv, vm, xml)
+        hv.create_template_vm(vm, ram)
         defined = True
         t1 = time.monotonic()
-        with agent_mod.AgentClient(vm['agent_socket'], timeout=agent_timeout, console_log=vm['console_log'],
-                                   sandbox_id=sid) as client:
+        with (agent or (lambda v: client_factory(v, agent_timeout)()))(vm) as client:
             client.wait_ready(agent_timeout)
         timings['boot_to_agent_s'] = time.monotonic() - t1
         # let the guest take in the hang-up (a virtio-serial control message) before the
         # pause, so no clone starts with it still in flight
-        time.sleep(SAVE_SETTLE)
+        time.sleep(settle)
         t2 = time.monotonic()
         hv.suspend(name)
-        state_size = lv.save_state(hv, name, state)
+        state_size = hv.save_state(name, state)
         timings['save_s'] = time.monotonic() - t2
         _destroy(hv, name)
         defined = False
@@ -554,10 +683,34 @@ def build(hv, templates_dir, spec, agent_timeout=120, force=False, progress=None
                 pass
         shutil.rmtree(work, ignore_errors=True)
         raise
+    finally:
+        if os.path.lexists(vm['agent_socket']) and stat.S_ISSOCK(os.lstat(vm['agent_socket']).st_mode):
+            os.unlink(vm['agent_socket'])
     timings['build_s'] = time.monotonic() - t0
     tpl = load(templates_dir, key)
     report('template %s: built in %.2fs' % (key, timings['build_s']))
     return tpl, True, timings
+
+
+def build_locked(hv, state_root, tmpfs_mb, spec, force=False, agent_timeout=120, progress=None, agent=None,
+                 settle=SAVE_SETTLE):
+    """``build`` as kata_template runs it: the templates tmpfs mounted (or resized) to
+    ``tmpfs_mb`` MiB under its lock, then the build under the template's own lock, so two
+    builds of one shape never collide (the second finds the first one's template)."""
+    tdir = templates_dir(state_root)
+    key = key_of(shape_of(hv, probe_spec(spec)))  # refuses a bad spec before anything is made
+    Store(state_root).ensure()
+    with lock(state_root, 'tmpfs'):
+        ensure_tmpfs(tdir, tmpfs_mb)
+    with lock(state_root, key):
+        return build(hv, tdir, spec, agent_timeout=agent_timeout, force=force, progress=progress, agent=agent,
+                     settle=settle)
+
+
+def remove_locked(state_root, key):
+    """``remove`` under the template's lock (never in the middle of its build)."""
+    with lock(state_root, key):
+        return remove(templates_dir(state_root), key)
 
 
 def _publish(templates_dir, work, final):
@@ -577,16 +730,18 @@ def _publish(templates_dir, work, final):
         shutil.rmtree(old, ignore_errors=True)
 
 
-def clone(hv, template, vm, agent_timeout=30, seed=None, progress=None):
-    """Start sandbox VM ``vm`` (the spec LibvirtHypervisor.create takes) from ``template``:
-    ``start_paused`` then ``activate``. The domain is named and marked like a cold-booted one.
-    Returns ``timings`` (seconds from the call: started, loaded, resumed, answered, ready) and
-    the agent's post_clone answer. On failure the domain is destroyed and undefined again."""
+def clone(hv, template, vm, agent=None, agent_timeout=30, seed=None, progress=None):
+    """Start sandbox VM ``vm`` (the spec Hypervisor.create takes) from ``template``:
+    ``start_paused`` then ``activate`` (``agent()`` returns a client of the clone's agent;
+    default: one on ``vm``'s agent socket).
+    The domain is named and marked like a cold-booted one. Returns ``timings`` (seconds from
+    the call: loaded, resumed, answered, ready) and the agent's post_clone answer. On failure
+    the domain is destroyed and undefined again."""
     report = progress or (lambda msg: None)
     t0 = time.monotonic()
     timings = start_paused(hv, template, vm)
     try:
-        more, answer = activate(hv, template, vm, agent_timeout=agent_timeout, seed=seed)
+        more, answer = activate(hv, template, vm, agent, agent_timeout=agent_timeout, seed=seed)
     except BaseException:
         try:
             _destroy(hv, vm['name'])
@@ -602,8 +757,8 @@ def clone(hv, template, vm, agent_timeout=30, seed=None, progress=None):
 
 def start_paused(hv, template, vm):
     """Define and start ``vm`` from ``template`` up to a loaded device state, still paused
-    (what a pool of ready clones would hold). Returns timings (started, loaded); on failure
-    nothing stays defined."""
+    (what a pool of ready clones would hold). Returns timings (loaded); on failure nothing
+    stays defined."""
     t0 = time.monotonic()
     shape = shape_of(hv, vm, qemu=template.shape['qemu'], digest=template.shape['image_digest'])
     if shape != template.shape:
@@ -613,29 +768,18 @@ def start_paused(hv, template, vm):
     # the files may have gone since the template was loaded; refuse before anything is defined
     _regular(template.ram, 'RAM file', template.record['sizes']['ram'])
     _regular(template.state, 'state file', template.record['sizes']['state'])
-    spec = dict(vm, cmdline=_template_cmdline(shape['cmdline']))
-    xml = lv.with_ram_file(hv.build_xml(spec), template.ram, shape['memory_mb'], share=False, incoming=True)
-    name = vm['name']
-    timings = {}
-    lv.create_from_xml(hv, spec, xml, paused=True)
-    try:
-        timings['started'] = time.monotonic() - t0
-        lv.load_state(hv, name, template.state)
-        timings['loaded'] = time.monotonic() - t0
-    except BaseException:
-        try:
-            _destroy(hv, name)
-        except KataError:
-            pass
-        raise
-    return timings
+    # never a free-page-reporting balloon: it would punch holes in the template's RAM file
+    spec = dict(vm, cmdline=_template_cmdline(shape['cmdline']), free_page_reporting=False)
+    hv.create_clone(spec, template.ram, template.state)
+    return {'loaded': time.monotonic() - t0}
 
 
-def activate(hv, template, vm, agent_timeout=30, seed=None):
-    """Resume a clone made by ``start_paused`` and make it ready: the agent answers, reseeds
-    the RNG from ``seed`` (host random bytes when None), sets the clock and mounts the shares
-    of the device set. Returns timings from the call (resumed, answered, ready) and the
-    agent's answer. The caller destroys the domain on failure."""
+def activate(hv, template, vm, agent=None, agent_timeout=30, seed=None):
+    """Resume a clone made by ``start_paused`` and make it ready: its agent (a client from
+    ``agent()``) answers, reseeds the RNG from ``seed`` (host random bytes when None), sets
+    the clock and mounts the shares of the device set. Returns timings from the call
+    (resumed, answered, ready) and the agent's answer. The caller destroys the domain on
+    failure."""
     t0 = time.monotonic()
     name = vm['name']
     seed = os.urandom(SEED_BYTES) if seed is None else seed
@@ -643,8 +787,7 @@ def activate(hv, template, vm, agent_timeout=30, seed=None):
     hv.resume(name)
     timings['resumed'] = time.monotonic() - t0
     tags = [SHARE_TAGS[d] for d in template.shape['devices'] if d in SHARE_TAGS]
-    with agent_mod.AgentClient(vm['agent_socket'], timeout=agent_timeout, console_log=vm.get('console_log'),
-                               sandbox_id=vm.get('sandbox_id')) as client:
+    with (agent or client_factory(vm, agent_timeout))() as client:
         client.ping(timeout=agent_timeout)
         timings['answered'] = time.monotonic() - t0
         answer = post_clone(client, tags, seed=seed, timeout=agent_timeout)
@@ -654,6 +797,12 @@ def activate(hv, template, vm, agent_timeout=30, seed=None):
         raise AgentError('the agent of clone %s did not reseed its RNG and set its clock: %s' % (name, answer))
     timings['ready'] = time.monotonic() - t0
     return timings, answer
+
+
+def client_factory(vm, timeout):
+    """``agent()`` for clone/activate outside a Runtime: a client of ``vm``'s agent socket."""
+    return lambda: agent_mod.AgentClient(vm['agent_socket'], timeout=timeout, console_log=vm.get('console_log'),
+                                         sandbox_id=vm.get('sandbox_id'))
 
 
 def vmm_pss_kib(pid):

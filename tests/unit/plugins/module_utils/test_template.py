@@ -387,3 +387,29 @@ def test_ensure_tmpfs_mounts_once(tmp_path):
     finally:
         assert template.release_tmpfs(tdir) is True
     assert template.release_tmpfs(tdir) is False
+
+
+def test_no_free_page_reporting_balloon_on_a_ram_file(hv, boot_files):
+    """QEMU 7.2 punches holes in a file-backed RAM for reported pages, even mapped private:
+    the XML of a template or clone refuses the balloon outright."""
+    xml = hv.build_xml(vm_spec(boot_files, free_page_reporting=True))
+    for share in (True, False):
+        with pytest.raises(InvalidArgument, match='free-page-reporting'):
+            lv.with_ram_file(xml, '/run/k/templates/x/ram', 128, share=share)
+
+
+def test_a_clone_that_cannot_load_its_state_leaves_nothing_defined(hv, boot_files, tmp_path):
+    """test:///default defines the clone but cannot start it paused (nor has it a QEMU
+    monitor to load the state through): create_clone leaves nothing defined."""
+    pytest.importorskip('libvirt')
+    ram, state = tmp_path / 'ram', tmp_path / 'state'
+    with open(str(ram), 'wb') as f:
+        f.truncate(128 * 2 ** 20)
+    state.write_bytes(b'S' * 64)
+    from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import HypervisorError
+    try:
+        with pytest.raises(HypervisorError, match='starting domain kata-sb1 failed|QMP'):
+            hv.create_clone(vm_spec(boot_files), str(ram), str(state))
+        assert hv.list_ours() == [] and hv.state('kata-sb1') == 'missing'
+    finally:
+        hv.close()
