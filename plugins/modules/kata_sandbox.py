@@ -133,8 +133,8 @@ options:
         memory pages with their template, a cross-VM side channel.
     type: bool
 notes:
-  - libvirt marks a VM started from a template as tainted (C(custom-argv), C(custom-monitor)):
-    its RAM file and the loading of its saved state go through QEMU arguments and monitor
+  - libvirt marks a VM started from a template as tainted (C(custom-argv), C(custom-monitor))
+    because its RAM file and the loading of its saved state go through QEMU arguments and monitor
     commands libvirt does not model. Destroy, undefine and delete work as for any sandbox.
   - On hosts where KVM cannot run a stock guest kernel (no C(/dev/kvm), no permission, or
     paravirtual-only KVM), V(auto) falls back to software emulation, which boots in seconds.

@@ -815,4 +815,3 @@ def vmm_pss_kib(pid):
     except (OSError, ValueError, IndexError):
         return None
     return None
-
