@@ -3,7 +3,7 @@
 """VM templates wired into the sandbox lifecycle, on the fakes of our hypervisor and agent
 interfaces: a sandbox that asks for a template starts as a clone when a current one of its
 shape exists and boots cold otherwise; a clone that fails is destroyed and the sandbox boots
-cold; deleting or pruning a clone leaves the template.
+cold; deleting or pruning a clone leaves the template; prune removes stale templates.
 (test_sandbox_lifecycle.py also runs the ``create_template`` flow through every fault.)"""
 
 from __future__ import annotations
@@ -146,6 +146,24 @@ def test_template_setting_is_checked_and_never_a_difference(env):
         env.settings(template='yes')
     rec, dummy = create(env, 'sb', template=False)
     assert sbx.differences(rec, env.settings(template=True), given=['template']) == []
+
+
+def test_prune_removes_stale_templates_only(env):
+    tpl = build_template(env)
+    other = build_template(env, vcpus=2)
+    with open(env.config.kernel, 'ab') as f:
+        f.write(b'a new kernel')  # both templates are stale now
+    fresh = build_template(env)
+    assert fresh.key not in (tpl.key, other.key)
+    planned = prune.prune(env.rt, [], check_mode=True)
+    stale = sorted(o['id'] for o in planned['orphans_removed'] if o['kind'] == 'stale_template')
+    assert stale == sorted([tpl.key, other.key])
+    assert sorted(t.key for t in template.list_templates(tdir(env))[0]) == sorted([tpl.key, other.key, fresh.key])
+    result = prune.prune(env.rt, [])
+    assert sorted(o['id'] for o in result['orphans_removed']) == stale and result['failed'] == []
+    assert len([a for a in result['actions'] if a.startswith('removed stale template')]) == 2
+    assert [t.key for t in template.list_templates(tdir(env))[0]] == [fresh.key]
+    assert prune.prune(env.rt, [])['orphans_removed'] == []
 
 
 def test_concurrent_builds_of_one_shape_build_once(env):

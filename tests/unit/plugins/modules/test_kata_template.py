@@ -1,6 +1,6 @@
 # Copyright: kata.runtime contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""kata_template through AnsibleModule
+"""kata_template, and the templates in kata_sandbox_info and kata_prune, through AnsibleModule
 against libvirt's ``test:///default`` driver (no VM boots: a template is planted the way
 template.build leaves one; a build there fails at the agent and must leave nothing)."""
 
@@ -13,7 +13,7 @@ import subprocess
 import pytest
 from ansible_collections.kata.runtime.plugins.module_utils.kata import mountinfo, template
 from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
-from ansible_collections.kata.runtime.plugins.modules import kata_template
+from ansible_collections.kata.runtime.plugins.modules import kata_prune, kata_sandbox_info, kata_template
 from ansible_collections.kata.runtime.tests.unit.plugins.modules.test_lifecycle_modules import Host, run
 
 pytest.importorskip('libvirt')
@@ -96,3 +96,21 @@ def test_a_build_that_fails_leaves_nothing(capsys, host):
     assert host.rt.hv.list_ours() == []
     tdir = template.templates_dir(str(host.state_root))
     assert mountinfo.is_mounted(tdir) and os.listdir(tdir) == []
+
+
+def test_info_lists_templates_and_prune_removes_the_stale_ones(capsys, host):
+    rec = plant(host)
+    other = plant(host, vcpus=2)
+    out = run(capsys, kata_sandbox_info, host.args())
+    assert sorted(t['key'] for t in out['templates']) == sorted([rec['key'], other['key']])
+    assert all(t['stale'] is None for t in out['templates'])
+    with open(host.cfg.initrd, 'ab') as f:
+        f.write(b'a new agent')
+    out = run(capsys, kata_sandbox_info, host.args())
+    assert all('image changed' in t['stale'] for t in out['templates'])
+    out = run(capsys, kata_prune, host.args(names=[]), check_mode=True)
+    assert sorted(o['id'] for o in out['orphans_removed']) == sorted([rec['key'], other['key']]) and out['changed']
+    assert len(run(capsys, kata_sandbox_info, host.args())['templates']) == 2
+    out = run(capsys, kata_prune, host.args(names=[]))
+    assert out['changed'] and len([a for a in out['actions'] if a.startswith('removed stale template')]) == 2
+    assert run(capsys, kata_sandbox_info, host.args())['templates'] == []
