@@ -19,6 +19,7 @@ does nothing on import. Host-side test modes:
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import re
@@ -58,6 +59,14 @@ DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 ID_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$')
 MAX_LINE = 4 * 1024 * 1024
 RETRY_DELAY = 0.05
+# virtio-serial delivers the host's data and its "port open" notice on two queues, and the guest
+# driver handles the notice later (from a workqueue): a request can be read while the driver
+# still says "no host" (a read returns 0, a write EAGAIN). Within this many seconds of the last
+# bytes received, such a read is not a hang-up: the reply waits for the port to open.
+OPEN_GRACE = 2.0
+# With SIGIO telling us when the host connects, the longest an idle agent sleeps between two
+# looks at its port (each wake-up costs the VMM CPU, under emulation a lot of it)
+IDLE_RETRY = 5.0
 START_TIMEOUT = 30.0
 MAX_WAIT = 86400.0
 # Signals whose default action does not end a process: sending one of them to a container
@@ -141,18 +150,42 @@ def exit_code_of(status):
 # ---------------------------------------------------------------------------------------------
 
 
+def enable_sigio(fd):
+    """Ask for SIGIO on ``fd`` (O_ASYNC, owned by this process). False where that fails."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETOWN, os.getpid())
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_ASYNC)
+    except OSError as err:
+        log('no SIGIO on the port (%s): polling it every %.2fs while the host is away' % (err, RETRY_DELAY))
+        return False
+    return True
+
+
 class DeviceTransport:
     """A character device such as /dev/vport0p1.
 
-    virtio-serial semantics: while no host client is connected, read() returns 0. That is not
-    the end: we back off briefly and try again; whatever was half-received is dropped.
+    virtio-serial semantics: while no host client is connected, read() returns 0 (and poll says
+    "hang-up" at once). That is not the end: whatever was half-received is dropped and we wait
+    for the host to connect; but right after a request such a read only says that the driver
+    has not yet handled the host's "port open" notice (``eof_is_final``, OPEN_GRACE).
+
+    The port is opened with O_ASYNC, so the guest driver sends SIGIO when the host side opens
+    (and when data arrives); the signal wakes the main loop through its wake-up pipe and
+    ``wake()`` ends the back-off at once. So an idle sandbox does not poll: it wakes every
+    ``IDLE_RETRY`` seconds at most (a fallback should a SIGIO ever be missed).
+    Where O_ASYNC cannot be set, it polls every ``RETRY_DELAY`` as before.
     """
+
+    # A read of 0 may only mean the driver has not yet handled the host's "port open" notice
+    # (see OPEN_GRACE); on the sockets of the host test modes it is the end.
+    eof_is_final = False
 
     def __init__(self, path):
         self.path = path
         self._fd = None
         self._retry_at = 0.0
         self._hup_logged = False
+        self.async_io = False
 
     def _open(self):
         try:
@@ -162,6 +195,13 @@ class DeviceTransport:
             if self._retry_at == 0.0 or err.errno != errno.EBUSY:
                 log('cannot open %s: %s' % (self.path, err))
             self._retry_at = time.monotonic() + 1.0
+            return
+        self.async_io = enable_sigio(self._fd)
+
+    def wake(self):
+        """A signal arrived (SIGIO: the host connected or sent data): stop backing off."""
+        if self._fd is not None:
+            self._retry_at = 0.0
 
     def fd(self):
         if self._fd is None:
@@ -191,7 +231,7 @@ class DeviceTransport:
         if data:
             self._hup_logged = False
             return data
-        self._retry_at = time.monotonic() + RETRY_DELAY
+        self._retry_at = time.monotonic() + (IDLE_RETRY if self.async_io else RETRY_DELAY)
         return b''
 
     def write(self, data):
@@ -454,7 +494,6 @@ def parse_post_clone(params):
 def reseed_rng(seed):
     """Mix ``seed`` into the kernel's input pool, credited, then make the crng reseed now (a
     write to /dev/urandom alone is neither credited nor used before the next timed reseed)."""
-    import fcntl  # clones only: not imported at start-up (see the imports above)
     fd = os.open('/dev/urandom', os.O_WRONLY)
     try:
         info = ((len(seed) * 8).to_bytes(4, sys.byteorder, signed=True)
@@ -494,6 +533,8 @@ class Agent:
         self.started = time.monotonic()
         self.inbuf = b''
         self.outbuf = b''
+        self._rx_at = float('-inf')  # when bytes last came from the host (monotonic)
+        self._held = False
         self.running = True
         self.exit_after_flush = False
         self._wake_r, self._wake_w = os.pipe()
@@ -505,6 +546,9 @@ class Agent:
     def install_signals(self):
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        # the port's "host connected" and "data here" (see DeviceTransport); the wake-up fd
+        # carries it to the main loop
+        signal.signal(signal.SIGIO, lambda signum, frame: None)
         if not self.poweroff:
             signal.signal(signal.SIGTERM, self._on_term)
             signal.signal(signal.SIGINT, self._on_term)
@@ -585,14 +629,36 @@ class Agent:
         if self._wake_r in readable:
             self._drain_wakeup()
             self.reap()
+            wake = getattr(self.transport, 'wake', None)
+            if wake is not None:
+                wake()
         if wfd is not None and wfd in writable:
             self._flush_some()
         if rfd is not None and rfd in readable:
             data = self.transport.on_readable()
             if data == b'':
-                self._disconnect()
+                if self._hung_up():
+                    self._disconnect()
             elif data:
+                self._received()
                 self._receive(data)
+
+    def _received(self):
+        self._rx_at = time.monotonic()
+        self._held = False
+
+    def _hung_up(self):
+        """The port read as "no host": a hang-up, unless the transport says such a read can
+        come before the host's "port open" notice (a virtio port) and bytes arrived less than
+        OPEN_GRACE seconds ago. Then the buffers are kept: whatever was received is answered
+        once the port opens."""
+        if getattr(self.transport, 'eof_is_final', True) or time.monotonic() - self._rx_at >= OPEN_GRACE:
+            return True
+        if not self._held and (self.outbuf or self.inbuf):
+            self._held = True
+            log('port reads as closed just after a request: holding %d unsent bytes until it opens'
+                % len(self.outbuf))
+        return False
 
     def _disconnect(self):
         if self.inbuf or self.outbuf:
@@ -952,9 +1018,11 @@ class Agent:
             if rfd is not None and rfd in ready:
                 data = self.transport.on_readable()
                 if data == b'':
-                    self._disconnect()
-                    return False
-                if data:
+                    if self._hung_up():
+                        self._disconnect()
+                        return False
+                elif data:
+                    self._received()
                     self.inbuf += data  # handled once this request is answered
         return True
 
