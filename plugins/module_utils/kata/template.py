@@ -501,28 +501,49 @@ def lock(state_root, name, timeout=LOCK_TIMEOUT):
     """Hold ``<state_root>/locks/templates/<name>.lock``: ``name`` is a template key (its build
     or removal) or ``tmpfs`` (mounting the templates tmpfs). Two builds of one shape then
     never collide: the second waits and finds the first one's template. LockTimeout after
-    ``timeout`` seconds."""
+    ``timeout`` seconds.
+
+    The file is unlinked while still held when the lock is released, so no lock file outlives
+    its operation; a waiter that then holds the unlinked inode sees it is no longer the file
+    at the path and tries again (as the store's sandbox locks do)."""
     if name != 'tmpfs':
         _check_key(name)
     path = os.path.join(state_root, 'locks', LOCKS_DIR, name + '.lock')
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except OSError as err:
-        raise KataError('cannot open template lock %s: %s' % (path, err.strerror)) from None
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as err:
+            raise KataError('cannot open template lock %s: %s' % (path, err.strerror)) from None
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise LockTimeout('template %s is locked by another build or removal; gave up after %ss'
+                                          % (name, timeout)) from None
+                    time.sleep(0.1)
+            mine = os.fstat(fd)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                current = os.lstat(path)
+            except FileNotFoundError:
+                current = None
+            if current is not None and (current.st_ino, current.st_dev) == (mine.st_ino, mine.st_dev):
                 break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise LockTimeout('template %s is locked by another build or removal; gave up after %ss'
-                                      % (name, timeout)) from None
-                time.sleep(0.1)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # the holder before us unlinked it: take the new file
+    try:
         yield
     finally:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
         os.close(fd)  # releases the flock
 
 
@@ -700,17 +721,34 @@ def build_locked(hv, state_root, tmpfs_mb, spec, force=False, agent_timeout=120,
     tdir = templates_dir(state_root)
     key = key_of(shape_of(hv, probe_spec(spec)))  # refuses a bad spec before anything is made
     Store(state_root).ensure()
-    with lock(state_root, 'tmpfs'):
-        ensure_tmpfs(tdir, tmpfs_mb)
-    with lock(state_root, key):
+    with lock(state_root, key):  # held first: remove_locked never unmounts under a build
+        with lock(state_root, 'tmpfs'):
+            ensure_tmpfs(tdir, tmpfs_mb)
         return build(hv, tdir, spec, agent_timeout=agent_timeout, force=force, progress=progress, agent=agent,
                      settle=settle)
 
 
 def remove_locked(state_root, key):
-    """``remove`` under the template's lock (never in the middle of its build)."""
+    """``remove`` under the template's lock (never in the middle of its build); the tmpfs is
+    released when that leaves it empty (clones keep the pages they map). True when a
+    template was removed."""
+    tdir = templates_dir(state_root)
     with lock(state_root, key):
-        return remove(templates_dir(state_root), key)
+        removed = remove(tdir, key)
+    with lock(state_root, 'tmpfs'):
+        if os.path.isdir(tdir) and not os.listdir(tdir) and not _building(state_root):
+            release_tmpfs(tdir)
+    return removed
+
+
+def _building(state_root):
+    """True while any template's lock is held (a build mounts the tmpfs under its own lock)."""
+    try:
+        names = os.listdir(os.path.join(state_root, 'locks', LOCKS_DIR))
+    except OSError:
+        return False
+    return any(busy(state_root, n[:-len('.lock')]) for n in names
+               if n.endswith('.lock') and KEY_RE.match(n[:-len('.lock')]))
 
 
 def _publish(templates_dir, work, final):

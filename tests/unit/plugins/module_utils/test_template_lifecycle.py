@@ -182,3 +182,18 @@ def test_concurrent_builds_of_one_shape_build_once(env):
         t.join()
     assert sorted(results) == [False, True]
     assert env.hv.count('create_template_vm') == 1
+
+
+def test_removing_the_last_template_releases_the_tmpfs_and_no_lock_file_stays(env):
+    from ansible_collections.kata.runtime.plugins.module_utils.kata import mountinfo
+    one = build_template(env)
+    two = build_template(env, vcpus=2)
+    assert mountinfo.is_mounted(tdir(env))
+    assert os.listdir(os.path.join(env.rt.store.root, 'locks', template.LOCKS_DIR)) == []
+    assert template.remove_locked(env.rt.store.root, one.key) is True
+    assert mountinfo.is_mounted(tdir(env)), 'another template is still there'
+    assert template.remove_locked(env.rt.store.root, two.key) is True
+    assert not mountinfo.is_mounted(tdir(env))
+    assert template.remove_locked(env.rt.store.root, two.key) is False
+    assert os.listdir(os.path.join(env.rt.store.root, 'locks', template.LOCKS_DIR)) == []
+    assert build_template(env).key == one.key and mountinfo.is_mounted(tdir(env))  # mounted again
