@@ -142,17 +142,19 @@ def _remove_stale_template(rt, oid, trace):
                 return False
             shutil.rmtree(path)
             trace.step('removed unfinished template build %s' % path)
-            return True
-        try:
-            tpl = template.load(tdir, key)
-        except KataError:
-            return False  # a broken template is reported by kata_sandbox_info, not guessed at
-        why = tpl and template.is_stale(tpl)
-        if not why:
-            return False
-        template.remove(tdir, key)
-        trace.step('removed stale template %s (%s)' % (key, why))
-        return True
+        else:
+            try:
+                tpl = template.load(tdir, key)
+            except KataError:
+                return False  # a broken template is reported by kata_sandbox_info, not guessed at
+            why = tpl and template.is_stale(tpl)
+            if not why:
+                return False
+            template.remove(tdir, key)
+            trace.step('removed stale template %s (%s)' % (key, why))
+    if template.release_if_empty(rt.store.root):
+        trace.step('released the templates tmpfs %s (no template left)' % tdir)
+    return True
 
 
 def _busy(rt, sid):

@@ -360,6 +360,7 @@ def _boot_from_template(rt, rec, spec, timeout, trace):
     rt.store.save_sandbox(rec)
     limit = timeout or rt.config.agent_timeout
     trace.progress('sandbox %s: starting %s from template %s' % (sid, rec['domain'], tpl.key))
+    t0 = time.monotonic()
     try:
         template.start_paused(rt.hv, tpl, spec)
     except KataError as err:
@@ -375,8 +376,8 @@ def _boot_from_template(rt, rec, spec, timeout, trace):
         trace.step('the clone of template %s failed (%s); destroyed and undefined VM %s, booting cold'
                    % (tpl.key, err, rec['domain']))
         return False, None
-    trace.step('agent of sandbox %s is ready (clone of template %s: RNG reseeded, clock set, shares mounted)'
-               % (sid, tpl.key))
+    trace.step('agent of sandbox %s is ready %.2fs after the clone started (template %s; RNG reseeded, clock '
+               'set, shares mounted)' % (sid, time.monotonic() - t0, tpl.key))
     return True, pid
 
 

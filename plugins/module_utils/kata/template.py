@@ -643,6 +643,8 @@ def build(hv, templates_dir, spec, agent_timeout=120, force=False, progress=None
         if existing is not None:
             return existing, False, timings
     check_room(templates_dir, memory_mb)
+    if spec.get('state_root'):
+        Store(spec['state_root']).ensure()  # the agent socket goes in its sock/
     work = os.path.join(templates_dir, '%s%s-%s' % (BUILD_PREFIX, key, secrets.token_hex(4)))
     os.mkdir(work, 0o700)
     sid = 'template-%s-%s' % (key, secrets.token_hex(3))
@@ -735,10 +737,20 @@ def remove_locked(state_root, key):
     tdir = templates_dir(state_root)
     with lock(state_root, key):
         removed = remove(tdir, key)
-    with lock(state_root, 'tmpfs'):
-        if os.path.isdir(tdir) and not os.listdir(tdir) and not _building(state_root):
-            release_tmpfs(tdir)
+    release_if_empty(state_root)
     return removed
+
+
+def release_if_empty(state_root):
+    """Release the templates tmpfs when no template is left in it and no build holds a
+    template's lock; True when it was released."""
+    tdir = templates_dir(state_root)
+    if not os.path.isdir(tdir):
+        return False
+    with lock(state_root, 'tmpfs'):
+        if not os.listdir(tdir) and not _building(state_root):
+            return release_tmpfs(tdir)
+    return False
 
 
 def _building(state_root):
