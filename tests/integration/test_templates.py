@@ -68,8 +68,6 @@ def _spec(w):
     }
 
 
-
-
 # One line per clone: its RNG output, boot ID and clock, read inside a container.
 PROBE = ('echo rng=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d " \\n"); '
          'echo boot_id=$(cat /proc/sys/kernel/random/boot_id); echo clock=$(date +%s)')
