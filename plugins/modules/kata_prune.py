@@ -17,7 +17,9 @@ description:
     Without any selector it refuses to act.
   - Also removes orphans, whatever the selector - records whose VM is gone (crashed VM,
     rebooted host), VMs of this state root with no record, ID mappings pointing nowhere,
-    and empty cgroup directories this state root created.
+    empty cgroup directories this state root created, VM templates whose image is stale (the
+    kernel or initrd they were built from changed; see M(kata.runtime.kata_template)) and what
+    an interrupted template build left. Sandboxes started from a removed template keep running.
   - Only this state root's things are collected - each VM names the state root that owns it,
     and cgroup directories are noted in the state root before they are made - and never what
     an operation in progress holds (its sandbox is locked), so a prune during a create does not
@@ -116,10 +118,14 @@ orphans_removed:
   elements: dict
   contains:
     kind:
-      description: V(sandbox_without_vm), V(vm_without_state), V(dangling_mapping) or V(empty_cgroup).
+      description:
+        - V(sandbox_without_vm), V(vm_without_state), V(dangling_mapping), V(empty_cgroup) or
+          V(stale_template).
       type: str
     id:
-      description: The sandbox ID, domain name, container ID or cgroup directory.
+      description:
+        - The sandbox ID, domain name, container ID, cgroup directory, or template key (the
+          name of an unfinished build's directory).
       type: str
     detail:
       description: Why it is an orphan.

@@ -122,7 +122,20 @@ options:
       - Seconds to wait for the agent after the VM starts. Defaults to the config file's
         C(agent_timeout) (60).
     type: int
+  template:
+    description:
+      - Start the VM from a VM template of its shape (see M(kata.runtime.kata_template)) when
+        one exists and was built from the current guest image; otherwise, or when starting
+        from it fails, boot it cold. RV(sandbox.boot) says which happened.
+      - Applies whenever the VM is booted (create, and start after a stop); changing it never
+        needs O(recreate).
+      - Defaults to the config file's C(template), whose default is V(false) - clones share
+        memory pages with their template, a cross-VM side channel.
+    type: bool
 notes:
+  - libvirt marks a VM started from a template as tainted (C(custom-argv), C(custom-monitor))
+    because its RAM file and the loading of its saved state go through QEMU arguments and monitor
+    commands libvirt does not model. Destroy, undefine and delete work as for any sandbox.
   - On hosts where KVM cannot run a stock guest kernel (no C(/dev/kvm), no permission, or
     paravirtual-only KVM), V(auto) falls back to software emulation, which boots in seconds.
 seealso:
@@ -231,6 +244,12 @@ sandbox:
       description: When the sandbox was created (RFC 3339, UTC).
       type: str
       sample: '2026-01-01T12:00:00Z'
+    boot:
+      description:
+        - How the VM last came up - V(cold) (booted its kernel) or V(template) (a clone of a
+          VM template); null when it never booted.
+      type: str
+      sample: template
 actions:
   description: What was done (or, in check mode, would be done), in order.
   returned: always
@@ -255,7 +274,7 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.ids import valid
 from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import coerce_str_dict
 
 SETTING_OPTIONS = ('vcpus', 'memory_mb', 'kernel', 'initrd', 'kernel_params', 'accel', 'labels', 'annotations',
-                   'hooks', 'cgroups_path')
+                   'hooks', 'cgroups_path', 'template')
 
 
 class SandboxManager(StateManager):
@@ -358,14 +377,14 @@ class SandboxManager(StateManager):
             state = 'stopped' if want == 'stopped' else 'running'
         if want == 'running' and state != 'running':
             self.act('start sandbox %s (it is %s)' % (self.sid, state), sbx.start, self.rt, self.sid,
-                     timeout=timeout)
+                     timeout=timeout, use_template=self.p['template'])
         elif want == 'stopped' and state in ('running', 'paused', 'dead'):
             self.act('stop sandbox %s (it is %s)' % (self.sid, state), sbx.stop, self.rt, self.sid,
                      force=self.p['force'])
         elif want == 'paused' and state != 'paused':
             if state != 'running':
                 self.act('start sandbox %s (it is %s)' % (self.sid, state), sbx.start, self.rt, self.sid,
-                         timeout=timeout)
+                         timeout=timeout, use_template=self.p['template'])
             self.act('pause sandbox %s' % self.sid, sbx.pause, self.rt, self.sid)
 
 
@@ -386,6 +405,7 @@ def main():
         cgroups_path=dict(type='str'),
         recreate=dict(type='bool', default=False),
         timeout=dict(type='int'),
+        template=dict(type='bool'),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     run_manager(module, SandboxManager)

@@ -16,6 +16,8 @@ description:
     lets you filter them by name, labels, state, and a JMESPath query.
   - A sandbox whose VM has died (crashed, host rebooted) is reported as V(dead), never as running.
   - Records that cannot be read are listed in RV(corrupt), never hidden.
+  - Also lists the VM templates of the state root (see M(kata.runtime.kata_template)) in
+    RV(templates), whatever the filters.
 version_added: 0.1.0
 author:
   - kata.runtime contributors (@kata)
@@ -71,6 +73,18 @@ sandboxes:
   type: list
   elements: raw
   sample: [{id: web-1, state: running, vcpus: 1, memory_mb: 256, containers: [app]}]
+templates:
+  description:
+    - The VM templates of this state root, each as M(kata.runtime.kata_template) returns it,
+      plus C(stale) - why it is stale (the kernel or initrd it was built from
+      changed or went), or null. Stale templates are never used; M(kata.runtime.kata_prune)
+      removes them.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{key: 3f9c2a41d07be815, path: /run/kata-runtime/templates/3f9c2a41d07be815, size_bytes: 268800000,
+            created_at: '2026-01-01T12:00:00.000000Z', image_digest: 9b1e..., stale: null,
+            shape: {vcpus: 1, memory_mb: 256, accel: tcg}}]
 corrupt:
   description: Sandbox records that could not be read, with the reason.
   returned: always
@@ -81,7 +95,7 @@ corrupt:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
-from ansible_collections.kata.runtime.plugins.module_utils.kata import select
+from ansible_collections.kata.runtime.plugins.module_utils.kata import select, template
 from ansible_collections.kata.runtime.plugins.module_utils.kata.common import (
     common_argument_spec,
     fail_on_kata_error,
@@ -105,7 +119,9 @@ def main():
         items, corrupt = sbx.list_all(rt)
         items = select.filter_items(items, module.params['name'], labels, module.params['state'])
         items = select.query(items, module.params['query'])
-    module.exit_json(changed=False, sandboxes=items, corrupt=corrupt)
+        found, dummy = template.list_templates(template.templates_dir(rt.store.root))
+        templates = [dict(t.info(), stale=template.is_stale(t)) for t in found]
+    module.exit_json(changed=False, sandboxes=items, corrupt=corrupt, templates=templates)
 
 
 if __name__ == '__main__':

@@ -634,6 +634,19 @@ def _fields(*spec):
     return check
 
 
+def _post_clone(result, params):
+    """A clone's answer to post_clone (guest/agent.py m_post_clone): how many seed bytes it mixed
+    into its RNG, whether it set its clock, and which of the shares asked for it mounted."""
+    _want_dict(result, 'an object')
+    seeded = _want(result, 'seeded', lambda v: _is_int(v, 0, 4096), 'a byte count')
+    clock_set = _want(result, 'clock_set', lambda v: isinstance(v, bool), 'a boolean')
+    asked = params.get('mounts') or []
+    mounted = _want(result, 'mounted', lambda v: isinstance(v, list) and len(v) <= len(asked)
+                    and len(set(map(repr, v))) == len(v) and all(t in asked for t in v),
+                    'a list of distinct shares asked for (%s)' % ', '.join(asked))
+    return {'seeded': seeded, 'clock_set': clock_set, 'mounted': list(mounted)}
+
+
 _ID_FIELD = ('id', _is_id, 'a container ID')
 _SIGNAL_FIELD = ('signal', lambda v: _is_int(v, 0, 64), 'a signal number')
 
@@ -651,4 +664,5 @@ _RESULTS = {
     'remove_container': _fields(_ID_FIELD, ('removed', lambda v: isinstance(v, bool), 'a boolean')),
     'kill_all': _fields(_SIGNAL_FIELD, ('count', lambda v: _is_int(v, 0), 'a count')),
     'shutdown': _fields(('poweroff', lambda v: isinstance(v, bool), 'a boolean')),
+    'post_clone': _post_clone,
 }

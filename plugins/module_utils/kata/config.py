@@ -50,11 +50,20 @@ DEFAULTS = {
     # use for translated code (0: QEMU's own default, which lets it grow to 1 GiB; a full boot
     # of our guest translates ~64 MiB of it). And whether, once the agent answers, the VMM's
     # copies of the kernel and initrd are paged out of it (vmm_memory.py). And whether the guest
-    # gives the pages it frees back to the host (virtio-balloon free page reporting): off until
-    # the whole suite has passed with it on (docs/benchmarks.md).
+    # gives the pages it frees back to the host (virtio-balloon free page reporting; never on a
+    # VM template or its clones, docs/benchmarks.md).
     'tcg_tb_cache_mb': 32,
     'release_boot_files': True,
     'free_page_reporting': True,
+    # VM templates (template.py, docs/templates.md): off by default, as in Kata, because clones
+    # share the template's pages with each other (a cross-VM side channel, docs/security.md).
+    # ``template`` is the default of kata_sandbox's option of that name; templates live on a
+    # tmpfs of ``template_tmpfs_mb`` MiB at <state_root>/templates (host RAM, used only as
+    # templates fill it: each holds its guest's memory_mb plus ~0.4 MiB of device state).
+    # ``template_pool_size``: paused clones kept ready (accepted and checked; no pool yet).
+    'template': False,
+    'template_pool_size': 0,
+    'template_tmpfs_mb': 2048,
 }
 
 # Upper bounds keep a typo from turning a cap into no cap at all (both live in host RAM).
@@ -62,6 +71,10 @@ MAX_GUEST_WRITE_LIMIT_MB = 64 * 1024
 MAX_CONSOLE_LOG_LIMIT_KB = 1024 * 1024
 MIN_TB_CACHE_MB = 8
 MAX_TB_CACHE_MB = 4096
+MAX_TEMPLATE_POOL_SIZE = 1024
+# The templates tmpfs holds at least one template of the smallest guest (MIN_MEMORY_MB).
+MIN_TEMPLATE_TMPFS_MB = 128
+MAX_TEMPLATE_TMPFS_MB = 16 * 1024 * 1024
 
 KERNEL_NAME = 'vmlinux'
 INITRD_NAME = 'kata-initrd.img'
@@ -216,6 +229,9 @@ _CHECKS = {
     'tcg_tb_cache_mb': _check_tb_cache,
     'release_boot_files': _bool,
     'free_page_reporting': _bool,
+    'template': _bool,
+    'template_pool_size': _bounded_int(0, MAX_TEMPLATE_POOL_SIZE),
+    'template_tmpfs_mb': _bounded_int(MIN_TEMPLATE_TMPFS_MB, MAX_TEMPLATE_TMPFS_MB),
 }
 
 

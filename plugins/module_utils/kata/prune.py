@@ -7,7 +7,9 @@ an interrupted operation, a crashed VM or a rebooted host leaves behind:
 - dead sandboxes: a record that expects a VM and libvirt runs none;
 - VMs carrying our metadata with no record;
 - ID mappings pointing at nothing;
-- empty cgroup directories this state root created (its cgroup journal) that no record lists.
+- empty cgroup directories this state root created (its cgroup journal) that no record lists;
+- VM templates whose image is stale (the kernel or initrd they were built from changed), and
+  what an interrupted template build left in the templates tmpfs.
 
 Only this state root's things are ever collected: records and the cgroup journal live in it,
 and each VM carries the root that owns it. Whatever an operation in progress holds (its
@@ -17,10 +19,12 @@ sandbox is locked) is never an orphan.
 from __future__ import annotations
 
 import os
+import re
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
-from ansible_collections.kata.runtime.plugins.module_utils.kata import select
+from ansible_collections.kata.runtime.plugins.module_utils.kata import select, template
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import InvalidArgument, KataError
 
 
@@ -69,7 +73,8 @@ def find_orphans(rt, skip=()):
             out.append({'kind': 'sandbox_without_vm', 'id': sid,
                         'detail': 'lock file left by an interrupted delete'})
     for dom in rt.hv.list_ours():
-        if dom['sandbox_id'] not in known and _collectable_vm(rt, dom) and not _busy(rt, dom['sandbox_id']):
+        if dom['sandbox_id'] not in known and _collectable_vm(rt, dom) and not _busy(rt, dom['sandbox_id']) \
+                and not _building(rt, dom['sandbox_id']):
             out.append({'kind': 'vm_without_state', 'id': dom['name'],
                         'detail': 'VM of sandbox %s (%s) has no record' % (dom['sandbox_id'], dom['state'])})
     corrupt_ids = {c['id'] for c in corrupt}
@@ -80,7 +85,76 @@ def find_orphans(rt, skip=()):
         if reason and not (sid and _busy(rt, sid)):
             out.append({'kind': 'dangling_mapping', 'id': cid, 'detail': reason})
     out.extend(_orphan_cgroups(rt, skip))
+    out.extend(_stale_templates(rt))
     return out
+
+
+# The sandbox ID of a template being built (template.build) and the directory of its build.
+_BUILD_VM_RE = re.compile(r'^template-([0-9a-f]{%d})-[0-9a-f]{6}$' % template.KEY_LENGTH)
+_BUILD_DIR_RE = re.compile(r'^%s([0-9a-f]{%d}|old)-[0-9a-f]{8}$' % (re.escape(template.BUILD_PREFIX), template.KEY_LENGTH))
+
+
+def _building(rt, sid):
+    """True when ``sid`` names the VM of a template build in progress (its template's lock is
+    held): a VM with no record, but not an orphan."""
+    match = _BUILD_VM_RE.match(sid)
+    return bool(match) and template.busy(rt.store.root, match.group(1))
+
+
+def _stale_templates(rt):
+    """Templates of this state root built from an image that changed since (no sandbox starts
+    from them any more: their shape names the old image), and build directories no build in
+    progress holds."""
+    tdir = template.templates_dir(rt.store.root)
+    if not os.path.isdir(tdir):
+        return []
+    out = []
+    found, problems = template.list_templates(tdir)
+    for tpl in found:
+        why = template.is_stale(tpl)
+        if why:
+            out.append({'kind': 'stale_template', 'id': tpl.key, 'detail': 'template %s: %s' % (tpl.path, why)})
+    for path, _why in problems:
+        name = os.path.basename(path)
+        match = _BUILD_DIR_RE.match(name)
+        if match and (match.group(1) == 'old' or not template.busy(rt.store.root, match.group(1))):
+            out.append({'kind': 'stale_template', 'id': name, 'detail': 'unfinished template build %s' % path})
+    return out
+
+
+def _remove_stale_template(rt, oid, trace):
+    tdir = template.templates_dir(rt.store.root)
+    match = _BUILD_DIR_RE.match(oid)
+    key = match.group(1) if match else oid
+    if key == 'old':
+        path = os.path.join(tdir, oid)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+            trace.step('removed unfinished template build %s' % path)
+            return True
+        return False
+    with template.try_lock(rt.store.root, key) as free:
+        if not free:
+            return False
+        if match:
+            path = os.path.join(tdir, oid)
+            if not os.path.isdir(path) or os.path.islink(path):
+                return False
+            shutil.rmtree(path)
+            trace.step('removed unfinished template build %s' % path)
+        else:
+            try:
+                tpl = template.load(tdir, key)
+            except KataError:
+                return False  # a broken template is reported by kata_sandbox_info, not guessed at
+            why = tpl and template.is_stale(tpl)
+            if not why:
+                return False
+            template.remove(tdir, key)
+            trace.step('removed stale template %s (%s)' % (key, why))
+    if template.release_if_empty(rt.store.root):
+        trace.step('released the templates tmpfs %s (no template left)' % tdir)
+    return True
 
 
 def _busy(rt, sid):
@@ -175,7 +249,7 @@ def remove_orphan(rt, orphan, trace):
             return False
         sid = dom['sandbox_id']
         with rt.store.try_lock(sid) as free:
-            if (not free or os.path.lexists(rt.store.sandbox_dir(sid))
+            if (not free or os.path.lexists(rt.store.sandbox_dir(sid)) or _building(rt, sid)
                     or not _collectable_vm(rt, dict(dom, state=rt.hv.state(oid)))):
                 return False
             if rt.hv.state(oid) in ('running', 'paused'):
@@ -197,6 +271,8 @@ def remove_orphan(rt, orphan, trace):
             rt.store.remove_mapping(oid)
             trace.step('removed dangling ID mapping %s' % oid)
             return True
+    if kind == 'stale_template':
+        return _remove_stale_template(rt, oid, trace)
     if kind == 'empty_cgroup':
         notes = [n for n in rt.store.list_cgroup_journal() if n['path'] == oid]
         removed = False

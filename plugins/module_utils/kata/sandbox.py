@@ -17,7 +17,7 @@ import time
 
 from ansible_collections.kata.runtime.plugins.module_utils.kata import container as ctr
 from ansible_collections.kata.runtime.plugins.module_utils.kata import hooks as oci_hooks
-from ansible_collections.kata.runtime.plugins.module_utils.kata import oci, share, vmm_memory
+from ansible_collections.kata.runtime.plugins.module_utils.kata import oci, share, template, vmm_memory
 from ansible_collections.kata.runtime.plugins.module_utils.kata.config import MAX_TIMEOUT
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
     AgentError,
@@ -94,7 +94,11 @@ def settings_from(config, opts):
         'annotations': _str_dict(opts.get('annotations'), 'annotations'),
         'hooks': oci.validate_hooks(opts.get('hooks') or {}),
         'cgroups_path': opts.get('cgroups_path') or '',
+        # how the VM comes up, not what it is: never a difference that needs recreate
+        'template': pick('template'),
     }
+    if not isinstance(s['template'], bool):
+        raise InvalidArgument('template must be true or false, got %r' % (s['template'],))
     if not isinstance(s['vcpus'], int) or isinstance(s['vcpus'], bool) or not 1 <= s['vcpus'] <= MAX_VCPUS:
         raise InvalidArgument('vcpus must be an integer from 1 to %d, got %r' % (MAX_VCPUS, s['vcpus']))
     if (not isinstance(s['memory_mb'], int) or isinstance(s['memory_mb'], bool)
@@ -197,6 +201,8 @@ def info(rt, rec, vm=None, containers=None):
         'cgroups_paths': rec.get('cgroups_paths') or [],
         'console_log': share.console_log(rt.store, rec['id']),
         'created_at': rec.get('created_at'),
+        # how the VM last came up: 'cold' or 'template' (None: it never booted)
+        'boot': rec.get('boot'),
     }
 
 
@@ -237,9 +243,33 @@ def _run_hooks(rt, rec, kind, status, trace):
     trace.step('ran %d %s hook(s) of sandbox %s' % (len(hooks[kind]), kind, rec['id']))
 
 
+def _cmdline(settings):
+    return ' '.join(p for p in (BASE_KERNEL_PARAMS, settings.get('kernel_params') or '') if p)
+
+
+def template_spec(rt, settings):
+    """What template.build takes for a VM template of the sandboxes these ``settings``
+    (settings_from) describe: the same kernel, initrd, command line, vCPUs, memory and accel
+    (``auto`` chosen here, as create does). Returns ``(spec, accel reason)``; refuses what
+    check_create would (missing boot files), before anything is touched."""
+    _check_boot_files(settings)
+    accel, reason = choose_accel(settings['accel'])
+    spec = {
+        'vcpus': settings['vcpus'],
+        'memory_mb': settings['memory_mb'],
+        'kernel': settings['kernel'],
+        'initrd': settings['initrd'],
+        'cmdline': _cmdline(settings),
+        'accel': accel,
+        'state_root': rt.store.root,
+        'tb_cache_mb': rt.config.tcg_tb_cache_mb if accel == 'tcg' else 0,
+    }
+    return spec, reason
+
+
 def _vm_spec(rt, rec, output_accessmode):
     sid = rec['id']
-    cmdline = ' '.join(p for p in (BASE_KERNEL_PARAMS, rec.get('kernel_params') or '') if p)
+    cmdline = _cmdline(rec)
     return {
         'name': rec['domain'],
         'sandbox_id': sid,
@@ -276,23 +306,79 @@ def _wait_agent(rt, rec, timeout, trace):
 
 
 def _boot(rt, rec, timeout, trace):
-    """Start the VM (defining it if needed), put the VMM in the sandbox's cgroups, wait for
-    the agent. The shares and the capped console are mounted first: the VMM's mount
-    namespace is a copy of ours taken when it starts."""
+    """Start the VM (from a template of its shape when the record asks for one and there is
+    one, else defining it if needed), put the VMM in the sandbox's cgroups, wait for the
+    agent. The shares and the capped console are mounted first: the VMM's mount namespace is
+    a copy of ours taken when it starts. ``rec['boot']`` says how the VM came up."""
     output_accessmode = share.prepare(rt, rec['id'])
     vm = rt.hv.state(rec['domain'])
+    if vm in ('shutoff', 'crashed') and rec.get('boot') == 'template':
+        # a clone's definition loads a template's saved state when it starts: it cannot boot
+        # again by itself, so it is made anew (from the template again, or cold)
+        rt.hv.undefine(rec['domain'])
+        trace.step('undefined VM %s (a clone of a template does not boot again by itself)' % rec['domain'])
+        vm = 'missing'
+    cloned, pid = False, None
     if vm == 'missing':
-        trace.progress('sandbox %s: booting %s (%s, %d vCPU, %d MiB)' % (
-            rec['id'], rec['domain'], rec['accel'], rec['vcpus'], rec['memory_mb']))
-        rt.hv.create(_vm_spec(rt, rec, output_accessmode))
-        trace.step('defined and started VM %s (accel %s)' % (rec['domain'], rec['accel']))
+        spec = _vm_spec(rt, rec, output_accessmode)
+        if rec.get('template'):
+            cloned, pid = _boot_from_template(rt, rec, spec, timeout, trace)
+        if not cloned:
+            trace.progress('sandbox %s: booting %s (%s, %d vCPU, %d MiB)' % (
+                rec['id'], rec['domain'], rec['accel'], rec['vcpus'], rec['memory_mb']))
+            rt.hv.create(spec)
+            rec['boot'] = 'cold'
+            trace.step('defined and started VM %s (accel %s)' % (rec['domain'], rec['accel']))
     elif vm in ('shutoff', 'crashed'):
         rt.hv.start(rec['domain'])
+        rec['boot'] = 'cold'
         trace.step('started VM %s' % rec['domain'])
-    pid = _place_vmm(rt, rec, trace)
-    _wait_agent(rt, rec, timeout, trace)
+    if not cloned:
+        pid = _place_vmm(rt, rec, trace)
+        _wait_agent(rt, rec, timeout, trace)
     if rt.config.release_boot_files and pid is not None:
         _release_boot_files(rec, pid, trace)
+
+
+def _boot_from_template(rt, rec, spec, timeout, trace):
+    """Start the sandbox's VM as a clone of the template of its shape and make it ready
+    (template.py): ``(True, VMM pid)``. ``(False, None)`` when there is no current template of
+    that shape, or cloning failed: the half-started clone is destroyed and undefined, an
+    action says why, and the caller boots cold."""
+    sid = rec['id']
+    try:
+        tpl = template.find(rt.hv, template.templates_dir(rt.store.root), spec)
+    except KataError as err:
+        trace.step('no template for sandbox %s (%s); booting cold' % (sid, err))
+        return False, None
+    if tpl is None:
+        trace.step('no current template of the shape of sandbox %s; booting cold' % sid)
+        return False, None
+    # recorded before the VM exists: an interrupted create then knows its VM is a clone,
+    # which may not have been made ready (start destroys it and boots again)
+    rec['boot'] = 'template'
+    rt.store.save_sandbox(rec)
+    limit = timeout or rt.config.agent_timeout
+    trace.progress('sandbox %s: starting %s from template %s' % (sid, rec['domain'], tpl.key))
+    t0 = time.monotonic()
+    try:
+        template.start_paused(rt.hv, tpl, spec)
+    except KataError as err:
+        trace.step('starting VM %s from template %s failed (%s); booting cold' % (rec['domain'], tpl.key, err))
+        return False, None
+    trace.step('started VM %s paused from template %s' % (rec['domain'], tpl.key))
+    try:
+        pid = _place_vmm(rt, rec, trace)
+        template.activate(rt.hv, tpl, spec, lambda: rt.agent(sid, timeout=limit), agent_timeout=limit)
+    except KataError as err:
+        rt.hv.destroy(rec['domain'])
+        rt.hv.undefine(rec['domain'])
+        trace.step('the clone of template %s failed (%s); destroyed and undefined VM %s, booting cold'
+                   % (tpl.key, err, rec['domain']))
+        return False, None
+    trace.step('agent of sandbox %s is ready %.2fs after the clone started (template %s; RNG reseeded, clock '
+               'set, shares mounted)' % (sid, time.monotonic() - t0, tpl.key))
+    return True, pid
 
 
 def _release_boot_files(rec, pid, trace):
@@ -417,18 +503,26 @@ def _drop_stale_definition(rt, sid, trace):
     trace.step('undefined the stale definition of VM %s (no record of it here)' % name)
 
 
-def start(rt, sid, timeout=None, trace=None):
-    """stopped -> running (boot again); paused -> running (resume); dead -> boot again."""
+def start(rt, sid, timeout=None, trace=None, use_template=None):
+    """stopped -> running (boot again); paused -> running (resume); dead -> boot again.
+    ``use_template`` (when not None) replaces the record's wish to boot from a template."""
     trace = trace or rt.trace()
     finished = False
     with rt.store.lock(sid):
         rec = _must_load(rt, sid)
+        if use_template is not None:
+            rec['template'] = bool(use_template)
         vm = vm_state(rt, rec)
         if rec.get('state') == 'creating':
             # under the lock no create is in progress: this one was interrupted (its process
             # killed, libvirt restarted under it); finish it as create would have
             trace.step('finishing the interrupted create of sandbox %s' % sid)
-            if vm == 'paused':
+            if rec.get('boot') == 'template' and vm in ('running', 'paused'):
+                # a clone may have been killed before its agent reseeded, set the clock and
+                # mounted the shares: it is made again rather than trusted
+                rt.hv.destroy(rec['domain'])
+                trace.step('destroyed VM %s (a clone whose create was interrupted)' % rec['domain'])
+            elif vm == 'paused':
                 rt.hv.resume(rec['domain'])
             _boot(rt, rec, timeout, trace)
             for kind in ('prestart', 'createRuntime', 'createContainer', 'startContainer'):

@@ -40,6 +40,21 @@ PORT_NAME = 'agent.0'
 SHARED_DIR = '/run/kata-containers/shared'
 OUTPUT_DIR = '/run/kata-containers/output'
 RUN_DIR = '/run/kata-agent'
+# VM templates (guest/contract.py TEMPLATE_FLAG, SHARED_TAG, OUTPUT_TAG): a template guest boots
+# without its 9p shares; a clone's post_clone mounts them, each at its one place with the
+# options /init would have used. Nothing else can be mounted through it.
+TEMPLATE_FLAG = 'kata.template=1'
+CLONE_SHARES = {
+    'kataShared': (SHARED_DIR, 'ro,nodev'),
+    'kataOutput': (OUTPUT_DIR, 'nosuid,nodev,noexec'),
+}
+# The host's random bytes for a clone's RNG: enough to reseed, small enough to bound the line.
+CLONE_SEED_MIN = 32
+CLONE_SEED_MAX = 512
+# <linux/random.h>: RNDADDENTROPY = _IOW('R', 0x03, int[2]), RNDRESEEDCRNG = _IO('R', 0x07)
+RNDADDENTROPY = 0x40085203
+RNDRESEEDCRNG = 0x5207
+BASE64_RE = re.compile(r'^[A-Za-z0-9+/]*={0,2}$')
 DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 ID_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$')
 MAX_LINE = 4 * 1024 * 1024
@@ -440,6 +455,67 @@ def _number_param(params, key, default):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise RequestError('%s must be a non-negative number, got %r' % (key, value))
     return float(value)
+
+
+def parse_post_clone(params):
+    """``(seed bytes, epoch seconds, [share tags])`` from post_clone's params, or RequestError.
+
+    Strict: exactly the keys ``seed`` (base64 of CLONE_SEED_MIN..CLONE_SEED_MAX bytes),
+    ``time`` (seconds since the epoch, a plausible one) and ``mounts`` (optional, distinct tags
+    of CLONE_SHARES)."""
+    unknown = sorted(k for k in params if k not in ('seed', 'time', 'mounts'))
+    if unknown:
+        raise RequestError('post_clone: unknown params %s' % ', '.join(repr(k)[:40] for k in unknown[:5]))
+    seed = params.get('seed')
+    if not isinstance(seed, str) or len(seed) > 4 * CLONE_SEED_MAX // 3 + 4:
+        raise RequestError('post_clone: seed must be a base64 string of at most %d bytes' % CLONE_SEED_MAX)
+    if len(seed) % 4 or not BASE64_RE.match(seed):
+        raise RequestError('post_clone: seed is not valid base64')
+    import binascii
+    raw = binascii.a2b_base64(seed.encode('ascii'))
+    if not CLONE_SEED_MIN <= len(raw) <= CLONE_SEED_MAX:
+        raise RequestError('post_clone: seed must hold %d to %d bytes, got %d'
+                           % (CLONE_SEED_MIN, CLONE_SEED_MAX, len(raw)))
+    when = params.get('time')
+    if isinstance(when, bool) or not isinstance(when, (int, float)) or not 1e9 <= when <= 1e10:
+        raise RequestError('post_clone: time must be seconds since the epoch, got %r' % (when,))
+    tags = params.get('mounts')
+    if tags is None:
+        tags = []
+    if not isinstance(tags, list) or len(tags) > len(CLONE_SHARES) or len(set(map(repr, tags))) != len(tags):
+        raise RequestError('post_clone: mounts must be a list of distinct share tags')
+    for tag in tags:
+        if not isinstance(tag, str) or tag not in CLONE_SHARES:
+            raise RequestError('post_clone: unknown share tag %r (known: %s)'
+                               % (tag if not isinstance(tag, str) else tag[:64], ', '.join(sorted(CLONE_SHARES))))
+    return raw, float(when), list(tags)
+
+
+def reseed_rng(seed):
+    """Mix ``seed`` into the kernel's input pool, credited, then make the crng reseed now (a
+    write to /dev/urandom alone is neither credited nor used before the next timed reseed)."""
+    fd = os.open('/dev/urandom', os.O_WRONLY)
+    try:
+        info = ((len(seed) * 8).to_bytes(4, sys.byteorder, signed=True)
+                + len(seed).to_bytes(4, sys.byteorder, signed=True) + seed)
+        fcntl.ioctl(fd, RNDADDENTROPY, info)
+        fcntl.ioctl(fd, RNDRESEEDCRNG)
+    finally:
+        os.close(fd)
+
+
+def spawn_busybox(busybox, args):
+    """Start a busybox applet, stdin and stdout on /dev/null; its pid. posix_spawn (vfork):
+    forking the agent, and importing subprocess, cost a lot more under TCG."""
+    null = [(os.POSIX_SPAWN_OPEN, 0, '/dev/null', os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, '/dev/null', os.O_WRONLY, 0)]
+    return os.posix_spawn(busybox, [busybox] + args, dict(os.environ), file_actions=null)
+
+
+def wait_busybox(pid, args):
+    code = exit_code_of(os.waitpid(pid, 0)[1])
+    if code != 0:
+        raise RequestError('busybox %s failed with exit code %s' % (' '.join(args), code))
 
 
 class Agent:
@@ -989,6 +1065,42 @@ class Agent:
 
     def m_shutdown(self, params):
         return {'poweroff': self.poweroff}
+
+    def m_post_clone(self, params):
+        """A clone of a VM template just resumed: mix the host's random bytes into the RNG and
+        reseed it (every clone starts from the same RNG state), set the clock (it stopped when
+        the template was saved), mount the 9p shares the template guest left unmounted.
+
+        Outside a guest (the agent is not PID 1: host test modes) the request is checked and
+        answered but nothing is changed: the host's clock and RNG are not ours to touch.
+        """
+        seed, when, tags = parse_post_clone(params)
+        real = os.getpid() == 1
+        mounted = []
+        if real:
+            t0 = time.monotonic()
+            reseed_rng(seed)
+            time.clock_settime(time.CLOCK_REALTIME, when)
+            t1 = time.monotonic()
+            started = []  # the mounts run side by side
+            for tag in tags:
+                path, options = CLONE_SHARES[tag]
+                if not os.path.ismount(path):
+                    os.makedirs(path, exist_ok=True)
+                    args = ['mount', '-t', '9p', '-o', 'trans=virtio,version=9p2000.L,msize=262144,' + options, tag, path]
+                    started.append((spawn_busybox(self.busybox, args), args))
+            failed = None
+            for pid, args in started:
+                try:
+                    wait_busybox(pid, args)
+                except RequestError as err:
+                    failed = failed or err
+            if failed is not None:
+                raise failed
+            mounted = list(tags)
+            log('clone ready: RNG reseeded and clock set in %.3fs; mounted %s in %.3fs'
+                % (t1 - t0, ', '.join(tags) or 'nothing', time.monotonic() - t1))
+        return {'seeded': len(seed) if real else 0, 'clock_set': real, 'mounted': mounted}
 
     # -- shutdown -----------------------------------------------------------------------------
 

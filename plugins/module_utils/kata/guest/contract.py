@@ -22,3 +22,8 @@ SHARED_MOUNT = '/run/kata-containers/shared'
 # writes each container's stdout and stderr (``<cid>/stdout``, ``<cid>/stderr``).
 OUTPUT_TAG = 'kataOutput'
 OUTPUT_MOUNT = '/run/kata-containers/output'
+
+# On the kernel command line of a guest booted to become a VM template: its /init mounts no 9p
+# share (QEMU refuses to migrate while one is mounted); each clone mounts them after resume,
+# through the agent's ``post_clone`` request.
+TEMPLATE_FLAG = 'kata.template=1'

@@ -129,8 +129,15 @@ mount_share() {
         echo "kata-init: mounting $1 failed"
     fi
 }
+# A guest booted to become a VM template mounts no share: QEMU cannot migrate a mounted 9p
+# share, so each clone's agent mounts them after resume (post_clone).
+case " $(cat /proc/cmdline) " in
+    *" @TEMPLATE_FLAG@ "*) kata_template=1; echo "kata-init: template boot, shares left unmounted" ;;
+    *) kata_template= ;;
+esac
 for t in /sys/bus/virtio/drivers/9pnet_virtio/*/mount_tag; do
     [ -e "$t" ] || continue
+    [ -z "$kata_template" ] || continue
     case "$(tr -d '\000' < "$t")" in
         @SHARED_TAG@) mount_share @SHARED_TAG@ @SHARED_MOUNT@ ro,nodev ;;
         @OUTPUT_TAG@) mount_share @OUTPUT_TAG@ @OUTPUT_MOUNT@ nosuid,nodev,noexec ;;
@@ -216,7 +223,7 @@ def render_init(modules):
     for key, val in (('@MODULES@', ' '.join(modules)), ('@SHARED_MOUNT@', SHARED_MOUNT),
                      ('@SHARED_TAG@', SHARED_TAG), ('@OUTPUT_MOUNT@', OUTPUT_MOUNT),
                      ('@OUTPUT_TAG@', OUTPUT_TAG), ('@INIT_MARKER@', INIT_MARKER),
-                     ('@AGENT_PATH@', AGENT_PATH)):
+                     ('@AGENT_PATH@', AGENT_PATH), ('@TEMPLATE_FLAG@', contract.TEMPLATE_FLAG)):
         text = text.replace(key, val)
     return text
 

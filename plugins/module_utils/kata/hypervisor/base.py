@@ -29,8 +29,38 @@ class Hypervisor:
     QEMU's default); optional ``free_page_reporting``: the guest returns the pages it frees.
     """
 
+    # The machine type and architecture of every VM: part of a VM template's shape.
+    machine = 'pc'
+    arch = 'x86_64'
+
     def domain_name(self, sandbox_id):
         """The VM name this backend uses for a sandbox ID."""
+        raise NotImplementedError
+
+    # -- VM templates (template.py) ---------------------------------------------------------
+    #
+    # A template is a VM booted with its RAM in a file of ours mapped shared, paused, its device
+    # state saved; a clone maps that file private (copy-on-write) and loads the state. Neither
+    # may have a free-page-reporting balloon: it punches holes in the shared RAM file.
+
+    def vmm_version(self):
+        """The VMM's version ('major.minor.micro'): part of a template's shape."""
+        raise NotImplementedError
+
+    def create_template_vm(self, vm, ram_path):
+        """Define and boot ``vm`` with its RAM in the new file ``ram_path`` (mapped shared);
+        on failure nothing is left defined."""
+        raise NotImplementedError
+
+    def save_state(self, name, path):
+        """Save the device state of the paused VM ``name`` (not its RAM) into the new file
+        ``path``; the VM stays paused. Returns the file's size in bytes."""
+        raise NotImplementedError
+
+    def create_clone(self, vm, ram_path, state_path):
+        """Define and start ``vm`` paused on a private mapping of the template RAM file
+        ``ram_path`` and load the device state ``state_path`` into it; it stays paused (resume
+        it). On failure nothing is left defined."""
         raise NotImplementedError
 
     def create(self, vm):

@@ -420,6 +420,37 @@ class LibvirtHypervisor(Hypervisor):
                                      self._log_hint(name, vm.get('console_log'))))
         return True
 
+    # -- VM templates (the functions below the class do the work) ---------------------------
+
+    def vmm_version(self):
+        return qemu_version(self)
+
+    def create_template_vm(self, vm, ram_path):
+        """Define and boot ``vm`` with its RAM in ``ram_path``, mapped shared (a template being
+        built); nothing stays defined when the start fails."""
+        create_from_xml(self, vm, with_ram_file(self.build_xml(vm), ram_path, vm.get('memory_mb'), share=True))
+        return True
+
+    def save_state(self, name, path):
+        return save_state(self, name, path)
+
+    def create_clone(self, vm, ram_path, state_path):
+        """Define ``vm`` on a private mapping of ``ram_path`` with ``-incoming defer``, start it
+        paused and load ``state_path``; it stays paused. On failure it is destroyed and
+        undefined again."""
+        xml = with_ram_file(self.build_xml(vm), ram_path, vm.get('memory_mb'), share=False, incoming=True)
+        name = vm['name']
+        create_from_xml(self, vm, xml, paused=True)
+        try:
+            load_state(self, name, state_path)
+        except BaseException:
+            try:
+                self.destroy(name)
+            finally:
+                self.undefine(name)
+            raise
+        return True
+
     def _log_hint(self, name, console_log=None):
         hints = []
         if console_log:
@@ -698,3 +729,190 @@ class LibvirtHypervisor(Hypervisor):
             if st != MISSING:
                 out.append({'name': name, 'sandbox_id': sid, 'state': st, 'state_root': root})
         return sorted(out, key=lambda d: d['name'])
+
+
+# -- VM templates (used by template.py) ---------------------------------------------------------
+#
+# Guest RAM in a file of our choosing is only possible through <qemu:commandline>: an extra
+# memory-backend-file plus ``-machine memory-backend=<id>``, which wins over libvirt's own
+# (libvirt's pc.ram stays allocated but untouched). The template maps the file shared and saves
+# the device state with x-ignore-shared migration to a file descriptor (``fd:``; ``exec:`` would
+# need a spawn, which libvirt's -sandbox forbids); each clone maps the same file private
+# (copy-on-write) and loads that state with ``-incoming defer``. libvirt marks such domains
+# tainted (custom-argv, custom-monitor); destroy, undefine and the metadata work as usual.
+
+QEMU_NS = 'http://libvirt.org/schemas/domain/qemu/1.0'
+TEMPLATE_RAM_ID = 'kata-template-ram'
+# How long a save or load of the device state may take (~0.02 s measured; TCG on a busy host)
+MIGRATION_TIMEOUT = 60.0
+
+
+def _libvirt_qemu():
+    _libvirt()
+    try:
+        import libvirt_qemu
+    except ImportError as err:
+        raise HypervisorError('libvirt-python is installed without libvirt_qemu (%s): VM templates need it' % err)
+    return libvirt_qemu
+
+
+def with_ram_file(xml, ram_path, memory_mb, share, incoming=False):
+    """``xml`` (build_xml's output) with the guest RAM in ``ram_path``: mapped shared (a template
+    being built) or private (a clone), and for a clone ``-incoming defer``."""
+    _check_path('ram_path', ram_path)
+    if ',' in ram_path or '=' in ram_path:
+        raise InvalidArgument('vm ram_path %r must not contain "," or "=" (QEMU option syntax)' % (ram_path,))
+    _check_int('memory_mb', memory_mb, 16)
+    root = ET.fromstring(xml)
+    if root.tag != 'domain' or root.find('memory') is None:
+        raise InvalidArgument('not a domain XML of build_xml')
+    balloon = root.find('devices/memballoon')
+    if balloon is not None and balloon.get('freePageReporting') == 'on':
+        # QEMU 7.2 discards a reported page of file-backed RAM by punching a hole in the file,
+        # even where it is mapped private: it would take the template's page from every clone
+        raise InvalidArgument('a VM whose RAM is a template file must not have a free-page-reporting balloon')
+    if root.find('memory').text != str(memory_mb) or root.find('memory').get('unit') != 'MiB':
+        raise InvalidArgument('the RAM file size %d MiB differs from the domain memory %s %s'
+                              % (memory_mb, root.find('memory').text, root.find('memory').get('unit')))
+    args = ['-object', 'memory-backend-file,id=%s,mem-path=%s,size=%dM,share=%s'
+            % (TEMPLATE_RAM_ID, ram_path, memory_mb, 'on' if share else 'off'),
+            '-machine', 'memory-backend=%s' % TEMPLATE_RAM_ID]
+    if incoming:
+        args += ['-incoming', 'defer']
+    cmd = ET.Element('qemu:commandline')
+    for arg in args:
+        _sub(cmd, 'qemu:arg', value=arg)
+    body = xml.rstrip()
+    head, sep, rest = body.partition('<domain ')
+    if head or not sep or not body.endswith('</domain>'):
+        raise InvalidArgument('not a domain XML of build_xml')
+    return ('<domain xmlns:qemu="%s" %s' % (QEMU_NS, rest[:-len('</domain>')])
+            + ET.tostring(cmd, encoding='unicode') + '</domain>')
+
+
+def create_from_xml(hv, vm, xml, paused=False):
+    """Like LibvirtHypervisor.create with a ready XML (``with_ram_file``): define, then start,
+    paused when asked; nothing stays defined when the start fails."""
+    libvirt = _libvirt()
+    name = vm['name']
+    conn = hv.conn()
+    try:
+        conn.lookupByName(name)
+    except libvirt.libvirtError as err:
+        if err.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+            raise hv._error('looking up', name, err)
+    else:
+        raise Conflict('cannot create domain %s: a domain with that name already exists (libvirt %s)'
+                       % (name, hv.uri))
+    try:
+        dom = conn.defineXML(xml)
+    except libvirt.libvirtError as err:
+        raise hv._error('defining', name, err)
+    try:
+        dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED if paused else 0)
+    except libvirt.libvirtError as err:
+        try:
+            dom.undefine()
+        except libvirt.libvirtError:
+            pass
+        raise HypervisorError('starting domain %s failed (libvirt %s): %s%s'
+                              % (name, hv.uri, err.get_error_message(), hv._log_hint(name, vm.get('console_log'))))
+    return dom
+
+
+def qmp(hv, name, command, arguments=None, fds=()):
+    """Run one QMP command on our domain ``name`` through libvirt's monitor passthrough, passing
+    ``fds`` along; its ``return`` value, or HypervisorError with QEMU's error."""
+    import json
+    libvirt = _libvirt()
+    libvirt_qemu = _libvirt_qemu()
+    dom = hv._require(name, 'send %s to' % command)
+    cmd = {'execute': command}
+    if arguments:
+        cmd['arguments'] = arguments
+    try:
+        if fds:
+            raw, files = libvirt_qemu.qemuMonitorCommandWithFiles(dom, json.dumps(cmd), list(fds), 0)
+            for f in files or ():
+                f.close()
+        else:
+            raw = libvirt_qemu.qemuMonitorCommand(dom, json.dumps(cmd), 0)
+    except libvirt.libvirtError as err:
+        raise hv._error('QMP %s on' % command, name, err)
+    try:
+        reply = json.loads(raw)
+    except ValueError:
+        raise HypervisorError('QMP %s on domain %s: unreadable reply %r' % (command, name, raw[:200]))
+    if not isinstance(reply, dict) or 'error' in reply:
+        err = reply.get('error') if isinstance(reply, dict) else reply
+        desc = err.get('desc') if isinstance(err, dict) else err
+        raise HypervisorError('QMP %s on domain %s failed: %s' % (command, name, desc))
+    return reply.get('return')
+
+
+def _poll(hv, name, command, key, done, timeout, what):
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    while True:
+        ret = qmp(hv, name, command)
+        status = ret.get(key) if isinstance(ret, dict) else None
+        if status in done:
+            return status, ret
+        if status == 'failed':
+            raise HypervisorError('%s of domain %s failed: %s' % (what, name, ret.get('error-desc') or ret))
+        if time.monotonic() >= deadline:
+            raise HypervisorError('%s of domain %s did not finish in %ss (status %s)' % (what, name, timeout, status))
+        time.sleep(delay)
+        delay = min(0.05, delay * 2)
+
+
+def save_state(hv, name, path, timeout=MIGRATION_TIMEOUT):
+    """Save the device state of our paused domain ``name`` into a new file ``path`` (RAM in a
+    shared file is left out: x-ignore-shared). The VMM stays paused. Returns the file's size."""
+    qmp(hv, name, 'migrate-set-capabilities',
+        {'capabilities': [{'capability': 'x-ignore-shared', 'state': True}]})
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        qmp(hv, name, 'getfd', {'fdname': 'kata-state'}, fds=[fd])
+    finally:
+        os.close(fd)
+    qmp(hv, name, 'migrate', {'uri': 'fd:kata-state'})
+    _poll(hv, name, 'query-migrate', 'status', ('completed',), timeout, 'saving the device state')
+    return os.stat(path).st_size
+
+
+def load_state(hv, name, path, timeout=MIGRATION_TIMEOUT):
+    """Load a saved device state from ``path`` into our domain ``name``, started paused with
+    ``-incoming defer``; it stays paused (resume it)."""
+    qmp(hv, name, 'migrate-set-capabilities',
+        {'capabilities': [{'capability': 'x-ignore-shared', 'state': True}]})
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        qmp(hv, name, 'getfd', {'fdname': 'kata-state'}, fds=[fd])
+    finally:
+        os.close(fd)
+    qmp(hv, name, 'migrate-incoming', {'uri': 'fd:kata-state'})
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    while True:
+        ret = qmp(hv, name, 'query-status')
+        status = ret.get('status') if isinstance(ret, dict) else None
+        if status != 'inmigrate':
+            break
+        if time.monotonic() >= deadline:
+            raise HypervisorError('loading the device state into domain %s did not finish in %ss' % (name, timeout))
+        time.sleep(delay)
+        delay = min(0.05, delay * 2)
+    if status != 'paused':
+        raise HypervisorError('loading the device state into domain %s failed: QEMU is %s, not paused%s'
+                              % (name, status, hv._log_hint(name)))
+
+
+def qemu_version(hv):
+    """The QEMU version libvirt drives, as 'major.minor.micro'."""
+    libvirt = _libvirt()
+    try:
+        ver = hv.conn().getVersion()
+    except libvirt.libvirtError as err:
+        raise HypervisorError('reading the hypervisor version (libvirt %s) failed: %s' % (hv.uri, err.get_error_message()))
+    return '%d.%d.%d' % (ver // 1000000, ver // 1000 % 1000, ver % 1000)

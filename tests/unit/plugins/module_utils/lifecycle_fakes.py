@@ -40,7 +40,7 @@ import pytest
 from ansible_collections.kata.runtime.plugins.module_utils.kata import agent as agent_mod
 from ansible_collections.kata.runtime.plugins.module_utils.kata import container as ctr
 from ansible_collections.kata.runtime.plugins.module_utils.kata import hooks as hooks_mod
-from ansible_collections.kata.runtime.plugins.module_utils.kata import mountinfo, share
+from ansible_collections.kata.runtime.plugins.module_utils.kata import mountinfo, share, template
 from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
 from ansible_collections.kata.runtime.plugins.module_utils.kata.cgroups import Cgroups
 from ansible_collections.kata.runtime.plugins.module_utils.kata.config import Config
@@ -176,7 +176,9 @@ class FakeHypervisor(base.Hypervisor):
     call was being carried out). With only ``before`` or ``hang`` given, nothing is raised.
     """
 
-    MUTATING = ('create', 'start', 'shutdown', 'destroy', 'suspend', 'resume', 'undefine')
+    MUTATING = ('create', 'start', 'shutdown', 'destroy', 'suspend', 'resume', 'undefine',
+                'create_template_vm', 'save_state', 'create_clone')
+    VMM_VERSION = '7.2.0'
 
     def __init__(self, prefix='kata-unit-', uri='test:///fake'):
         self.prefix = prefix
@@ -337,6 +339,72 @@ class FakeHypervisor(base.Hypervisor):
                                % (vm['name'], self.uri))
             dom = Domain(vm)
             self._boot(dom)  # a failed start defines nothing
+            self.domains[dom.name] = dom
+        self._late(late)
+        return True
+
+    def _define(self, vm, method):
+        """create()'s checks and a new Domain (not yet booted, not yet added)."""
+        if not isinstance(vm, dict):
+            raise InvalidArgument('vm must be a dict, got %r' % (vm,))
+        missing = [k for k in VM_KEYS if k not in vm]
+        if missing:
+            raise InvalidArgument('vm spec lacks %s' % ', '.join(missing))
+        if vm['name'] != self.domain_name(vm['sandbox_id']):
+            raise InvalidArgument('vm name %r does not match sandbox %r' % (vm['name'], vm['sandbox_id']))
+        if vm['name'] in self.domains:
+            raise Conflict('cannot create domain %s: a domain with that name already exists (libvirt %s)'
+                           % (vm['name'], self.uri))
+        if vm.get('free_page_reporting') and method != 'create':
+            raise InvalidArgument('a VM whose RAM is a template file must not have a free-page-reporting balloon')
+        return Domain(vm)
+
+    def vmm_version(self):
+        late = self._call('vmm_version')
+        self._late(late)
+        return self.VMM_VERSION
+
+    def create_template_vm(self, vm, ram_path):
+        """Boot ``vm`` with its RAM in ``ram_path``: the file appears (sparse), as QEMU makes it."""
+        late = self._call('create_template_vm', vm.get('name') if isinstance(vm, dict) else None)
+        with self._lock:
+            dom = self._define(vm, 'create_template_vm')
+            with open(ram_path, 'xb') as f:
+                f.truncate(vm['memory_mb'] * 1024 * 1024)
+            dom.ram = ram_path
+            self._boot(dom)
+            self.domains[dom.name] = dom
+        self._late(late)
+        return True
+
+    def save_state(self, name, path):
+        late = self._call('save_state', name)
+        with self._lock:
+            dom = self._require(name, 'save the state of')
+            if dom.state != base.PAUSED:
+                raise HypervisorError('cannot save domain %s: it is %s, not paused' % (name, dom.state))
+            data = json.dumps({'vm': dom.vm['sandbox_id'], 'ram': getattr(dom, 'ram', None)}).encode()
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+        self._late(late)
+        return len(data)
+
+    def create_clone(self, vm, ram_path, state_path):
+        """Start ``vm`` paused from a template's RAM and state files (both must be there)."""
+        late = self._call('create_clone', vm.get('name') if isinstance(vm, dict) else None)
+        with self._lock:
+            dom = self._define(vm, 'create_clone')
+            for path in (ram_path, state_path):
+                if not os.path.isfile(path):
+                    raise HypervisorError('starting domain %s failed (libvirt %s): %s: No such file'
+                                          % (vm['name'], self.uri, path))
+            dom.ram = ram_path
+            self._boot(dom)
+            dom.state = base.PAUSED  # loaded, not resumed
+            dom.cloned_from = state_path
             self.domains[dom.name] = dom
         self._late(late)
         return True
@@ -509,7 +577,7 @@ class FakeAgents:
     """
 
     MUTATING = ('create_container', 'start_container', 'signal_container', 'remove_container',
-                'kill_all', 'shutdown')
+                'kill_all', 'shutdown', 'post_clone')
 
     def __init__(self, hv, socket_of):
         self.hv = hv
@@ -716,6 +784,13 @@ class FakeAgents:
                 self._stop_one(st, signum)
                 count += 1
         return {'signal': signum, 'count': count}
+
+    def _m_post_clone(self, dom, params):
+        """The guest's answer as guest/agent.py gives it; what it was sent is kept on the Domain."""
+        import base64
+        dom.post_clone = dict(params)
+        return {'seeded': len(base64.b64decode(params['seed'])), 'clock_set': True,
+                'mounted': list(params.get('mounts') or [])}
 
     def _m_shutdown(self, dom, params):
         for st in dom.guest.values():
@@ -1153,6 +1228,10 @@ def residue(rt, hv=None, all_domains=True, cgroup_dirs=True):
     left = []
     for dirpath, dirnames, filenames in os.walk(root):
         depth = 0 if dirpath == root else os.path.relpath(dirpath, root).count(os.sep) + 1
+        if _template_path(root, dirpath):
+            dirnames[:] = []
+            continue
+        dirnames[:] = [d for d in dirnames if not _template_path(root, os.path.join(dirpath, d))]
         for d in dirnames:
             path = os.path.join(dirpath, d)
             if depth >= 1 or os.path.islink(path):
@@ -1160,10 +1239,18 @@ def residue(rt, hv=None, all_domains=True, cgroup_dirs=True):
         left.extend(os.path.relpath(os.path.join(dirpath, f), root) for f in filenames)
     if left:
         out['state'] = sorted(left)
-    mounts = mountinfo.under(root) if os.path.isdir(root) else []
+    mounts = [m for m in mountinfo.under(root) if not _template_path(root, m)] if os.path.isdir(root) else []
     if mounts:
         out['mounts'] = mounts
     return out
+
+
+def _template_path(root, path):
+    """True for the VM templates' tree (their tmpfs and locks): a template is not a sandbox's
+    to leave behind or remove; the template tests check it apart."""
+    rel = os.path.relpath(path, root)
+    return rel == template.TEMPLATES_DIR or rel.startswith(template.TEMPLATES_DIR + os.sep) \
+        or rel == os.path.join('locks', template.LOCKS_DIR) or rel.startswith(os.path.join('locks', template.LOCKS_DIR) + os.sep)
 
 
 def container_residue(rt, sid, cid):
@@ -1185,7 +1272,10 @@ def records_parse(rt):
     Returns the list of problems."""
     problems = []
     root = rt.store.root
-    for dirpath, _dirs, filenames in os.walk(root):
+    for dirpath, dirs, filenames in os.walk(root):
+        if _template_path(root, dirpath):
+            dirs[:] = []
+            continue
         for f in filenames:
             path = os.path.join(dirpath, f)
             if f.endswith('.tmp'):
@@ -1273,6 +1363,15 @@ def _rmtree(path):
             else:
                 os.rmdir(full)
     os.rmdir(path)
+
+
+def build_template(env, **opts):
+    """The VM template of the sandboxes ``env.settings(**opts)`` describes, built through
+    template.build_locked on the fakes (its tmpfs mounted under the state root)."""
+    spec, dummy = sbx.template_spec(env.rt, env.settings(**opts))
+    tpl, dummy, dummy = template.build_locked(env.hv, env.rt.store.root, 512, spec, agent_timeout=5, settle=0,
+                                              agent=lambda vm: env.agents.factory(vm['sandbox_id'], 5))
+    return tpl
 
 
 def force_delete_all(env, rt=None):

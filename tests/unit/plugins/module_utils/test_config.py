@@ -50,6 +50,9 @@ def test_defaults_table():
         'tcg_tb_cache_mb': 32,
         'release_boot_files': True,
         'free_page_reporting': True,
+        'template': False,
+        'template_pool_size': 0,
+        'template_tmpfs_mb': 2048,
     }
     assert set(cfg.as_dict()) == set(DEFAULTS)
 
@@ -58,6 +61,12 @@ def test_lean_vmm_keys_take_their_off_values(tmp_path):
     cfg = load_config(write(tmp_path, 'tcg_tb_cache_mb: 0\nrelease_boot_files: false\n'))
     assert cfg.tcg_tb_cache_mb == 0 and cfg.release_boot_files is False
     assert load_config(os.devnull, overrides={'tcg_tb_cache_mb': 4096}).tcg_tb_cache_mb == 4096
+
+
+def test_template_keys(tmp_path):
+    cfg = load_config(write(tmp_path, 'template: true\ntemplate_pool_size: 3\ntemplate_tmpfs_mb: 512\n'))
+    assert (cfg.template, cfg.template_pool_size, cfg.template_tmpfs_mb) == (True, 3, 512)
+    assert load_config(os.devnull, overrides={'template': False}).template is False
 
 
 def test_missing_default_file_means_defaults(tmp_path, monkeypatch):
@@ -176,6 +185,16 @@ BAD_VALUES = [
     ('release_boot_files', 'yes'),
     ('release_boot_files', 1),
     ('free_page_reporting', 'no'),
+    ('template', 'yes'),
+    ('template', 1),
+    ('template_pool_size', -1),
+    ('template_pool_size', True),
+    ('template_pool_size', '2'),
+    ('template_pool_size', 1025),
+    ('template_tmpfs_mb', 64),
+    ('template_tmpfs_mb', 0),
+    ('template_tmpfs_mb', '2048'),
+    ('template_tmpfs_mb', 10 ** 400),
 ]
 
 

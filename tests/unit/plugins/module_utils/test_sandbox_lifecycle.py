@@ -19,7 +19,7 @@ import time
 
 import pytest
 from ansible_collections.kata.runtime.plugins.module_utils.kata import container as ctr
-from ansible_collections.kata.runtime.plugins.module_utils.kata import mountinfo, prune
+from ansible_collections.kata.runtime.plugins.module_utils.kata import mountinfo, prune, template
 from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
     AgentError,
@@ -39,6 +39,7 @@ from ansible_collections.kata.runtime.tests.unit.plugins.module_utils.lifecycle_
     Killer,
     StateFsFault,
     agent_cases,
+    build_template,
     dry_run,
     hv_cases,
     kill_cases,
@@ -107,9 +108,14 @@ def _create(env):
     env.sandbox('sb', hooks=hooks, labels={'tier': 'web'})
 
 
+def _template(env):
+    build_template(env)
+
+
 # name: (setup, operation)
 SCENARIOS = {
     'create': (None, _create),
+    'create_template': (_template, lambda e: e.sandbox('sb', template=True)),
     'create_noboot': (None, lambda e: e.sandbox('sb', boot=False)),
     'start_stopped': (_stopped, lambda e: sbx.start(e.rt, 'sb')),
     'start_paused': (_paused, lambda e: sbx.start(e.rt, 'sb')),
@@ -123,10 +129,10 @@ SCENARIOS = {
 }
 # The flows a SIGKILL is tried at every step of (the next run deletes with force), and those
 # also cleaned up by prune instead.
-KILLED = ('create', 'create_noboot', 'delete', 'delete_force', 'stop_force', 'start_dead')
-PRUNED = ('create', 'delete_force')
+KILLED = ('create', 'create_template', 'create_noboot', 'delete', 'delete_force', 'stop_force', 'start_dead')
+PRUNED = ('create', 'create_template', 'delete_force')
 # The flows a full or read-only state file system is tried at every write of.
-WRITING = ('create', 'create_noboot', 'start_stopped', 'start_dead', 'stop_force', 'pause', 'update',
+WRITING = ('create', 'create_template', 'create_noboot', 'start_stopped', 'start_dead', 'stop_force', 'pause', 'update',
            'delete_force')
 
 _PROFILES = {}
@@ -196,6 +202,9 @@ def settle(env, name, error):
         assert env.residue() == {}, 'a failed create must remove what it made (%s)' % error
     sbx.delete(rt, 'sb', force=True)
     assert env.residue() == {}
+    if name.endswith('template'):
+        found, problems = template.list_templates(template.templates_dir(rt.store.root))
+        assert len(found) == 1 and problems == [], 'the template must outlive its clone (%s)' % (problems,)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -262,6 +262,9 @@ def config_values(image_dirs):
         'tcg_tb_cache_mb': _ints([0, 7, 8, 32, 4096, 4097]),
         'release_boot_files': bools,
         'free_page_reporting': bools,
+        'template': bools,
+        'template_pool_size': _ints([0, -1, 3, 1024, 1025]),
+        'template_tmpfs_mb': _ints([128, 127, 2048, 2 ** 40]),
     }
 
 

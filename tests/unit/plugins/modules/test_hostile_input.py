@@ -67,6 +67,7 @@ from ansible_collections.kata.runtime.plugins.modules import (
     kata_prune,
     kata_sandbox,
     kata_sandbox_info,
+    kata_template,
 )
 from ansible_collections.kata.runtime.tests.unit.plugins.modules import hostile_strategies as hs
 from hypothesis import HealthCheck, Phase, event, example, given, settings
@@ -806,7 +807,8 @@ MODULES = {'kata_sandbox': (kata_sandbox, {'name': 'new', 'state': 'stopped'}),
            'kata_container': (kata_container, {'name': 'c9', 'sandbox': 'sb', 'state': 'absent'}),
            'kata_sandbox_info': (kata_sandbox_info, {}),
            'kata_container_info': (kata_container_info, {}),
-           'kata_prune': (kata_prune, {'names': ['nothing-matches']})}
+           'kata_prune': (kata_prune, {'names': ['nothing-matches']}),
+           'kata_template': (kata_template, {'state': 'absent'})}
 LAUGHS = b'vcpus:\n' + b''.join(b'  - &a%d [%s]\n' % (i, b', '.join([b'*a%d' % (i - 1) if i else b'lol'] * 9))
                                 for i in range(8))
 
