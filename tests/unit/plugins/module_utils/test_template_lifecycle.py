@@ -91,7 +91,7 @@ def test_a_clone_that_fails_is_destroyed_and_the_sandbox_boots_cold(env, fault):
     assert env.hv.count('create') == 1
     failed = [a for a in trace.actions if 'booting cold' in a]
     assert failed and ('template %s' % tpl.key) in failed[0], trace.actions
-    assert env.hv.domain_of('sb').vm.get('free_page_reporting') is False  # the config's, cold
+    assert env.hv.domain_of('sb').vm.get('free_page_reporting') is True  # the config's (default on), cold
     assert template.load(tdir(env), tpl.key) is not None
 
 
