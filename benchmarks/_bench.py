@@ -26,6 +26,7 @@ import time
 
 from ansible_collections.kata.runtime.benchmarks._probe import qemu_argv
 from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
+from ansible_collections.kata.runtime.plugins.module_utils.kata import template
 from ansible_collections.kata.runtime.plugins.module_utils.kata.config import Config, load_config
 from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import image
 from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import Runtime, Trace
@@ -128,6 +129,12 @@ class Bench:
         left = self.ours()
         if left:
             problems.append('domains still present: %s' % ', '.join(left))
+        try:
+            for tpl in template.list_templates(template.templates_dir(self.state_root))[0]:
+                template.remove_locked(self.state_root, tpl.key)
+            template.release_if_empty(self.state_root)
+        except Exception as err:  # noqa: BLE001
+            problems.append('removing templates: %s' % err)
         for ctl in _cgroup_mounts(self.config.cgroup_root):
             path = os.path.join(ctl, self.cgroup_parent)
             if os.path.isdir(path):
