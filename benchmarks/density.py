@@ -12,8 +12,9 @@ sandboxes (default 10, 128 MiB) are created, one after another or ``--parallel``
 
 - memory: the sum of the VMMs' PSS (``smaps_rollup``). PSS splits each shared page among the
   processes mapping it, so the sum is what the N sandboxes really take together; per sandbox is
-  that sum / N. A template's RAM file lives on the templates tmpfs and is in no process's PSS:
-  it is reported next to it and added in "with tmpfs / sandbox".
+  that sum / N. A template's RAM file lives on the templates tmpfs: PSS counts only the pages
+  of it that clones map (split among them). The tmpfs in use is reported next to it, and
+  "with tmpfs / sandbox" adds all of it: an upper bound, which counts the mapped pages twice.
 - idle CPU: the VMMs' CPU time over ``--idle-window`` seconds, as a share of one core, summed
   and per sandbox.
 - every agent answers a ping.
