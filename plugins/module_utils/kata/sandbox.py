@@ -27,6 +27,7 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
     KataError,
     NotFound,
 )
+from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import contract
 from ansible_collections.kata.runtime.plugins.module_utils.kata.hypervisor.accel import choose_accel
 from ansible_collections.kata.runtime.plugins.module_utils.kata.ids import validate_id
 from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import now
@@ -35,16 +36,6 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import n
 IMMUTABLE = ('vcpus', 'memory_mb', 'kernel', 'initrd', 'kernel_params', 'accel', 'cgroups_path', 'hooks')
 # Settings kept in the record only: updated in place.
 MUTABLE = ('labels', 'annotations')
-
-# What the guest kernel always gets; the config's and the user's kernel_params come after.
-# The same line as guest/image.py's DEFAULT_KERNEL_PARAMS (kept as a copy so the modules do not
-# ship the image builder): serial console, quiet, stop on panic, and no probing of legacy
-# devices and clocks a VM does not have. Under TCG the probing skipped costs ~0.4 s of boot.
-BASE_KERNEL_PARAMS = (
-    'console=ttyS0 quiet panic=-1 reboot=k noreplace-smp tsc=reliable no_timer_check '
-    'i8042.noaux=1 i8042.nopnp=1 i8042.dumbkbd=1 i8042.direct=1 8250.nr_uarts=1 '
-    'cryptomgr.notests rcupdate.rcu_expedited=1 random.trust_cpu=on'
-)
 
 # What QEMU's x86 machines take at most (vCPUs of the pc machine, guest RAM of 4 TiB): a larger
 # value is a mistake to refuse now, not a record that fails at every boot.
@@ -244,7 +235,7 @@ def _run_hooks(rt, rec, kind, status, trace):
 
 
 def _cmdline(settings):
-    return ' '.join(p for p in (BASE_KERNEL_PARAMS, settings.get('kernel_params') or '') if p)
+    return ' '.join(p for p in (contract.KERNEL_PARAMS, settings.get('kernel_params') or '') if p)
 
 
 def template_spec(rt, settings):

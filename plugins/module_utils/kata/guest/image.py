@@ -70,15 +70,6 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.guest.vmlinux im
 # Bump when the layout of the initrd changes, so an old cached build is not reused.
 BUILDER_VERSION = '2'
 
-# The kernel command line the runtime should pass (the builder's /init relies on none of it).
-# quiet + serial console; panic=-1 reboots at once on a panic (the VM is configured to stop on
-# reboot); the rest skips probing that only costs time in a VM with no legacy devices.
-DEFAULT_KERNEL_PARAMS = (
-    'console=ttyS0 quiet panic=-1 reboot=k noreplace-smp tsc=reliable no_timer_check '
-    'i8042.noaux=1 i8042.nopnp=1 i8042.dumbkbd=1 i8042.direct=1 8250.nr_uarts=1 '
-    'cryptomgr.notests rcupdate.rcu_expedited=1 random.trust_cpu=on'
-)
-
 # Modules the guest needs: the virtio PCI transport, the agent's virtio-serial port, the
 # 9p shared directory and the balloon's free page reporting. Their dependencies are resolved
 # from modules.dep / .modinfo.
@@ -96,8 +87,6 @@ OUTPUT_MOUNT = contract.OUTPUT_MOUNT
 AGENT_PATH = '/opt/kata/agent.py'
 # The containers' init, where the agent looks for it: next to itself.
 EXEC_INIT_PATH = '/opt/kata/exec_init.py'
-# Printed by /init on the serial console right before the agent starts.
-INIT_MARKER = 'kata-init: starting agent'
 
 INIT_TEMPLATE = r'''#!/bin/busybox sh
 # /init of the kata.runtime guest: mounts, kernel modules, shared dir, then the agent.
@@ -222,7 +211,7 @@ def render_init(modules):
     text = INIT_TEMPLATE.replace('@PAGE_REPORTING_ORDER@', str(PAGE_REPORTING_ORDER))
     for key, val in (('@MODULES@', ' '.join(modules)), ('@SHARED_MOUNT@', SHARED_MOUNT),
                      ('@SHARED_TAG@', SHARED_TAG), ('@OUTPUT_MOUNT@', OUTPUT_MOUNT),
-                     ('@OUTPUT_TAG@', OUTPUT_TAG), ('@INIT_MARKER@', INIT_MARKER),
+                     ('@OUTPUT_TAG@', OUTPUT_TAG), ('@INIT_MARKER@', contract.INIT_MARKER),
                      ('@AGENT_PATH@', AGENT_PATH), ('@TEMPLATE_FLAG@', contract.TEMPLATE_FLAG)):
         text = text.replace(key, val)
     return text
