@@ -17,11 +17,14 @@ AGENT_PORT_NAME = 'agent.0'
 # plant anything in it (9p export and bind mounts are both read-only).
 SHARED_TAG = 'kataShared'
 SHARED_MOUNT = '/run/kata-containers/shared'
+SHARED_OPTIONS = 'ro,nodev'
 
 # The writable share: a size-capped tmpfs at ``<sandbox>/output`` on the host, where the agent
-# writes each container's stdout and stderr (``<cid>/stdout``, ``<cid>/stderr``).
+# writes each container's stdout and stderr (``<cid>/stdout``, ``<cid>/stderr``). Nothing on it
+# is executable or a device.
 OUTPUT_TAG = 'kataOutput'
 OUTPUT_MOUNT = '/run/kata-containers/output'
+OUTPUT_OPTIONS = 'nosuid,nodev,noexec'
 
 # On the kernel command line of a guest booted to become a VM template: its /init mounts no 9p
 # share (QEMU refuses to migrate while one is mounted); each clone mounts them after resume,

@@ -80,10 +80,8 @@ DEFAULT_MODULES = ('virtio_pci', 'virtio_console', '9pnet_virtio', '9p', 'overla
 # At order 5 (128 KiB blocks) a 128 MiB guest gives back ~23 MiB after boot (docs/benchmarks.md).
 PAGE_REPORTING_ORDER = 5
 
-SHARED_TAG = contract.SHARED_TAG
-SHARED_MOUNT = contract.SHARED_MOUNT
-OUTPUT_TAG = contract.OUTPUT_TAG
-OUTPUT_MOUNT = contract.OUTPUT_MOUNT
+# The names /init shares with the host and the agent (9p tags, mount points and options, the
+# template flag, the marker) come from guest/contract.py.
 AGENT_PATH = '/opt/kata/agent.py'
 # The containers' init, where the agent looks for it: next to itself.
 EXEC_INIT_PATH = '/opt/kata/exec_init.py'
@@ -128,8 +126,8 @@ for t in /sys/bus/virtio/drivers/9pnet_virtio/*/mount_tag; do
     [ -e "$t" ] || continue
     [ -z "$kata_template" ] || continue
     case "$(tr -d '\000' < "$t")" in
-        @SHARED_TAG@) mount_share @SHARED_TAG@ @SHARED_MOUNT@ ro,nodev ;;
-        @OUTPUT_TAG@) mount_share @OUTPUT_TAG@ @OUTPUT_MOUNT@ nosuid,nodev,noexec ;;
+        @SHARED_TAG@) mount_share @SHARED_TAG@ @SHARED_MOUNT@ @SHARED_OPTIONS@ ;;
+        @OUTPUT_TAG@) mount_share @OUTPUT_TAG@ @OUTPUT_MOUNT@ @OUTPUT_OPTIONS@ ;;
     esac
 done
 echo "@INIT_MARKER@"
@@ -209,11 +207,11 @@ def _build_kernel(out_dir, vmlinuz, progress):
 def render_init(modules):
     """The /init script for the given module load order (names)."""
     text = INIT_TEMPLATE.replace('@PAGE_REPORTING_ORDER@', str(PAGE_REPORTING_ORDER))
-    for key, val in (('@MODULES@', ' '.join(modules)), ('@SHARED_MOUNT@', SHARED_MOUNT),
-                     ('@SHARED_TAG@', SHARED_TAG), ('@OUTPUT_MOUNT@', OUTPUT_MOUNT),
-                     ('@OUTPUT_TAG@', OUTPUT_TAG), ('@INIT_MARKER@', contract.INIT_MARKER),
-                     ('@AGENT_PATH@', AGENT_PATH), ('@TEMPLATE_FLAG@', contract.TEMPLATE_FLAG)):
+    for key, val in (('@MODULES@', ' '.join(modules)), ('@AGENT_PATH@', AGENT_PATH)):
         text = text.replace(key, val)
+    for name in ('SHARED_TAG', 'SHARED_MOUNT', 'SHARED_OPTIONS', 'OUTPUT_TAG', 'OUTPUT_MOUNT',
+                 'OUTPUT_OPTIONS', 'TEMPLATE_FLAG', 'INIT_MARKER'):
+        text = text.replace('@%s@' % name, getattr(contract, name))
     return text
 
 
