@@ -44,3 +44,7 @@ KERNEL_PARAMS = (
 
 # Printed by the guest's /init on the serial console right before the agent starts.
 INIT_MARKER = 'kata-init: starting agent'
+
+# The PATH a process gets when its environment sets none (runc's default): the generated OCI
+# spec's env, the host's hooks, and the guest agent for a container whose env has no PATH.
+DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
