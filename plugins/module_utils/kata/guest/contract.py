@@ -11,6 +11,10 @@ from __future__ import annotations
 
 # virtio-serial port the agent listens on (``/sys/class/virtio-ports/*/name`` in the guest).
 AGENT_PORT_NAME = 'agent.0'
+# The agent protocol (JSON lines, docs/internals.md): its version, in the agent's ``ping``
+# reply, and the longest line either side accepts (the guest a request, the host a reply).
+PROTOCOL = 1
+MAX_LINE = 4 * 1024 * 1024
 
 # The read-only share: the host-private ``<sandbox>/shared`` directory, where the host binds
 # each container's rootfs read-only at ``<cid>/rootfs``. The guest cannot create, change or
