@@ -1,10 +1,15 @@
 # Copyright: kata.runtime contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""What the host and the guest image agree on: device names, 9p tags and guest paths.
+"""What the host and the guest image agree on: device names, 9p tags, guest paths, the kernel
+command line and the markers the guest prints.
 
-Stdlib-free constants imported by the libvirt backend, the image builder and the lifecycle
-code. The in-guest agent (``guest/agent.py``) runs alone in the initrd and keeps its own copy
-of the guest paths; a unit test checks that the two agree.
+Constants only, no imports: the libvirt backend, the lifecycle code, the OCI spec writer, the
+hooks runner and the image builder (which renders the guest's ``/init`` from them) all take
+these names from here, and a module that ships this file ships nothing else with it.
+
+The in-guest agent (``guest/agent.py``) runs alone in the initrd, with nothing of the
+collection next to it, so it keeps its own copy of the names it needs under the same names
+(``GUEST_NAMES``); a unit test checks that the copy equals this file.
 """
 
 from __future__ import annotations
@@ -52,3 +57,7 @@ INIT_MARKER = 'kata-init: starting agent'
 # The PATH a process gets when its environment sets none (runc's default): the generated OCI
 # spec's env, the host's hooks, and the guest agent for a container whose env has no PATH.
 DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+
+# The names guest/agent.py copies (the test compares each one with the value above).
+GUEST_NAMES = ('AGENT_PORT_NAME', 'PROTOCOL', 'MAX_LINE', 'SHARED_TAG', 'SHARED_MOUNT', 'SHARED_OPTIONS',
+               'OUTPUT_TAG', 'OUTPUT_MOUNT', 'OUTPUT_OPTIONS', 'TEMPLATE_FLAG', 'DEFAULT_PATH')
