@@ -33,8 +33,8 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
     InvalidArgument,
 )
 from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import contract
+from ansible_collections.kata.runtime.plugins.module_utils.kata.oci import HOOK_KINDS
 
-HOOK_KINDS = ('prestart', 'createRuntime', 'createContainer', 'startContainer', 'poststart', 'poststop')
 WARN_ONLY_KINDS = ('poststop',)
 TAIL_BYTES = 4096
 

@@ -36,6 +36,9 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import n
 IMMUTABLE = ('vcpus', 'memory_mb', 'kernel', 'initrd', 'kernel_params', 'accel', 'cgroups_path', 'hooks')
 # Settings kept in the record only: updated in place.
 MUTABLE = ('labels', 'annotations')
+# The sandbox's own hooks that run once its VM is up (it has no process of its own to wait
+# for: create and start are one step); poststart follows when the sandbox is running.
+BOOT_HOOKS = ('prestart', 'createRuntime', 'createContainer', 'startContainer')
 
 # What QEMU's x86 machines take at most (vCPUs of the pc machine, guest RAM of 4 TiB): a larger
 # value is a mistake to refuse now, not a record that fails at every boot.
@@ -467,7 +470,7 @@ def create(rt, sid, settings, timeout=None, trace=None, boot=True):
                 trace.step('created %d cgroup dir(s)' % len(rec['cgroups_paths']))
             if boot:
                 _boot(rt, rec, timeout, trace)
-                for kind in ('prestart', 'createRuntime', 'createContainer', 'startContainer'):
+                for kind in BOOT_HOOKS:
                     _run_hooks(rt, rec, kind, 'created', trace)
             rec['state'] = 'running' if boot else 'stopped'
             rt.store.save_sandbox(rec)
@@ -516,7 +519,7 @@ def start(rt, sid, timeout=None, trace=None, use_template=None):
             elif vm == 'paused':
                 rt.hv.resume(rec['domain'])
             _boot(rt, rec, timeout, trace)
-            for kind in ('prestart', 'createRuntime', 'createContainer', 'startContainer'):
+            for kind in BOOT_HOOKS:
                 _run_hooks(rt, rec, kind, 'created', trace)
             finished = True
         elif vm == 'paused':
