@@ -40,6 +40,7 @@ AGENT_VERSION = '1.0.0'
 AGENT_PORT_NAME = 'agent.0'
 PROTOCOL = 1
 MAX_LINE = 4 * 1024 * 1024
+NINEP_OPTIONS = 'trans=virtio,version=9p2000.L,msize=262144'
 SHARED_TAG = 'kataShared'
 SHARED_MOUNT = '/run/kata-containers/shared'
 SHARED_OPTIONS = 'ro,nodev'
@@ -1095,7 +1096,7 @@ class Agent:
                 path, options = CLONE_SHARES[tag]
                 if not os.path.ismount(path):
                     os.makedirs(path, exist_ok=True)
-                    args = ['mount', '-t', '9p', '-o', 'trans=virtio,version=9p2000.L,msize=262144,' + options, tag, path]
+                    args = ['mount', '-t', '9p', '-o', NINEP_OPTIONS + ',' + options, tag, path]
                     started.append((spawn_busybox(self.busybox, args), args))
             failed = None
             for pid, args in started:

@@ -21,6 +21,10 @@ AGENT_PORT_NAME = 'agent.0'
 PROTOCOL = 1
 MAX_LINE = 4 * 1024 * 1024
 
+# How every 9p share is mounted, by /init at boot and by a clone's post_clone alike; each
+# share's own options (below) follow.
+NINEP_OPTIONS = 'trans=virtio,version=9p2000.L,msize=262144'
+
 # The read-only share: the host-private ``<sandbox>/shared`` directory, where the host binds
 # each container's rootfs read-only at ``<cid>/rootfs``. The guest cannot create, change or
 # plant anything in it (9p export and bind mounts are both read-only).
@@ -59,5 +63,5 @@ INIT_MARKER = 'kata-init: starting agent'
 DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 
 # The names guest/agent.py copies (the test compares each one with the value above).
-GUEST_NAMES = ('AGENT_PORT_NAME', 'PROTOCOL', 'MAX_LINE', 'SHARED_TAG', 'SHARED_MOUNT', 'SHARED_OPTIONS',
-               'OUTPUT_TAG', 'OUTPUT_MOUNT', 'OUTPUT_OPTIONS', 'TEMPLATE_FLAG', 'DEFAULT_PATH')
+GUEST_NAMES = ('AGENT_PORT_NAME', 'PROTOCOL', 'MAX_LINE', 'NINEP_OPTIONS', 'SHARED_TAG', 'SHARED_MOUNT',
+               'SHARED_OPTIONS', 'OUTPUT_TAG', 'OUTPUT_MOUNT', 'OUTPUT_OPTIONS', 'TEMPLATE_FLAG', 'DEFAULT_PATH')

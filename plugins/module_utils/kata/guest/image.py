@@ -110,7 +110,7 @@ hostname kata 2>/dev/null
 # output only, so nothing on it is executable or a device.
 mount_share() {
     mkdir -p "$2"
-    if mount -t 9p -o "trans=virtio,version=9p2000.L,msize=262144,$3" "$1" "$2"; then
+    if mount -t 9p -o "@NINEP_OPTIONS@,$3" "$1" "$2"; then
         echo "kata-init: mounted $1 at $2"
     else
         echo "kata-init: mounting $1 failed"
@@ -209,8 +209,8 @@ def render_init(modules):
     text = INIT_TEMPLATE.replace('@PAGE_REPORTING_ORDER@', str(PAGE_REPORTING_ORDER))
     for key, val in (('@MODULES@', ' '.join(modules)), ('@AGENT_PATH@', AGENT_PATH)):
         text = text.replace(key, val)
-    for name in ('SHARED_TAG', 'SHARED_MOUNT', 'SHARED_OPTIONS', 'OUTPUT_TAG', 'OUTPUT_MOUNT',
-                 'OUTPUT_OPTIONS', 'TEMPLATE_FLAG', 'INIT_MARKER'):
+    for name in ('NINEP_OPTIONS', 'SHARED_TAG', 'SHARED_MOUNT', 'SHARED_OPTIONS', 'OUTPUT_TAG',
+                 'OUTPUT_MOUNT', 'OUTPUT_OPTIONS', 'TEMPLATE_FLAG', 'INIT_MARKER'):
         text = text.replace('@%s@' % name, getattr(contract, name))
     return text
 

@@ -62,6 +62,7 @@ def test_init_is_rendered_from_the_contract():
     """/init mounts each share where and how the agent's post_clone would, skips them on a
     template boot and prints the marker the host waits for."""
     init = image.render_init(['9p'])
+    assert 'mount -t 9p -o "%s,$3"' % contract.NINEP_OPTIONS in init
     assert 'mount_share %s %s %s' % (contract.SHARED_TAG, contract.SHARED_MOUNT, contract.SHARED_OPTIONS) in init
     assert 'mount_share %s %s %s' % (contract.OUTPUT_TAG, contract.OUTPUT_MOUNT, contract.OUTPUT_OPTIONS) in init
     assert '*" %s "*) kata_template=1' % contract.TEMPLATE_FLAG in init
