@@ -28,7 +28,7 @@ from ansible_collections.kata.runtime.benchmarks._probe import qemu_argv
 from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
 from ansible_collections.kata.runtime.plugins.module_utils.kata import template
 from ansible_collections.kata.runtime.plugins.module_utils.kata.config import Config, load_config
-from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import image
+from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import contract
 from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import Runtime, Trace
 
 
@@ -319,7 +319,7 @@ class BareVM:
 
     def boot(self, timeout=120):
         """Start QEMU and return once the agent answered a ping (init_s, agent_s are set)."""
-        marker = image.INIT_MARKER.encode('ascii')
+        marker = contract.INIT_MARKER.encode('ascii')
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT)

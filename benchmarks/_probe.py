@@ -22,17 +22,18 @@ import time
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import ImageError
 from ansible_collections.kata.runtime.plugins.module_utils.kata.guest.contract import (
     AGENT_PORT_NAME,
+    INIT_MARKER,
+    KERNEL_PARAMS,
     OUTPUT_TAG,
     SHARED_TAG,
 )
-from ansible_collections.kata.runtime.plugins.module_utils.kata.guest.image import DEFAULT_KERNEL_PARAMS, INIT_MARKER
 
 
 def _qemu_opt(value):
     return str(value).replace(',', ',,')
 
 
-def qemu_argv(kernel, initrd, append=DEFAULT_KERNEL_PARAMS, qemu='qemu-system-x86_64', accel='tcg',
+def qemu_argv(kernel, initrd, append=KERNEL_PARAMS, qemu='qemu-system-x86_64', accel='tcg',
               machine='pc', memory_mb=256, vcpus=1, agent_socket=None, shared_dir=None, output_dir=None):
     """The argv of a bare direct-kernel boot: serial console on stdio, no default devices,
     the agent's virtio-serial port ``agent.0`` on a unix socket (QEMU is the server) and the
@@ -53,7 +54,7 @@ def qemu_argv(kernel, initrd, append=DEFAULT_KERNEL_PARAMS, qemu='qemu-system-x8
     return argv
 
 
-def probe_boot(kernel, initrd, append=DEFAULT_KERNEL_PARAMS, timeout=90, shared_dir=None, output_dir=None, agent=True,
+def probe_boot(kernel, initrd, append=KERNEL_PARAMS, timeout=90, shared_dir=None, output_dir=None, agent=True,
                qemu='qemu-system-x86_64', accel='tcg', machine='pc', memory_mb=256, requests=None):
     """Boot once with bare QEMU and time it; the VM is killed afterwards.
 

@@ -48,7 +48,7 @@ import time
 import _bench as b
 from ansible_collections.kata.runtime.plugins.module_utils.kata import caps_cache, share, template
 from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
-from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import image
+from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import contract
 from ansible_collections.kata.runtime.plugins.module_utils.kata.hypervisor import libvirt as libvirt_hv
 
 TARGET = 1.2  # ours / bare floor
@@ -69,7 +69,7 @@ def boot_ours(bench, sid, memory_mb=None, rt=None):
     trace = b.TimedTrace()
     settings = bench.settings(memory_mb=memory_mb)
     console = share.console_log(rt.store, sid)
-    with b.timed_method(hv, 'create') as hvc, b.FileMarker(console, image.INIT_MARKER) as init:
+    with b.timed_method(hv, 'create') as hvc, b.FileMarker(console, contract.INIT_MARKER) as init:
         t0 = time.perf_counter()
         rec = sbx.create(rt, sid, settings, trace=trace)
         t1 = time.perf_counter()

@@ -32,7 +32,7 @@ import time
 from ansible_collections.kata.runtime.plugins.module_utils.kata import template
 from ansible_collections.kata.runtime.plugins.module_utils.kata.agent import AgentClient
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import AgentError
-from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import image
+from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import contract, image
 from ansible_collections.kata.runtime.plugins.module_utils.kata.hypervisor.accel import choose_accel
 from ansible_collections.kata.runtime.plugins.module_utils.kata.hypervisor.libvirt import LibvirtHypervisor
 
@@ -70,7 +70,7 @@ def main():
     hv = LibvirtHypervisor('qemu:///system', prefix='kata-bench-tpl-%s-' % hexid)
     tdir = os.path.join(root, 'templates')
     spec = {'kernel': img['kernel'], 'initrd': img['initrd'], 'vcpus': 1, 'memory_mb': args.memory_mb,
-            'accel': choose_accel('auto')[0], 'cmdline': image.DEFAULT_KERNEL_PARAMS, 'state_root': root,
+            'accel': choose_accel('auto')[0], 'cmdline': contract.KERNEL_PARAMS, 'state_root': root,
             'tb_cache_mb': args.tb_cache_mb or None}
     res = {'memory_mb': args.memory_mb, 'accel': spec['accel'], 'tb_cache_mb': args.tb_cache_mb, 'clones': [],
            'pool': []}

@@ -20,7 +20,7 @@ import statistics
 import pytest
 from ansible_collections.kata.runtime.benchmarks._probe import probe_boot
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import ImageError
-from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import image, kmod
+from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import contract, image, kmod
 from ansible_collections.kata.runtime.plugins.module_utils.kata.guest.kernel import package_kernel
 from ansible_collections.kata.runtime.plugins.module_utils.kata.guest.vmlinux import bzimage_version
 
@@ -127,7 +127,7 @@ def test_boot_times_uncompressed_vs_gzip(built):
     times = {
         'none': _median_boot(built['kernel'], built['initrd'], RUNS),
         'gzip': _median_boot(built['kernel'], gz['initrd'], RUNS),
-        'kernel_params': image.DEFAULT_KERNEL_PARAMS,
+        'kernel_params': contract.KERNEL_PARAMS,
         'runs': RUNS,
     }
     with open(os.path.join(IMAGE_DIR, 'boot-times.json'), 'w') as f:

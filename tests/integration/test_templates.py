@@ -24,7 +24,7 @@ import time
 import pytest
 from ansible_collections.kata.runtime.plugins.module_utils.kata import mountinfo, template
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import AgentError
-from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import image
+from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import contract
 from ansible_collections.kata.runtime.plugins.module_utils.kata.hypervisor.accel import choose_accel
 from ansible_collections.kata.runtime.plugins.module_utils.kata.hypervisor.libvirt import LibvirtHypervisor
 
@@ -64,7 +64,7 @@ def world(guest_image):
 def _spec(w):
     return {
         'kernel': w['image']['kernel'], 'initrd': w['image']['initrd'], 'vcpus': 1, 'memory_mb': MEMORY_MB,
-        'accel': w['accel'], 'cmdline': image.DEFAULT_KERNEL_PARAMS, 'state_root': w['root'],
+        'accel': w['accel'], 'cmdline': contract.KERNEL_PARAMS, 'state_root': w['root'],
     }
 
 

@@ -12,11 +12,13 @@ from a per-client random base: replies with another id are stale and skipped.
 
 Everything the guest sends is hostile input (docs/security.md), so this file is the one place
 where its bytes become values: a reply line is read in time linear in its length and refused
-past ``MAX_REPLY_LINE``; its nesting is measured before ``json.loads`` sees it; the reply must be
-an object with an integer ``id`` and a string or null ``error``; and its ``result`` must have
-the shape its method returns (``_RESULTS``), keeping only the fields the host uses. Anything
-else is an ``AgentError`` naming the sandbox, the socket and the call, so every caller can
-treat a hostile guest like an unreachable one.
+past the protocol's line cap ``contract.MAX_LINE`` (the guest's cap on a request line too; an
+honest reply is a few hundred bytes per container) as soon as that many bytes are in; its
+nesting is measured before ``json.loads`` sees it; the reply must be an object with an integer
+``id`` and a string or null ``error``; and its ``result`` must have the shape its method
+returns (``_RESULTS``), keeping only the fields the host uses. Anything else is an
+``AgentError`` naming the sandbox, the socket and the call, so every caller can treat a hostile
+guest like an unreachable one.
 """
 
 from __future__ import annotations
@@ -31,13 +33,9 @@ import socket
 import time
 
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import AgentError
+from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import contract
 from ansible_collections.kata.runtime.plugins.module_utils.kata.ids import ID_PATTERN
 
-PROTOCOL = 1
-# The longest reply line accepted, the same cap the guest agent puts on a request line. An
-# honest reply is a few hundred bytes per container (list_containers echoes each one's args);
-# a longer line is refused as soon as it is seen, without waiting for its end.
-MAX_REPLY_LINE = 4 * 1024 * 1024
 # The deepest nesting accepted in a reply: honest ones nest four deep (the reply, the list of
 # states, a state, its args). json.loads recurses once per level, so this is checked first.
 MAX_REPLY_DEPTH = 32
@@ -264,17 +262,17 @@ class AgentClient:
     def _next_line(self, method):
         """The next complete line (without its newline), or None until one has arrived.
 
-        Searches only the bytes not searched before and refuses a line past MAX_REPLY_LINE as
+        Searches only the bytes not searched before and refuses a line past contract.MAX_LINE as
         soon as that many bytes are in without a newline, so reading costs time linear in
         what arrived, never the length of the line squared.
         """
         end = self._buf.find(b'\n', self._scanned)
         if end < 0:
             self._scanned = len(self._buf)
-            if self._scanned > MAX_REPLY_LINE:
+            if self._scanned > contract.MAX_LINE:
                 self._too_long(method)
             return None
-        if end > MAX_REPLY_LINE:
+        if end > contract.MAX_LINE:
             self._too_long(method)
         line = bytes(self._buf[:end])
         del self._buf[:end + 1]
@@ -284,7 +282,7 @@ class AgentClient:
     def _too_long(self, method):
         self.close()  # the rest of that line is still on its way: drop the connection with it
         raise AgentError('%s sent a reply line longer than %d bytes to %s: refused'
-                         % (self._who(), MAX_REPLY_LINE, method),
+                         % (self._who(), contract.MAX_LINE, method),
                          socket=self.socket_path, method=method, sandbox=self.sandbox_id)
 
     def _hint(self):

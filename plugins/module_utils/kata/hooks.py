@@ -32,11 +32,11 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
     HookError,
     InvalidArgument,
 )
+from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import contract
+from ansible_collections.kata.runtime.plugins.module_utils.kata.oci import HOOK_KINDS
 
-HOOK_KINDS = ('prestart', 'createRuntime', 'createContainer', 'startContainer', 'poststart', 'poststop')
 WARN_ONLY_KINDS = ('poststop',)
 TAIL_BYTES = 4096
-DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 
 # After the hook itself has exited, keep reading its pipes this long at most: a background
 # child that inherited stderr must not keep us waiting until the timeout.
@@ -131,7 +131,7 @@ def _prepare(kind, index, hook, default_timeout):
 
     env_list = hook.get('env')
     if env_list is None:
-        env = {'PATH': DEFAULT_PATH}
+        env = {'PATH': contract.DEFAULT_PATH}
     elif isinstance(env_list, list):
         env = {}
         for item in env_list:

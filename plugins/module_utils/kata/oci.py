@@ -14,6 +14,7 @@ import os
 import re
 
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import InvalidArgument
+from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import contract
 from ansible_collections.kata.runtime.plugins.module_utils.kata.ids import validate_id
 
 OCI_VERSION = '1.3.0'
@@ -47,7 +48,7 @@ SANDBOX_ID_KEYS = (
     'io.kubernetes.sandbox.id',
 )
 
-DEFAULT_PATH_ENV = 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+DEFAULT_PATH_ENV = 'PATH=' + contract.DEFAULT_PATH
 MAX_ID = 2 ** 32 - 2  # (uid_t)-1 is "no change"
 _ENV_KEY_RE = re.compile(r'^[^=\x00]+$')
 _USER_RE = re.compile(r'^(\d+)(?::(\d+))?$', re.ASCII)

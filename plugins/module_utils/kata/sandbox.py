@@ -27,6 +27,7 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
     KataError,
     NotFound,
 )
+from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import contract
 from ansible_collections.kata.runtime.plugins.module_utils.kata.hypervisor.accel import choose_accel
 from ansible_collections.kata.runtime.plugins.module_utils.kata.ids import validate_id
 from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import now
@@ -35,16 +36,9 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import n
 IMMUTABLE = ('vcpus', 'memory_mb', 'kernel', 'initrd', 'kernel_params', 'accel', 'cgroups_path', 'hooks')
 # Settings kept in the record only: updated in place.
 MUTABLE = ('labels', 'annotations')
-
-# What the guest kernel always gets; the config's and the user's kernel_params come after.
-# The same line as guest/image.py's DEFAULT_KERNEL_PARAMS (kept as a copy so the modules do not
-# ship the image builder): serial console, quiet, stop on panic, and no probing of legacy
-# devices and clocks a VM does not have. Under TCG the probing skipped costs ~0.4 s of boot.
-BASE_KERNEL_PARAMS = (
-    'console=ttyS0 quiet panic=-1 reboot=k noreplace-smp tsc=reliable no_timer_check '
-    'i8042.noaux=1 i8042.nopnp=1 i8042.dumbkbd=1 i8042.direct=1 8250.nr_uarts=1 '
-    'cryptomgr.notests rcupdate.rcu_expedited=1 random.trust_cpu=on'
-)
+# The sandbox's own hooks that run once its VM is up (it has no process of its own to wait
+# for: create and start are one step); poststart follows when the sandbox is running.
+BOOT_HOOKS = ('prestart', 'createRuntime', 'createContainer', 'startContainer')
 
 # What QEMU's x86 machines take at most (vCPUs of the pc machine, guest RAM of 4 TiB): a larger
 # value is a mistake to refuse now, not a record that fails at every boot.
@@ -244,7 +238,7 @@ def _run_hooks(rt, rec, kind, status, trace):
 
 
 def _cmdline(settings):
-    return ' '.join(p for p in (BASE_KERNEL_PARAMS, settings.get('kernel_params') or '') if p)
+    return ' '.join(p for p in (contract.KERNEL_PARAMS, settings.get('kernel_params') or '') if p)
 
 
 def template_spec(rt, settings):
@@ -476,7 +470,7 @@ def create(rt, sid, settings, timeout=None, trace=None, boot=True):
                 trace.step('created %d cgroup dir(s)' % len(rec['cgroups_paths']))
             if boot:
                 _boot(rt, rec, timeout, trace)
-                for kind in ('prestart', 'createRuntime', 'createContainer', 'startContainer'):
+                for kind in BOOT_HOOKS:
                     _run_hooks(rt, rec, kind, 'created', trace)
             rec['state'] = 'running' if boot else 'stopped'
             rt.store.save_sandbox(rec)
@@ -525,7 +519,7 @@ def start(rt, sid, timeout=None, trace=None, use_template=None):
             elif vm == 'paused':
                 rt.hv.resume(rec['domain'])
             _boot(rt, rec, timeout, trace)
-            for kind in ('prestart', 'createRuntime', 'createContainer', 'startContainer'):
+            for kind in BOOT_HOOKS:
                 _run_hooks(rt, rec, kind, 'created', trace)
             finished = True
         elif vm == 'paused':

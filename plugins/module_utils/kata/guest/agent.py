@@ -33,20 +33,31 @@ import time
 # they are used: under emulation every import at start-up delays the agent's first answer.
 
 AGENT_VERSION = '1.0.0'
+# -- the guest's copy of guest/contract.py ------------------------------------------------------
+# This file runs alone in the initrd, with nothing of the collection next to it, so it keeps its
+# own copy of the names it shares with the host and the image builder, under the same names
+# (contract.GUEST_NAMES); a unit test checks that the copy equals the contract.
+AGENT_PORT_NAME = 'agent.0'
 PROTOCOL = 1
-PORT_NAME = 'agent.0'
-# The guest side of guest/contract.py (this file runs alone in the initrd, so it keeps its own
-# copy; a unit test checks that both agree).
-SHARED_DIR = '/run/kata-containers/shared'
-OUTPUT_DIR = '/run/kata-containers/output'
-RUN_DIR = '/run/kata-agent'
-# VM templates (guest/contract.py TEMPLATE_FLAG, SHARED_TAG, OUTPUT_TAG): a template guest boots
-# without its 9p shares; a clone's post_clone mounts them, each at its one place with the
-# options /init would have used. Nothing else can be mounted through it.
+MAX_LINE = 4 * 1024 * 1024
+NINEP_OPTIONS = 'trans=virtio,version=9p2000.L,msize=262144'
+SHARED_TAG = 'kataShared'
+SHARED_MOUNT = '/run/kata-containers/shared'
+SHARED_OPTIONS = 'ro,nodev'
+OUTPUT_TAG = 'kataOutput'
+OUTPUT_MOUNT = '/run/kata-containers/output'
+OUTPUT_OPTIONS = 'nosuid,nodev,noexec'
 TEMPLATE_FLAG = 'kata.template=1'
+DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+# -- end of the copy ---------------------------------------------------------------------------
+
+RUN_DIR = '/run/kata-agent'
+# VM templates: a template guest boots (TEMPLATE_FLAG) without its 9p shares; a clone's
+# post_clone mounts them, each at its one place with the options /init would have used.
+# Nothing else can be mounted through it.
 CLONE_SHARES = {
-    'kataShared': (SHARED_DIR, 'ro,nodev'),
-    'kataOutput': (OUTPUT_DIR, 'nosuid,nodev,noexec'),
+    SHARED_TAG: (SHARED_MOUNT, SHARED_OPTIONS),
+    OUTPUT_TAG: (OUTPUT_MOUNT, OUTPUT_OPTIONS),
 }
 # The host's random bytes for a clone's RNG: enough to reseed, small enough to bound the line.
 CLONE_SEED_MIN = 32
@@ -55,9 +66,7 @@ CLONE_SEED_MAX = 512
 RNDADDENTROPY = 0x40085203
 RNDRESEEDCRNG = 0x5207
 BASE64_RE = re.compile(r'^[A-Za-z0-9+/]*={0,2}$')
-DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 ID_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$')
-MAX_LINE = 4 * 1024 * 1024
 RETRY_DELAY = 0.05
 # virtio-serial delivers the host's data and its "port open" notice on two queues, and the guest
 # driver handles the notice later (from a workqueue): a request can be read while the driver
@@ -360,7 +369,7 @@ class ListenTransport:
             pass
 
 
-def find_virtio_port(name=PORT_NAME, sysdir='/sys/class/virtio-ports'):
+def find_virtio_port(name=AGENT_PORT_NAME, sysdir='/sys/class/virtio-ports'):
     try:
         entries = sorted(os.listdir(sysdir))
     except OSError:
@@ -384,7 +393,7 @@ def wait_for_virtio_port():
             return path
         elapsed = time.monotonic() - start
         if elapsed - last >= 5.0:
-            log('waiting for the virtio-serial port %r (%.0fs)' % (PORT_NAME, elapsed))
+            log('waiting for the virtio-serial port %r (%.0fs)' % (AGENT_PORT_NAME, elapsed))
             last = elapsed
         time.sleep(0.1)
 
@@ -519,8 +528,8 @@ def wait_busybox(pid, args):
 
 
 class Agent:
-    def __init__(self, transport, shared_dir=SHARED_DIR, poweroff=True, busybox=None,
-                 run_dir=RUN_DIR, output_dir=OUTPUT_DIR):
+    def __init__(self, transport, shared_dir=SHARED_MOUNT, poweroff=True, busybox=None,
+                 run_dir=RUN_DIR, output_dir=OUTPUT_MOUNT):
         self.transport = transport
         self.run_dir = run_dir
         self._seq = 0
@@ -1087,7 +1096,7 @@ class Agent:
                 path, options = CLONE_SHARES[tag]
                 if not os.path.ismount(path):
                     os.makedirs(path, exist_ok=True)
-                    args = ['mount', '-t', '9p', '-o', 'trans=virtio,version=9p2000.L,msize=262144,' + options, tag, path]
+                    args = ['mount', '-t', '9p', '-o', NINEP_OPTIONS + ',' + options, tag, path]
                     started.append((spawn_busybox(self.busybox, args), args))
             failed = None
             for pid, args in started:
@@ -1154,7 +1163,7 @@ def exec_init_argv(python, spec, fifo, busybox, scratch=''):
 
 def parse_args(argv):
     opts = {'listen': None, 'connect': None, 'device': None, 'poweroff': True,
-            'shared_dir': SHARED_DIR, 'run_dir': RUN_DIR, 'output_dir': OUTPUT_DIR}
+            'shared_dir': SHARED_MOUNT, 'run_dir': RUN_DIR, 'output_dir': OUTPUT_MOUNT}
     it = iter(argv)
     for arg in it:
         if arg in ('--listen', '--connect', '--device', '--shared-dir', '--run-dir', '--output-dir'):

@@ -70,15 +70,6 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.guest.vmlinux im
 # Bump when the layout of the initrd changes, so an old cached build is not reused.
 BUILDER_VERSION = '2'
 
-# The kernel command line the runtime should pass (the builder's /init relies on none of it).
-# quiet + serial console; panic=-1 reboots at once on a panic (the VM is configured to stop on
-# reboot); the rest skips probing that only costs time in a VM with no legacy devices.
-DEFAULT_KERNEL_PARAMS = (
-    'console=ttyS0 quiet panic=-1 reboot=k noreplace-smp tsc=reliable no_timer_check '
-    'i8042.noaux=1 i8042.nopnp=1 i8042.dumbkbd=1 i8042.direct=1 8250.nr_uarts=1 '
-    'cryptomgr.notests rcupdate.rcu_expedited=1 random.trust_cpu=on'
-)
-
 # Modules the guest needs: the virtio PCI transport, the agent's virtio-serial port, the
 # 9p shared directory and the balloon's free page reporting. Their dependencies are resolved
 # from modules.dep / .modinfo.
@@ -89,15 +80,11 @@ DEFAULT_MODULES = ('virtio_pci', 'virtio_console', '9pnet_virtio', '9p', 'overla
 # At order 5 (128 KiB blocks) a 128 MiB guest gives back ~23 MiB after boot (docs/benchmarks.md).
 PAGE_REPORTING_ORDER = 5
 
-SHARED_TAG = contract.SHARED_TAG
-SHARED_MOUNT = contract.SHARED_MOUNT
-OUTPUT_TAG = contract.OUTPUT_TAG
-OUTPUT_MOUNT = contract.OUTPUT_MOUNT
+# The names /init shares with the host and the agent (9p tags, mount points and options, the
+# template flag, the marker) come from guest/contract.py.
 AGENT_PATH = '/opt/kata/agent.py'
 # The containers' init, where the agent looks for it: next to itself.
 EXEC_INIT_PATH = '/opt/kata/exec_init.py'
-# Printed by /init on the serial console right before the agent starts.
-INIT_MARKER = 'kata-init: starting agent'
 
 INIT_TEMPLATE = r'''#!/bin/busybox sh
 # /init of the kata.runtime guest: mounts, kernel modules, shared dir, then the agent.
@@ -123,7 +110,7 @@ hostname kata 2>/dev/null
 # output only, so nothing on it is executable or a device.
 mount_share() {
     mkdir -p "$2"
-    if mount -t 9p -o "trans=virtio,version=9p2000.L,msize=262144,$3" "$1" "$2"; then
+    if mount -t 9p -o "@NINEP_OPTIONS@,$3" "$1" "$2"; then
         echo "kata-init: mounted $1 at $2"
     else
         echo "kata-init: mounting $1 failed"
@@ -139,8 +126,8 @@ for t in /sys/bus/virtio/drivers/9pnet_virtio/*/mount_tag; do
     [ -e "$t" ] || continue
     [ -z "$kata_template" ] || continue
     case "$(tr -d '\000' < "$t")" in
-        @SHARED_TAG@) mount_share @SHARED_TAG@ @SHARED_MOUNT@ ro,nodev ;;
-        @OUTPUT_TAG@) mount_share @OUTPUT_TAG@ @OUTPUT_MOUNT@ nosuid,nodev,noexec ;;
+        @SHARED_TAG@) mount_share @SHARED_TAG@ @SHARED_MOUNT@ @SHARED_OPTIONS@ ;;
+        @OUTPUT_TAG@) mount_share @OUTPUT_TAG@ @OUTPUT_MOUNT@ @OUTPUT_OPTIONS@ ;;
     esac
 done
 echo "@INIT_MARKER@"
@@ -220,11 +207,11 @@ def _build_kernel(out_dir, vmlinuz, progress):
 def render_init(modules):
     """The /init script for the given module load order (names)."""
     text = INIT_TEMPLATE.replace('@PAGE_REPORTING_ORDER@', str(PAGE_REPORTING_ORDER))
-    for key, val in (('@MODULES@', ' '.join(modules)), ('@SHARED_MOUNT@', SHARED_MOUNT),
-                     ('@SHARED_TAG@', SHARED_TAG), ('@OUTPUT_MOUNT@', OUTPUT_MOUNT),
-                     ('@OUTPUT_TAG@', OUTPUT_TAG), ('@INIT_MARKER@', INIT_MARKER),
-                     ('@AGENT_PATH@', AGENT_PATH), ('@TEMPLATE_FLAG@', contract.TEMPLATE_FLAG)):
+    for key, val in (('@MODULES@', ' '.join(modules)), ('@AGENT_PATH@', AGENT_PATH)):
         text = text.replace(key, val)
+    for name in ('NINEP_OPTIONS', 'SHARED_TAG', 'SHARED_MOUNT', 'SHARED_OPTIONS', 'OUTPUT_TAG',
+                 'OUTPUT_MOUNT', 'OUTPUT_OPTIONS', 'TEMPLATE_FLAG', 'INIT_MARKER'):
+        text = text.replace('@%s@' % name, getattr(contract, name))
     return text
 
 

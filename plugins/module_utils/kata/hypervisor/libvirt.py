@@ -41,9 +41,6 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.ids import valid
 
 METADATA_NS = 'https://kata.runtime/xmlns/sandbox/1.0'
 METADATA_PREFIX = 'kata'
-AGENT_CHANNEL = contract.AGENT_PORT_NAME
-SHARED_TAG = contract.SHARED_TAG
-OUTPUT_TAG = contract.OUTPUT_TAG
 # 9p access modes for the writable share (libvirt's names): QEMU's mapped-xattr keeps the
 # guest's modes and owners in xattrs; squash (security_model=none) refuses non-user xattrs
 # such as security.capability and ignores ownership changes on create.
@@ -356,14 +353,14 @@ class LibvirtHypervisor(Hypervisor):
         if agent_socket is not None:
             channel = _sub(devices, 'channel', type='unix')
             _sub(channel, 'source', mode='bind', path=_check_path('agent_socket', agent_socket))
-            _sub(channel, 'target', type='virtio', name=AGENT_CHANNEL)
+            _sub(channel, 'target', type='virtio', name=contract.AGENT_PORT_NAME)
         shared_dir = vm.get('shared_dir')
         if shared_dir is not None:
             # passthrough keeps the rootfs' own owners and modes visible; read-only, so the
             # guest can change none of them (the binds inside are read-only too)
             fs = _sub(devices, 'filesystem', type='mount', accessmode='passthrough')
             _sub(fs, 'source', dir=_check_path('shared_dir', shared_dir))
-            _sub(fs, 'target', dir=SHARED_TAG)
+            _sub(fs, 'target', dir=contract.SHARED_TAG)
             _sub(fs, 'readonly')
         output_dir = vm.get('output_dir')
         if output_dir is not None:
@@ -373,7 +370,7 @@ class LibvirtHypervisor(Hypervisor):
                                       % (', '.join(OUTPUT_ACCESSMODES), mode))
             fs = _sub(devices, 'filesystem', type='mount', accessmode=mode)
             _sub(fs, 'source', dir=_check_path('output_dir', output_dir))
-            _sub(fs, 'target', dir=OUTPUT_TAG)
+            _sub(fs, 'target', dir=contract.OUTPUT_TAG)
         if vm.get('free_page_reporting'):
             # the guest hands pages it freed back to the host (virtio-balloon free page
             # reporting; the balloon itself is never inflated). Never for a VM whose RAM is a

@@ -50,6 +50,7 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
     HypervisorError,
     InvalidArgument,
 )
+from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import contract
 from ansible_collections.kata.runtime.plugins.module_utils.kata.hypervisor import base
 from ansible_collections.kata.runtime.plugins.module_utils.kata.ids import validate_id
 from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import Runtime
@@ -725,7 +726,7 @@ class FakeAgents:
         st.update({'status': 'stopped', 'exit_code': 128 + signum, 'pid': None, 'finished_at': self._now()})
 
     def _m_ping(self, dom, params):
-        return {'version': 'fake', 'protocol': agent_mod.PROTOCOL, 'pid': 1, 'uptime': 1.0}
+        return {'version': 'fake', 'protocol': contract.PROTOCOL, 'pid': 1, 'uptime': 1.0}
 
     def _m_create_container(self, dom, params):
         cid = params['id']

@@ -19,13 +19,13 @@ import tempfile
 import threading
 
 import pytest
-from ansible_collections.kata.runtime.plugins.module_utils.kata import agent as agent_mod
 from ansible_collections.kata.runtime.plugins.module_utils.kata import container as ctr
 from ansible_collections.kata.runtime.plugins.module_utils.kata import prune
 from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
 from ansible_collections.kata.runtime.plugins.module_utils.kata.agent import AgentClient
 from ansible_collections.kata.runtime.plugins.module_utils.kata.config import load_config
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import AgentError, Conflict, KataError
+from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import contract
 from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import Runtime
 
 MiB = 1024 * 1024
@@ -208,20 +208,20 @@ def test_hostile_reply_is_an_agent_error_naming_the_call(stand_in, case):
 
 
 def test_unterminated_64_mib_line_is_refused_at_the_line_cap(stand_in):
-    """The client stops reading at MAX_REPLY_LINE instead of waiting for the line to end."""
+    """The client stops reading at contract.MAX_LINE instead of waiting for the line to end."""
     fake = stand_in(sixty_four_mib_unterminated)
     with AgentClient(fake.path, timeout=30, sandbox_id='sb1') as cli, pytest.raises(AgentError) as info:
         cli.call('list_containers')
     msg = str(info.value)
-    assert 'longer than %d bytes' % agent_mod.MAX_REPLY_LINE in msg and 'list_containers' in msg, msg
-    assert agent_mod.MAX_REPLY_LINE <= 8 * MiB
+    assert 'longer than %d bytes' % contract.MAX_LINE in msg and 'list_containers' in msg, msg
+    assert contract.MAX_LINE <= 8 * MiB
     # The client hung up on the rest: far less than the 64 MiB was ever taken off the socket.
     assert fake.hung_up.wait(30)
     assert fake.sent < 16 * MiB, fake.sent
 
 
 def test_a_complete_line_over_the_cap_is_refused(stand_in):
-    big = agent_mod.MAX_REPLY_LINE + 10
+    big = contract.MAX_LINE + 10
     fake = stand_in(lambda req: reply(req, result={'pad': 'x' * big}))
     with AgentClient(fake.path, timeout=30) as cli, pytest.raises(AgentError, match="longer than .* to ping"):
         cli.ping()

@@ -72,7 +72,7 @@ def sandbox_intact(env):
 # ---------------------------------------------------------------------------------------------
 # the flows every fault runs against
 
-ALL_HOOKS = ('prestart', 'createRuntime', 'createContainer', 'startContainer', 'poststart', 'poststop')
+ALL_HOOKS = oci.HOOK_KINDS
 
 
 def _sandbox(env):

@@ -14,10 +14,10 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
     InvalidArgument,
 )
 from ansible_collections.kata.runtime.plugins.module_utils.kata.hooks import (
-    HOOK_KINDS,
     TAIL_BYTES,
     run_hooks,
 )
+from ansible_collections.kata.runtime.plugins.module_utils.kata.oci import HOOK_KINDS
 
 STATE = {'ociVersion': '1.3.0', 'id': 'c1', 'status': 'stopped', 'pid': 0,
          'bundle': '/', 'annotations': {'k': 'v'}}

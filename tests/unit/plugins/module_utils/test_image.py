@@ -19,7 +19,7 @@ import subprocess
 import pytest
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import ImageError
 from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import agent as guest_agent
-from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import cpio, image, kmod, vmlinux
+from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import contract, cpio, image, kmod, vmlinux
 
 BUSYBOX = '/bin/busybox'
 PYTHON = '/usr/bin/python3.11'
@@ -362,7 +362,7 @@ def test_initrd_contents(tmp_path):
     assert 'for m in %s; do' % ' '.join(names) in init
     for n in names:
         assert entries['lib/modules/%s.ko' % n]['data'][:4] == b'\x7fELF'   # .xz ones unpacked
-    assert 'kataShared' in init and image.INIT_MARKER in init
+    assert 'kataShared' in init and contract.INIT_MARKER in init
     assert 'virtio_balloon' in names  # free page reporting, at an order a small guest reaches
     assert 'echo 5 > /sys/module/page_reporting/parameters/page_reporting_order' in init
     assert not re.search(r'@[A-Z_]+@', init)  # every placeholder filled in

@@ -30,7 +30,7 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
     KataError,
     NotFound,
 )
-from ansible_collections.kata.runtime.plugins.module_utils.kata.hooks import HOOK_KINDS
+from ansible_collections.kata.runtime.plugins.module_utils.kata.oci import HOOK_KINDS
 from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import Runtime
 from ansible_collections.kata.runtime.plugins.module_utils.kata.store import Store
 from ansible_collections.kata.runtime.tests.unit.plugins.module_utils.lifecycle_fakes import (

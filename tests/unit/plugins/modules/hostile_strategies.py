@@ -21,11 +21,10 @@ from __future__ import annotations
 import json
 
 import yaml
+from ansible_collections.kata.runtime.plugins.module_utils.kata.oci import HOOK_KINDS
 from hypothesis import strategies as st
 
 D = '@D'
-
-HOOK_KINDS = ('prestart', 'createRuntime', 'createContainer', 'startContainer', 'poststart', 'poststop')
 
 
 class _Omit:
