@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 from ansible.module_utils.testing import patch_module_args
-from ansible_collections.kata.runtime.plugins.module_utils.kata import caps_cache
+from ansible_collections.kata.runtime.plugins.module_utils.kata import caps_cache, hostcheck
 from ansible_collections.kata.runtime.plugins.module_utils.kata.hypervisor.accel import kvm_status
 from ansible_collections.kata.runtime.plugins.modules import kata_check
 
@@ -386,8 +386,8 @@ def working_kvm(monkeypatch):
 
 def caps_check(fake_kvm, cache):
     warnings = []
-    out = kata_check.check_caps_cache('qemu:///system', caps_xml(), None, '/usr/bin/qemu-system-x86_64', warnings,
-                                      dev=fake_kvm, cache_dir=str(cache))
+    out = hostcheck.check_caps_cache('qemu:///system', caps_xml(), None, '/usr/bin/qemu-system-x86_64', warnings,
+                                     dev=fake_kvm, cache_dir=str(cache))
     return out, warnings
 
 
@@ -410,8 +410,8 @@ def test_udev_permissions_need_no_warning(tmp_path, fake_kvm, working_kvm):
 
 def test_caps_cache_not_checked_for_another_driver():
     warnings = []
-    out = kata_check.check_caps_cache('test:///default', None, None, None, warnings)
-    assert set(out) == set(kata_check.CACHE_KEYS)
+    out = hostcheck.check_caps_cache('test:///default', None, None, None, warnings)
+    assert set(out) == set(hostcheck.CACHE_KEYS)
     assert out['stable'] is None and 'not checked' in out['reason']
     assert warnings == []
 
@@ -427,7 +427,7 @@ def test_strict_does_not_fail_on_the_warning(capsys, host, monkeypatch, fake_kvm
     cache = tmp_path / 'caps'
     write_cache(cache, 'x.xml')
     # test:///default stands in for qemu:///system: its cache dir, user and device are temp ones
-    monkeypatch.setattr(kata_check, 'KVM_DEV', fake_kvm)
+    monkeypatch.setattr(hostcheck, 'KVM_DEV', fake_kvm)
     monkeypatch.setattr(caps_cache, 'cache_dir_for', lambda uri: str(cache))
     monkeypatch.setattr(caps_cache, 'qemu_identity', lambda xml: (QEMU_UID, QEMU_GID))
     result = run(capsys, {'config': config, 'strict': True})
