@@ -257,7 +257,6 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kata.runtime.plugins.module_utils.kata import container as ctr
 from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
 from ansible_collections.kata.runtime.plugins.module_utils.kata.common import (
-    Differences,
     StateManager,
     common_argument_spec,
     run_manager,
@@ -268,6 +267,7 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
     NotFound,
 )
 from ansible_collections.kata.runtime.plugins.module_utils.kata.ids import validate_id
+from ansible_collections.kata.runtime.plugins.module_utils.kata.options import Differences
 from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import coerce_str_dict
 
 SETTING_OPTIONS = ('bundle', 'rootfs', 'readonly_rootfs', 'command', 'env', 'cwd', 'user', 'hooks', 'cgroups_path',

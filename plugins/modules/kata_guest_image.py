@@ -179,7 +179,7 @@ actions:
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kata.runtime.plugins.module_utils.kata import common
+from ansible_collections.kata.runtime.plugins.module_utils.kata import common, options
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import InvalidArgument
 from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import image as builder
 from ansible_collections.kata.runtime.plugins.module_utils.kata.guest.cache import forget_build_records
@@ -265,7 +265,7 @@ def main():
                              progress=progress.lines)
     changed, image, actions, before, after = outcome
 
-    differences = common.Differences()
+    differences = options.Differences()
     for key in ('kernel', 'initrd'):
         differences.compare(key, after[key], before[key])
     out = dict(changed=changed, image=image, actions=actions)

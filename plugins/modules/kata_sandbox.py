@@ -261,7 +261,6 @@ actions:
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
 from ansible_collections.kata.runtime.plugins.module_utils.kata.common import (
-    Differences,
     StateManager,
     common_argument_spec,
     run_manager,
@@ -271,6 +270,7 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
     InvalidArgument,
 )
 from ansible_collections.kata.runtime.plugins.module_utils.kata.ids import validate_id
+from ansible_collections.kata.runtime.plugins.module_utils.kata.options import Differences
 from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import coerce_str_dict
 
 SETTING_OPTIONS = ('vcpus', 'memory_mb', 'kernel', 'initrd', 'kernel_params', 'accel', 'labels', 'annotations',

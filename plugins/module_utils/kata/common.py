@@ -11,8 +11,11 @@ stays free of Ansible. It holds:
 - ``require_state_root_dir(config)``: refuses a state root that is (or is under) a file;
 - ``fail_on_kata_error(module)``: turns a ``KataError`` into ``fail_json`` in one place;
 - ``Progress``: progress lines for long steps (boot, waiting for the agent, image builds);
-- ``Differences``: one record of differing settings that feeds the decision, ``--diff`` and
-  the ``actions`` list.
+- ``module_args(table)``: the ``AnsibleModule`` arguments from a module's ``OptionTable``;
+- ``StateManager`` and ``run_manager``: the shared half of the lifecycle modules, with the one
+  compare step (differences, ``--diff``, the refusal to recreate unasked);
+- ``Differences`` (from ``options.py``): one record of differing settings that feeds the
+  decision, ``--diff`` and the ``actions`` list.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.config import (
     load_config,
 )
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import InvalidArgument, KataError
+from ansible_collections.kata.runtime.plugins.module_utils.kata.options import IMMUTABLE
 
 COMMON_ARGS = dict(
     config=dict(type='path', default=DEFAULT_CONFIG_PATH),
@@ -37,6 +41,13 @@ def common_argument_spec(**extra):
     spec = {name: dict(value) for name, value in COMMON_ARGS.items()}
     spec.update(extra)
     return spec
+
+
+def module_args(table):
+    """The ``AnsibleModule`` arguments of a lifecycle module, from its ``OptionTable``."""
+    args = dict(argument_spec=common_argument_spec(**table.argument_spec()), supports_check_mode=True)
+    args.update(table.module_args)
+    return args
 
 
 def load_module_config(module, **overrides):
@@ -141,71 +152,8 @@ class Progress(object):
         return [line['msg'] for line in self.lines]
 
 
-class Differences(object):
-    """Which settings differ between what is asked (``parameter``) and what is (``active``).
-
-    Each difference is recorded once, by name, in the order found. The same record decides
-    (``has_differences()``, ``names()``), feeds ``--diff`` (``get_before_after()``) and the
-    error that names immutable fields.
-    """
-
-    def __init__(self):
-        self._items = []
-
-    def add(self, name, parameter=None, active=None):
-        """Record that ``name`` differs: it should be ``parameter`` and is ``active``."""
-        for item in self._items:
-            if item['name'] == name:
-                item['parameter'] = parameter
-                item['active'] = active
-                return
-        self._items.append({'name': name, 'parameter': parameter, 'active': active})
-
-    def compare(self, name, parameter, active):
-        """Add ``name`` when ``parameter`` is given (not None) and differs from ``active``.
-
-        Return True when a difference was recorded.
-        """
-        if parameter is None or parameter == active:
-            return False
-        self.add(name, parameter=parameter, active=active)
-        return True
-
-    def merge(self, other):
-        for item in other._items:
-            self.add(item['name'], parameter=item['parameter'], active=item['active'])
-
-    def has_differences(self):
-        return bool(self._items)
-
-    __bool__ = has_differences
-
-    def __len__(self):
-        return len(self._items)
-
-    def has_difference_for(self, name):
-        return any(item['name'] == name for item in self._items)
-
-    def names(self):
-        """The names of the differing settings, in the order found."""
-        return [item['name'] for item in self._items]
-
-    def get_before_after(self):
-        """Return ``(before, after)`` dicts of the differing settings, for ``--diff``."""
-        before = {}
-        after = {}
-        for item in self._items:
-            before[item['name']] = item['active']
-            after[item['name']] = item['parameter']
-        return before, after
-
-    def as_list(self):
-        """``[{'name', 'parameter', 'active'}]``, for results and messages."""
-        return [dict(item) for item in self._items]
-
-
 class StateManager(object):
-    """The shared half of the declarative modules (kata_sandbox, kata_container).
+    """The shared half of the declarative modules (kata_sandbox, kata_container, kata_template).
 
     A subclass plans its steps once through ``act()``: in check mode each step is only
     recorded (``would ...``), otherwise it runs with the shared Trace. So check mode and a
@@ -231,6 +179,26 @@ class StateManager(object):
             self.trace.step('would ' + msg)
             return None
         return func(*args, trace=self.trace, **kwargs)
+
+    def compare(self, what, name, table, record, settings, given=None, recorded=None):
+        """The one compare step: how ``record`` differs from the desired ``settings``.
+
+        ``table.compare`` finds the differences (only the options in ``given``; None compares
+        all); they go into ``--diff``; differing immutable settings without ``recreate=true``
+        end the run with an error naming each (``what`` ``name``: ``container app``) - in check
+        mode too, before anything is done. Returns ``(differences, immutable names)``.
+        """
+        diffs = table.compare(record, settings, given=given, recorded=recorded)
+        before, after = diffs.get_before_after()
+        self.diff['before'].update(before)
+        self.diff['after'].update(after)
+        immutable = [key for key in diffs.names() if table.kind_of(key) == IMMUTABLE]
+        if immutable and not self.p['recreate']:
+            raise InvalidArgument(
+                '%s %s exists with different %s (%s); set recreate=true to delete and create it again'
+                % (what, name, ', '.join(immutable),
+                   '; '.join('%s: %r -> %r' % (key, before[key], after[key]) for key in immutable)))
+        return diffs, immutable
 
     def finish(self, **result):
         for warning in self.trace.warnings:

@@ -11,7 +11,6 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.testing import patch_module_args
 from ansible_collections.kata.runtime.plugins.module_utils.kata.common import (
     COMMON_ARGS,
-    Differences,
     Progress,
     common_argument_spec,
     fail_on_kata_error,
@@ -159,49 +158,3 @@ def test_progress_without_module():
     progress = Progress()
     progress('step')
     assert progress.messages() == ['step']
-
-
-# --- Differences ----------------------------------------------------------------------------
-
-def test_differences_empty():
-    diff = Differences()
-    assert not diff
-    assert diff.has_differences() is False
-    assert diff.get_before_after() == ({}, {})
-    assert diff.names() == []
-
-
-def test_differences_add_and_before_after():
-    diff = Differences()
-    diff.add('vcpus', parameter=2, active=1)
-    diff.add('memory_mb', parameter=512, active=256)
-    assert diff and len(diff) == 2
-    assert diff.names() == ['vcpus', 'memory_mb']
-    assert diff.has_difference_for('vcpus') and not diff.has_difference_for('kernel')
-    assert diff.get_before_after() == ({'vcpus': 1, 'memory_mb': 256}, {'vcpus': 2, 'memory_mb': 512})
-    assert diff.as_list()[0] == {'name': 'vcpus', 'parameter': 2, 'active': 1}
-
-
-def test_differences_each_name_once():
-    diff = Differences()
-    diff.add('state', parameter='running', active='stopped')
-    diff.add('state', parameter='absent', active='stopped')
-    assert diff.names() == ['state']
-    assert diff.get_before_after() == ({'state': 'stopped'}, {'state': 'absent'})
-
-
-def test_differences_compare_skips_unset_and_equal():
-    diff = Differences()
-    assert diff.compare('vcpus', None, 1) is False
-    assert diff.compare('memory_mb', 256, 256) is False
-    assert diff.compare('labels', {'a': '1'}, {}) is True
-    assert diff.names() == ['labels']
-
-
-def test_differences_merge():
-    first, second = Differences(), Differences()
-    first.add('a', 1, 0)
-    second.add('b', 2, 0)
-    second.add('a', 3, 0)
-    first.merge(second)
-    assert first.get_before_after() == ({'a': 0, 'b': 0}, {'a': 3, 'b': 2})
