@@ -17,7 +17,7 @@ import time
 
 from ansible_collections.kata.runtime.plugins.module_utils.kata import container as ctr
 from ansible_collections.kata.runtime.plugins.module_utils.kata import hooks as oci_hooks
-from ansible_collections.kata.runtime.plugins.module_utils.kata import oci, share, template, vmm_memory
+from ansible_collections.kata.runtime.plugins.module_utils.kata import oci, options, share, template, vmm_memory
 from ansible_collections.kata.runtime.plugins.module_utils.kata.config import MAX_TIMEOUT
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
     AgentError,
@@ -32,10 +32,8 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.hypervisor.accel
 from ansible_collections.kata.runtime.plugins.module_utils.kata.ids import validate_id
 from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import now
 
-# Settings that shape the VM: changing one on an existing sandbox needs recreate.
-IMMUTABLE = ('vcpus', 'memory_mb', 'kernel', 'initrd', 'kernel_params', 'accel', 'cgroups_path', 'hooks')
-# Settings kept in the record only: updated in place.
-MUTABLE = ('labels', 'annotations')
+# Settings kept in the record only, updated in place (the rest shape the VM: see options.py).
+MUTABLE = options.SANDBOX_OPTIONS.keys(options.MUTABLE)
 # The sandbox's own hooks that run once its VM is up (it has no process of its own to wait
 # for: create and start are one step); poststart follows when the sandbox is running.
 BOOT_HOOKS = ('prestart', 'createRuntime', 'createContainer', 'startContainer')
@@ -104,22 +102,6 @@ def settings_from(config, opts):
         if not isinstance(s[key], str) or not os.path.isabs(s[key]):
             raise InvalidArgument('%s must be an absolute path, got %r' % (key, s[key]))
     return s
-
-
-def differences(record, settings, given=None):
-    """[(name, current, desired)] for every setting that differs from the record.
-
-    ``given`` limits the comparison to the settings the user asked for explicitly, so a
-    changed host config default does not turn into a conflict on an existing sandbox.
-    """
-    out = []
-    for key in IMMUTABLE + MUTABLE:
-        if given is not None and key not in given:
-            continue
-        current = record.get('accel_requested' if key == 'accel' else key)
-        if current != settings.get(key):
-            out.append((key, current, settings.get(key)))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------

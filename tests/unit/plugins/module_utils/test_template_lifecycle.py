@@ -15,6 +15,7 @@ import pytest
 from ansible_collections.kata.runtime.plugins.module_utils.kata import prune, template
 from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import InvalidArgument
+from ansible_collections.kata.runtime.plugins.module_utils.kata.options import SANDBOX_OPTIONS
 from ansible_collections.kata.runtime.tests.unit.plugins.module_utils.lifecycle_fakes import (
     Env,
     build_template,
@@ -145,7 +146,7 @@ def test_template_setting_is_checked_and_never_a_difference(env):
     with pytest.raises(InvalidArgument, match="template must be true or false, got 'yes'"):
         env.settings(template='yes')
     rec, dummy = create(env, 'sb', template=False)
-    assert sbx.differences(rec, env.settings(template=True), given=['template']) == []
+    assert not SANDBOX_OPTIONS.compare(rec, env.settings(template=True), given=['template'])
 
 
 def test_prune_removes_stale_templates_only(env):
