@@ -27,10 +27,6 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
 from ansible_collections.kata.runtime.plugins.module_utils.kata.ids import validate_id
 from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import now
 
-# Settings fixed at creation: a change needs recreate.
-IMMUTABLE = ('bundle', 'rootfs', 'readonly_rootfs', 'args', 'env', 'cwd', 'user', 'hooks', 'cgroups_path',
-             'annotations')
-MUTABLE = ('labels',)
 # What a record written before a setting existed means by its absence.
 _RECORD_DEFAULTS = {'readonly_rootfs': False}
 
@@ -94,14 +90,6 @@ def settings_from(opts):
 def recorded_setting(record, key):
     """A setting as the record holds it; records older than the setting mean its default."""
     return record.get(key, _RECORD_DEFAULTS.get(key))
-
-
-def differences(record, settings):
-    out = []
-    for key in IMMUTABLE + MUTABLE:
-        if recorded_setting(record, key) != settings.get(key):
-            out.append((key, recorded_setting(record, key), settings.get(key)))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
