@@ -389,32 +389,7 @@ class LibvirtHypervisor(Hypervisor):
     def create(self, vm):
         """Define ``vm`` persistently and start it. If the start fails the definition is
         removed again and HypervisorError carries libvirt's message and where to look."""
-        libvirt = _libvirt()
-        xml = self.build_xml(vm)
-        name = vm['name']
-        conn = self.conn()
-        try:
-            conn.lookupByName(name)
-        except libvirt.libvirtError as err:
-            if err.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
-                raise self._error('looking up', name, err)
-        else:
-            raise Conflict('cannot create domain %s: a domain with that name already exists '
-                           '(libvirt %s)' % (name, self.uri))
-        try:
-            dom = conn.defineXML(xml)
-        except libvirt.libvirtError as err:
-            raise self._error('defining', name, err)
-        try:
-            dom.create()
-        except libvirt.libvirtError as err:
-            try:
-                dom.undefine()
-            except libvirt.libvirtError:
-                pass
-            raise HypervisorError('starting domain %s failed (libvirt %s): %s%s'
-                                  % (name, self.uri, err.get_error_message(),
-                                     self._log_hint(name, vm.get('console_log'))))
+        create_from_xml(self, vm, self.build_xml(vm))
         return True
 
     # -- VM templates (the functions below the class do the work) ---------------------------
