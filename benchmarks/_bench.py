@@ -114,7 +114,7 @@ class Bench:
         except Exception as err:  # noqa: BLE001 - cleanup must go on
             records, corrupt = [], []
             problems.append('listing sandboxes: %s' % err)
-        for sid in [r['id'] for r in records] + [c['id'] for c in corrupt]:
+        for sid in [r.id for r in records] + [c['id'] for c in corrupt]:
             try:
                 sbx.delete(self.rt, sid, force=True)
             except Exception as err:  # noqa: BLE001

@@ -73,7 +73,7 @@ def boot_ours(bench, sid, memory_mb=None, rt=None):
         t0 = time.perf_counter()
         rec = sbx.create(rt, sid, settings, trace=trace)
         t1 = time.perf_counter()
-        pid = hv.pid(rec['domain'])
+        pid = hv.pid(rec.domain)
         cpu = b.cpu_seconds(pid)
         spawned = b.process_start(pid)
     (c0, c1), = hvc.calls
@@ -145,11 +145,11 @@ def boot_tpl(bench, sid, memory_mb=None):
         t0 = time.perf_counter()
         rec = sbx.create(rt, sid, settings, trace=trace)
         t1 = time.perf_counter()
-        pid = hv.pid(rec['domain'])
+        pid = hv.pid(rec.domain)
         cpu = b.cpu_seconds(pid)
-    if rec.get('boot') != 'template':
+    if rec.boot != 'template':
         why = [msg for dummy, msg in trace.times if 'booting cold' in msg]
-        return {'total_s': t1 - t0}, rec, (why[-1] if why else 'boot is %r' % rec.get('boot'))
+        return {'total_s': t1 - t0}, rec, (why[-1] if why else 'boot is %r' % rec.boot)
     clone = [float(m.group(1)) for m in (CLONE_READY_RE.search(msg) for dummy, msg in trace.times) if m]
     (s0, s1), = started.calls
     (l0, l1), = loaded.calls
@@ -210,7 +210,7 @@ def run_boot(bench, runs, warmup, templates=None):
                 t = time.perf_counter()
                 sbx.delete(bench.rt, sid, force=True)
                 figures['delete_s'] = time.perf_counter() - t
-                pair['tpl_boot'] = rec.get('boot')
+                pair['tpl_boot'] = rec.boot
                 if why is None:
                     pair['tpl'] = figures
                 else:  # never counted as a template boot
@@ -333,7 +333,7 @@ def idle_memory(bench, spec, sizes, settle, window, templates=None):
             dummy, rec = boot_ours(bench, sid, memory_mb=size, rt=rt)
             try:
                 time.sleep(settle)
-                pid = rt.hv.pid(rec['domain'])
+                pid = rt.hv.pid(rec.domain)
                 entry[who + '_kib'] = b.smaps_rollup(pid)
                 entry[who + '_idle_cpu_pct'] = b.idle_cpu(pid, window)
             finally:
@@ -367,14 +367,14 @@ def idle_clone(bench, entry, size, settle, window, templates):
     b.log('memory: sandbox from template at %d MiB, then %.0fs idle' % (size, window))
     figures, rec, why = boot_tpl(bench, sid, memory_mb=size)
     try:
-        entry['tpl_boot'] = rec.get('boot')
+        entry['tpl_boot'] = rec.boot
         if why is not None:
             entry['tpl_fallback'] = why
             b.log('MEMORY: THE TEMPLATE SANDBOX AT %d MiB BOOTED COLD (%s); not counted' % (size, why))
             return
         entry['tpl_ready_s'] = figures['total_s']
         time.sleep(settle)
-        pid = bench.rt.hv.pid(rec['domain'])
+        pid = bench.rt.hv.pid(rec.domain)
         entry['tpl_kib'] = b.smaps_rollup(pid)
         entry['tpl_idle_cpu_pct'] = b.idle_cpu(pid, window)
         # read while the clone is the only process mapping the file

@@ -113,7 +113,7 @@ def timed_delete(bench, sid):
     rt = bench.rt
     hv = rt.hv
     rec = rt.store.load_sandbox(sid)
-    pid = hv.pid(rec['domain'])
+    pid = hv.pid(rec.domain)
     trace = b.TimedTrace()
     with b.timed_method(hv, 'destroy') as destroy, b.timed_method(hv, 'undefine') as undefine, \
             b.timed_method(hv, 'state') as state, b.timed_method(ctr, 'cleanup') as cleanup, \
@@ -145,10 +145,10 @@ def timed_delete(bench, sid):
 def timed_virsh_destroy(bench, sid):
     rt = bench.rt
     rec = rt.store.load_sandbox(sid)
-    pid = rt.hv.pid(rec['domain'])
+    pid = rt.hv.pid(rec.domain)
     with ProcWatch(pid) as watch:
         t0 = time.perf_counter()
-        subprocess.run(['virsh', '-q', '-c', rt.config.libvirt_uri, 'destroy', rec['domain']],
+        subprocess.run(['virsh', '-q', '-c', rt.config.libvirt_uri, 'destroy', rec.domain],
                        stdout=subprocess.DEVNULL, check=True)
         t1 = time.perf_counter()
     sbx.delete(rt, sid, force=True)

@@ -89,8 +89,8 @@ def create_all(bench, who, count, memory_mb, parallel):
         t0 = time.perf_counter()
         rec = sbx.create(rt, sid, sbx.settings_from(rt.config, opts), timeout=CREATE_TIMEOUT)
         took = time.perf_counter() - t0
-        b.log('%s: %s up in %.2fs (boot %s)' % (who, sid, took, rec.get('boot')))
-        return sid, took, rec.get('boot'), rt.hv.pid(rec['domain'])
+        b.log('%s: %s up in %.2fs (boot %s)' % (who, sid, took, rec.boot))
+        return sid, took, rec.boot, rt.hv.pid(rec.domain)
 
     results, errors = [], []
     t0 = time.perf_counter()

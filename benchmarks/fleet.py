@@ -163,7 +163,7 @@ def bench_prune(args, res):
                          'loop': ids}]}]
                 b.log('run %d: %s deleting %d sandboxes' % (run + 1, variant, n))
                 wall, data = playbook(bench, variant, plays)
-                left = sorted(r['id'] for r in bench.rt.store.list_sandboxes()[0])
+                left = sorted(r.id for r in bench.rt.store.list_sandboxes()[0])
                 if left or bench.ours():
                     raise RuntimeError('%s left sandboxes behind: %s %s' % (variant, left, bench.ours()))
                 out[variant + '_s'].append(round(wall, 3))

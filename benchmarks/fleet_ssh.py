@@ -85,10 +85,10 @@ def bench_ssh(args, res):
                             variants.pop('mitogen')
                             for world in worlds:  # what the failed run did not delete
                                 for rec in world.rt.store.list_sandboxes()[0]:
-                                    sbx.delete(world.rt, rec['id'], force=True)
+                                    sbx.delete(world.rt, rec.id, force=True)
                             continue
                         raise
-                    left = [r['id'] for w in worlds for r in w.rt.store.list_sandboxes()[0]]
+                    left = [r.id for w in worlds for r in w.rt.store.list_sandboxes()[0]]
                     if left:
                         raise RuntimeError('%s: sandboxes left after the ad hoc prune: %s' % (variant, left))
                     out['variants'].setdefault(variant, []).append(round(wall, 3))

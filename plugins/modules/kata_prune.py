@@ -183,7 +183,7 @@ def main():
         rt = Runtime(require_state_root_dir(load_module_config(module)), progress=Progress(module))
         labels = coerce_str_dict(p['labels'], 'labels')
         listing = rt.store.list_sandboxes()
-        present = sorted([r['id'] for r in listing[0]] + [c['id'] for c in listing[1]])
+        present = sorted([r.id for r in listing[0]] + [c['id'] for c in listing[1]])
         if p['names'] == [] and not (labels or p['query'] or p['all']):
             ids = []  # explicit empty selection: orphans only
         else:

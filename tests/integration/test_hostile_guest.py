@@ -172,10 +172,10 @@ def test_container_as_guest_root_cannot_change_host_files(env, busybox_rootfs, c
         assert f.read().strip() == 'touch=1'
     with open(done['stderr_path']) as f:
         assert 'Read-only file system' in f.read()
-    assert rt.store.load_container('sb', 'ro')['readonly_rootfs'] is True
+    assert rt.store.load_container('sb', 'ro').readonly_rootfs is True
 
     # Hooks get a host-owned bundle with the generated config.json, not the rootfs.
-    bundle = rt.store.load_container('sb', 'ro')['bundle_dir']
+    bundle = rt.store.load_container('sb', 'ro').bundle_dir
     assert bundle == share.bundle_dir(rt.store, 'sb', 'ro')
     with open(os.path.join(bundle, 'config.json')) as f:
         assert json.load(f)['root'] == {'path': os.path.realpath(busybox_rootfs), 'readonly': True}
@@ -268,7 +268,7 @@ def test_planted_share_and_console_flood_stay_in_the_sandbox(env, busybox_rootfs
     # On the host: nothing the guest made is a link, a device, a fifo or setuid -- or, where
     # the kernel cannot keep user xattrs on tmpfs (squash mode), the mount makes them inert.
     out = share.output_dir(rt.store, 'sb')
-    mode = output_accessmode(rec['domain'])
+    mode = output_accessmode(rec.domain)
     assert mode in ('mapped', 'squash')
     if mode == 'mapped':
         for path in walk_iteratively(out):

@@ -64,14 +64,14 @@ def boot(env):
     trace = rt.trace()
     rec = sbx.create(rt, 'lean', sbx.settings_from(rt.config, {'memory_mb': 128}), trace=trace)
     pid = sbx.info(rt, rec)['pid']
-    root = ET.fromstring(virsh('dumpxml', rec['domain']).stdout)
+    root = ET.fromstring(virsh('dumpxml', rec.domain).stdout)
     with open('/proc/%d/cmdline' % pid, 'rb') as f:
         cmdline = f.read().replace(b'\0', b' ').decode()
     return rt, trace, rec, pid, root, cmdline
 
 
 def resident_boot_files(pid, rec):
-    files = [os.path.realpath(rec['kernel']), os.path.realpath(rec['initrd'])]
+    files = [os.path.realpath(rec.kernel), os.path.realpath(rec.initrd)]
     maps = vmm_memory.file_mappings(pid, files)
     assert len(maps) >= 2, 'QEMU should map both boot files: %s' % maps
     return sum(m[2] for m in maps)

@@ -57,7 +57,7 @@ def test_two_containers_outputs_exit_codes_stop_and_forced_delete(env, busybox_r
 
     run_container(rt, 'sb', 'short', busybox_rootfs, 'echo to-stdout; echo to-stderr >&2; exit 3', trace)
     long_rec = run_container(rt, 'sb', 'long', busybox_rootfs, 'sleep 1000', trace)
-    assert long_rec['pid']
+    assert long_rec.pid
 
     short = ctr.wait_for(rt, 'short', 30)
     assert short['status'] == 'stopped' and short['exit_code'] == 3
@@ -77,7 +77,7 @@ def test_two_containers_outputs_exit_codes_stop_and_forced_delete(env, busybox_r
 
     # sleep is PID 1 of its namespace: SIGTERM has no handler there, so the stop escalates.
     stopped = ctr.stop(rt, 'long', sig='SIGTERM', timeout=2, trace=trace)
-    assert stopped['status'] == 'stopped' and stopped['exit_code'] == 128 + signal.SIGKILL
+    assert stopped.status == 'stopped' and stopped.exit_code == 128 + signal.SIGKILL
     assert any('SIGKILL' in a for a in trace.actions)
 
     run_container(rt, 'sb', 'again', busybox_rootfs, 'sleep 1000', trace)

@@ -180,7 +180,7 @@ class StateManager(object):
             return None
         return func(*args, trace=self.trace, **kwargs)
 
-    def compare(self, what, name, table, record, settings, given=None, recorded=None):
+    def compare(self, what, name, table, record, settings, given=None):
         """The one compare step: how ``record`` differs from the desired ``settings``.
 
         ``table.compare`` finds the differences (only the options in ``given``; None compares
@@ -188,7 +188,7 @@ class StateManager(object):
         end the run with an error naming each (``what`` ``name``: ``container app``) - in check
         mode too, before anything is done. Returns ``(differences, immutable names)``.
         """
-        diffs = table.compare(record, settings, given=given, recorded=recorded)
+        diffs = table.compare(record, settings, given=given)
         before, after = diffs.get_before_after()
         self.diff['before'].update(before)
         self.diff['after'].update(after)

@@ -25,10 +25,15 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
     StateWriteError,
 )
 from ansible_collections.kata.runtime.plugins.module_utils.kata.ids import validate_id
+from ansible_collections.kata.runtime.plugins.module_utils.kata.model import (
+    ContainerRecord,
+    ContainerStatus,
+    SandboxRecord,
+    VmState,
+    observed_sandbox_state,
+    step,
+)
 from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import now
-
-# What a record written before a setting existed means by its absence.
-_RECORD_DEFAULTS = {'readonly_rootfs': False}
 
 
 def settings_from(opts):
@@ -87,11 +92,6 @@ def settings_from(opts):
     }
 
 
-def recorded_setting(record, key):
-    """A setting as the record holds it; records older than the setting mean its default."""
-    return record.get(key, _RECORD_DEFAULTS.get(key))
-
-
 # ---------------------------------------------------------------------------------------------
 # observation
 
@@ -102,7 +102,7 @@ def observe_live(rt, sid, vm):
     the guest is untrusted) makes the agent unusable for this look-up and nothing more; error
     is its message, for the info modules to show.
     """
-    if vm != 'running':
+    if vm != VmState.RUNNING:
         return None, None  # not asked: a paused guest cannot answer, a stopped one has nothing
     try:
         with rt.agent(sid, timeout=5) as client:
@@ -125,18 +125,18 @@ def status_of(rec, vm, live, agent_error=None):
     no error and get the record, which keeps their refusals (still running, no force) as
     careful as the record is.
     """
-    recorded = rec.get('status') or 'creating'
-    if recorded in ('stopped', 'deleting'):
-        return 'stopped'
-    if vm not in ('running', 'paused'):
-        return 'stopped'  # the VM is gone: so is every process in it
+    recorded = rec.status or ContainerStatus.CREATING
+    if recorded in (ContainerStatus.STOPPED, ContainerStatus.DELETING):
+        return ContainerStatus.STOPPED
+    if vm not in VmState.LIVE:
+        return ContainerStatus.STOPPED  # the VM is gone: so is every process in it
     if live is None:
-        if vm == 'running' and agent_error is not None:
-            return 'unknown'
+        if vm == VmState.RUNNING and agent_error is not None:
+            return ContainerStatus.UNKNOWN
         return recorded  # paused VM (its agent cannot answer): the record is the best we know
-    state = live.get(rec['id'])
+    state = live.get(rec.id)
     if state is None:
-        return 'creating' if recorded == 'creating' else 'stopped'
+        return ContainerStatus.CREATING if recorded == ContainerStatus.CREATING else ContainerStatus.STOPPED
     return state.get('status') or recorded
 
 
@@ -145,54 +145,54 @@ def info(rt, rec, vm=None, live=None, observed=True, agent_error=None):
 
     Status ``unknown`` comes with ``error``: why the agent of its running VM could not say.
     """
-    sid = rec['sandbox']
+    sid = rec.sandbox
     if observed and vm is None:
         srec = rt.store.load_sandbox(sid)
-        vm = rt.hv.state(srec['domain']) if srec else 'missing'
+        vm = rt.hv.state(srec.domain) if srec else VmState.MISSING
         live, agent_error = observe_live(rt, sid, vm)
-    status = status_of(rec, vm, live, agent_error) if observed else rec.get('status')
-    state = (live or {}).get(rec['id']) or {}
-    stdout_path, stderr_path = share.output_paths(rt.store, sid, rec['id'])
-    exit_code = state.get('exit_code', rec.get('exit_code'))
+    status = status_of(rec, vm, live, agent_error) if observed else rec.status
+    state = (live or {}).get(rec.id) or {}
+    stdout_path, stderr_path = share.output_paths(rt.store, sid, rec.id)
+    exit_code = state.get('exit_code', rec.exit_code)
     out = {
-        'id': rec['id'],
+        'id': rec.id,
         'sandbox': sid,
-        'type': rec.get('type', 'pod_container'),
+        'type': rec.type,
         'status': status,
-        'pid': state.get('pid', rec.get('pid')) if status in ('created', 'running') else None,
-        'exit_code': exit_code if status == 'stopped' else None,
-        'bundle': rec.get('bundle') or rec.get('bundle_dir'),
-        'rootfs': rec.get('rootfs'),
-        'readonly_rootfs': recorded_setting(rec, 'readonly_rootfs'),
-        'args': rec.get('args'),
-        'annotations': rec.get('annotations') or {},
-        'labels': rec.get('labels') or {},
-        'cgroups_path': rec.get('cgroups_path') or '',
-        'cgroups_paths': rec.get('cgroups_paths') or [],
+        'pid': state.get('pid', rec.pid) if status in (ContainerStatus.CREATED, ContainerStatus.RUNNING) else None,
+        'exit_code': exit_code if status == ContainerStatus.STOPPED else None,
+        'bundle': rec.bundle or rec.bundle_dir,
+        'rootfs': rec.rootfs,
+        'readonly_rootfs': rec.readonly_rootfs,
+        'args': rec.args,
+        'annotations': rec.annotations or {},
+        'labels': rec.labels or {},
+        'cgroups_path': rec.cgroups_path or '',
+        'cgroups_paths': rec.cgroups_paths or [],
         'stdout_path': stdout_path,
         'stderr_path': stderr_path,
-        'created_at': rec.get('created_at'),
-        'started_at': rec.get('started_at'),
-        'finished_at': state.get('finished_at') or rec.get('finished_at'),
+        'created_at': rec.created_at,
+        'started_at': rec.started_at,
+        'finished_at': state.get('finished_at') or rec.finished_at,
     }
-    if status == 'unknown':
+    if status == ContainerStatus.UNKNOWN:
         out['error'] = agent_error
     return out
 
 
 def sandbox_as_container(rt, srec, vm):
     """A sandbox seen as its own pod_sandbox container."""
-    from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
-    state = sbx.state_of(srec, vm)
-    status = {'running': 'running', 'paused': 'running'}.get(state, 'stopped')
+    state = observed_sandbox_state(srec.state, vm)
+    # its "process" is the VM: running while the VM is up, paused or not
+    status = ContainerStatus.RUNNING if state in VmState.LIVE else ContainerStatus.STOPPED
     return {
-        'id': srec['id'], 'sandbox': srec['id'], 'type': 'pod_sandbox', 'status': status,
-        'pid': rt.hv.pid(srec['domain']) if status == 'running' else None, 'exit_code': None,
+        'id': srec.id, 'sandbox': srec.id, 'type': 'pod_sandbox', 'status': status,
+        'pid': rt.hv.pid(srec.domain) if status == ContainerStatus.RUNNING else None, 'exit_code': None,
         'bundle': None, 'rootfs': None, 'args': None,
-        'annotations': srec.get('annotations') or {}, 'labels': srec.get('labels') or {},
-        'cgroups_path': srec.get('cgroups_path') or '', 'cgroups_paths': srec.get('cgroups_paths') or [],
-        'stdout_path': None, 'stderr_path': None, 'created_at': srec.get('created_at'),
-        'started_at': srec.get('created_at'), 'finished_at': None,
+        'annotations': srec.annotations or {}, 'labels': srec.labels or {},
+        'cgroups_path': srec.cgroups_path or '', 'cgroups_paths': srec.cgroups_paths or [],
+        'stdout_path': None, 'stderr_path': None, 'created_at': srec.created_at,
+        'started_at': srec.created_at, 'finished_at': None,
     }
 
 
@@ -211,46 +211,46 @@ def find(rt, cid):
 # operations
 
 def _state_json(rt, rec, status):
-    annotations = dict(rec.get('annotations') or {})
-    annotations.setdefault(oci.KATA_CONTAINER_TYPE_KEY, rec.get('type', 'pod_container'))
+    annotations = dict(rec.annotations or {})
+    annotations.setdefault(oci.KATA_CONTAINER_TYPE_KEY, rec.type)
     # An inline container's bundle is the host-owned bundles/<cid> (records older than it
     # name the rootfs, which the guest can no longer write either: it is shared read-only).
-    bundle = rec.get('bundle') or rec.get('bundle_dir') or rec.get('rootfs')
-    return oci.state(rec['id'], status, rec.get('pid') if status in ('created', 'running') else None,
+    bundle = rec.bundle or rec.bundle_dir or rec.rootfs
+    return oci.state(rec.id, status, rec.pid if status in (ContainerStatus.CREATED, ContainerStatus.RUNNING) else None,
                      bundle, annotations)
 
 
 def _write_bundle(rt, sid, rec, trace):
     """An inline container gets a real bundle: bundles/<cid>/config.json, 0700/0600, outside
     anything the guest can write. Hooks see it as the state's bundle and run in it."""
-    path = share.bundle_dir(rt.store, sid, rec['id'])
-    env = dict(item.partition('=')[::2] for item in rec['env'])
-    spec = oci.generate_spec(rec['rootfs'], rec['args'], env=env, cwd=rec['cwd'],
-                             user=rec['user'], hooks=rec['hooks'] or None,
-                             cgroups_path=rec['cgroups_path'] or None, annotations=rec['annotations'],
-                             readonly=rec['readonly_rootfs'])
+    path = share.bundle_dir(rt.store, sid, rec.id)
+    env = dict(item.partition('=')[::2] for item in rec.env)
+    spec = oci.generate_spec(rec.rootfs, rec.args, env=env, cwd=rec.cwd,
+                             user=rec.user, hooks=rec.hooks or None,
+                             cgroups_path=rec.cgroups_path or None, annotations=rec.annotations,
+                             readonly=rec.readonly_rootfs)
     rt.store.write_private_json(path, 'config.json', spec)
-    rec['bundle_dir'] = path
-    trace.step('wrote bundle %s of container %s' % (path, rec['id']))
+    rec.bundle_dir = path
+    trace.step('wrote bundle %s of container %s' % (path, rec.id))
 
 
 def _run_hooks(rt, rec, kind, status, trace):
-    hooks = rec.get('hooks') or {}
+    hooks = rec.hooks or {}
     if not hooks.get(kind):
         return
     for w in oci_hooks.run_hooks(kind, hooks, _state_json(rt, rec, status), rt.config.hook_timeout):
         trace.warn(w)
-    trace.step('ran %d %s hook(s) of container %s' % (len(hooks[kind]), kind, rec['id']))
+    trace.step('ran %d %s hook(s) of container %s' % (len(hooks[kind]), kind, rec.id))
 
 
 def _sandbox_running(rt, sid):
     srec = rt.store.load_sandbox(sid)
     if srec is None:
         raise NotFound('sandbox %s does not exist' % sid)
-    vm = rt.hv.state(srec['domain'])
-    if vm != 'running':
-        from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
-        raise Conflict('sandbox %s is %s: containers need a running sandbox' % (sid, sbx.state_of(srec, vm)))
+    vm = rt.hv.state(srec.domain)
+    if vm != VmState.RUNNING:
+        raise Conflict('sandbox %s is %s: containers need a running sandbox'
+                       % (sid, observed_sandbox_state(srec.state, vm)))
     return srec
 
 
@@ -277,9 +277,7 @@ def create(rt, sid, cid, settings, trace=None):
     check_create(rt, sid, cid, settings)
     with rt.store.lock(sid):
         srec = check_create(rt, sid, cid, settings)  # again, under the lock
-        rec = dict(settings)
-        rec.update({'id': cid, 'sandbox': sid, 'status': 'creating', 'created_at': now(),
-                    'cgroups_paths': [], 'pid': None, 'exit_code': None})
+        rec = ContainerRecord.new(sid, cid, settings, status=ContainerStatus.CREATING, created_at=now())
         # the mapping first: it is how a delete finds the container, so whatever is made from
         # here on can be found again by a delete, even if this process dies
         rt.store.set_mapping(cid, sid)
@@ -287,18 +285,18 @@ def create(rt, sid, cid, settings, trace=None):
         try:
             rt.store.save_container(rec)
             trace.step('recorded container %s in sandbox %s' % (cid, sid))
-            rec['cgroups_paths'] = rt.create_cgroups(settings['cgroups_path'], cid, sid)
+            rec.cgroups_paths = rt.create_cgroups(settings['cgroups_path'], cid, sid)
             rt.store.save_container(rec)
-            if not rec.get('bundle'):
+            if not rec.bundle:
                 _write_bundle(rt, sid, rec, trace)
             # the record names the mount point before the mount exists (see cleanup)
             share.bind_rootfs(rt, srec, rec, trace, before_mount=lambda: rt.store.save_container(rec))
             for kind in ('prestart', 'createRuntime'):
-                _run_hooks(rt, rec, kind, 'creating', trace)
-            uid, gid = (int(x) for x in rec['user'].split(':'))
+                _run_hooks(rt, rec, kind, ContainerStatus.CREATING, trace)
+            uid, gid = (int(x) for x in rec.user.split(':'))
             asked_guest = True
-            params = dict(id=cid, args=rec['args'], env=rec['env'], cwd=rec['cwd'], uid=uid, gid=gid,
-                          hostname=cid[:63], readonly=bool(rec['readonly_rootfs']))
+            params = dict(id=cid, args=rec.args, env=rec.env, cwd=rec.cwd, uid=uid, gid=gid,
+                          hostname=cid[:63], readonly=bool(rec.readonly_rootfs))
             with rt.agent(sid) as client:
                 try:
                     client.call('create_container', **params)
@@ -311,8 +309,8 @@ def create(rt, sid, cid, settings, trace=None):
                     _drop_stale_in_guest(rt, sid, cid, trace)
                     client.call('create_container', **params)
             trace.step('created container %s in the guest' % cid)
-            _run_hooks(rt, rec, 'createContainer', 'created', trace)
-            rec['status'] = 'created'
+            _run_hooks(rt, rec, 'createContainer', ContainerStatus.CREATED, trace)
+            rec.status = ContainerStatus.CREATED
             rt.store.save_container(rec)
         except BaseException:
             if asked_guest:
@@ -330,22 +328,20 @@ def start(rt, cid, trace=None):
     with rt.store.lock(sid):
         srec = _sandbox_running(rt, sid)
         rec = _reload(rt, sid, cid)
-        status = status_of(rec, 'running', live_states(rt, sid, 'running'))
-        if status != 'created':
-            raise Conflict('container %s cannot be started: it is %s' % (cid, status))
+        step('container', 'start', status_of(rec, VmState.RUNNING, live_states(rt, sid, VmState.RUNNING)), cid)
         try:
-            _run_hooks(rt, rec, 'startContainer', 'created', trace)
+            _run_hooks(rt, rec, 'startContainer', ContainerStatus.CREATED, trace)
             with rt.agent(sid) as client:
                 res = client.call('start_container', id=cid)
         except BaseException:
             _remove_in_guest(rt, sid, cid, trace)
             cleanup(rt, srec, rec, trace, poststop=False)
             raise
-        rec.update({'status': 'running', 'pid': (res or {}).get('pid'), 'started_at': now()})
+        rec.status, rec.pid, rec.started_at = ContainerStatus.RUNNING, (res or {}).get('pid'), now()
         rt.store.save_container(rec)
-        trace.step('started container %s (guest pid %s)' % (cid, rec['pid']))
+        trace.step('started container %s (guest pid %s)' % (cid, rec.pid))
     try:
-        _run_hooks(rt, rec, 'poststart', 'running', trace)
+        _run_hooks(rt, rec, 'poststart', ContainerStatus.RUNNING, trace)
     except KataError as err:
         trace.warn(str(err))
     return rec
@@ -371,7 +367,7 @@ def _kill_and_wait(rt, sid, cid, sig, timeout, trace):
         client.call('signal_container', id=cid, signal=sig)
         trace.step('sent signal %d to container %s' % (sig, cid))
         res = client.call('wait_container', id=cid, timeout=timeout)
-        if res.get('status') != 'stopped' and sig != signals.SIGKILL:
+        if res.get('status') != ContainerStatus.STOPPED and sig != signals.SIGKILL:
             client.call('signal_container', id=cid, signal=int(signals.SIGKILL))
             trace.step('container %s still running after %ss: sent SIGKILL' % (cid, timeout))
             res = client.call('wait_container', id=cid, timeout=10)
@@ -385,17 +381,16 @@ def stop(rt, cid, sig='SIGTERM', timeout=10, trace=None):
     sid, rec = _must_find(rt, cid)
     with rt.store.lock(sid):
         srec = rt.store.load_sandbox(sid)
-        vm = rt.hv.state(srec['domain']) if srec else 'missing'
+        vm = rt.hv.state(srec.domain) if srec else VmState.MISSING
         live = live_states(rt, sid, vm)
         rec = _reload(rt, sid, cid)
-        status = status_of(rec, vm, live)
-        if status == 'running':
+        if step('container', 'stop', status_of(rec, vm, live), cid) == 'kill':
             res = _kill_and_wait(rt, sid, cid, signum, timeout, trace)
-            rec['exit_code'] = res.get('exit_code')
+            rec.exit_code = res.get('exit_code')
         elif live and cid in live:
-            rec['exit_code'] = live[cid].get('exit_code')
-        if status in ('running', 'created', 'creating') or rec.get('status') != 'stopped':
-            rec.update({'status': 'stopped', 'finished_at': rec.get('finished_at') or now()})
+            rec.exit_code = live[cid].get('exit_code')
+        if rec.status != ContainerStatus.STOPPED:
+            rec.status, rec.finished_at = ContainerStatus.STOPPED, rec.finished_at or now()
             rt.store.save_container(rec)
     return rec
 
@@ -469,20 +464,19 @@ def delete(rt, cid, force=False, trace=None):
             trace.step('removed what was left of container %s' % cid)
             return True
         srec = _sandbox_or_name(rt, sid, force)
-        vm = rt.hv.state(srec['domain'])
-        status = status_of(rec, vm, live_states(rt, sid, vm))
-        if status == 'running':
+        vm = rt.hv.state(srec.domain)
+        if step('container', 'delete', status_of(rec, vm, live_states(rt, sid, vm)), cid) == 'kill':
             if not force:
                 raise Conflict('container %s is still running: stop it first or use force=true' % cid)
             try:
                 res = _kill_and_wait(rt, sid, cid, int(signals.SIGKILL), 10, trace)
-                rec['exit_code'] = res.get('exit_code')
+                rec.exit_code = res.get('exit_code')
             except AgentError as err:
                 # A guest that will not (or cannot) answer does not stop a forced delete: the
                 # host side goes now; the process ends with the sandbox's VM at the latest.
                 trace.warn('container %s: could not kill it through the agent (%s); its host '
                            'side is removed, its process ends with sandbox %s' % (cid, err, sid))
-        if vm == 'running':
+        if vm == VmState.RUNNING:
             _remove_in_guest(rt, sid, cid, trace)
         cleanup(rt, srec, rec, trace)
     return True
@@ -497,7 +491,7 @@ def _sandbox_or_name(rt, sid, force):
         if not force:
             raise
         srec = None
-    return srec or {'id': sid, 'domain': rt.hv.domain_name(sid)}
+    return srec or SandboxRecord.by_name(sid, rt.hv.domain_name(sid))
 
 
 def _delete_unreadable(rt, cid, err, trace):
@@ -515,7 +509,7 @@ def _delete_unreadable(rt, cid, err, trace):
         return False
     with rt.store.lock(sid):
         srec = _sandbox_or_name(rt, sid, True)
-        if rt.hv.state(srec['domain']) == 'running':
+        if rt.hv.state(srec.domain) == VmState.RUNNING:
             try:
                 _kill_and_wait(rt, sid, cid, int(signals.SIGKILL), 10, trace)
             except AgentError as agent_err:
@@ -533,7 +527,7 @@ def _save_progress(rt, rec, trace):
     try:
         rt.store.save_container(rec)
     except StateWriteError as err:
-        trace.warn('container %s: %s; removing it anyway' % (rec['id'], err))
+        trace.warn('container %s: %s; removing it anyway' % (rec.id, err))
 
 
 def cleanup(rt, srec, rec, trace, poststop=True):
@@ -543,18 +537,18 @@ def cleanup(rt, srec, rec, trace, poststop=True):
     hooks once (failures are warnings), removes the rootfs share, cgroups, directories, the
     record, and the mapping last (how a delete run again finds what is left).
     """
-    cid = rec['id']
-    if rec.get('status') != 'deleting':
-        rec['status'] = 'deleting'
-        rec['finished_at'] = rec.get('finished_at') or now()
+    cid = rec.id
+    if rec.status != ContainerStatus.DELETING:
+        rec.status = ContainerStatus.DELETING
+        rec.finished_at = rec.finished_at or now()
         _save_progress(rt, rec, trace)
     share.unbind_rootfs(rt, srec, rec, trace)
-    if poststop and not rec.get('poststop_done'):
-        _run_hooks(rt, rec, 'poststop', 'stopped', trace)
-        rec['poststop_done'] = True
+    if poststop and not rec.poststop_done:
+        _run_hooks(rt, rec, 'poststop', ContainerStatus.STOPPED, trace)
+        rec.poststop_done = True
         _save_progress(rt, rec, trace)
-    if rec.get('cgroups_paths'):
-        rt.remove_cgroups(rec['cgroups_paths'], cid)
+    if rec.cgroups_paths:
+        rt.remove_cgroups(rec.cgroups_paths, cid)
         trace.step('removed cgroup paths of container %s' % cid)
     _remove_by_name(rt, srec, cid, trace)
     trace.step('deleted container %s' % cid)
@@ -563,10 +557,11 @@ def cleanup(rt, srec, rec, trace, poststop=True):
 def _remove_by_name(rt, srec, cid, trace):
     """What a container owns by its name alone, mapping last: until the mapping goes, a
     delete run again (after this one was killed) finds the container and finishes here."""
-    sid = srec['id']
+    sid = srec.id
     target = os.path.join(share.shared_dir(rt.store, sid), cid, 'rootfs')
-    share.unbind_rootfs(rt, srec, {'id': cid, 'rootfs_mount': {
-        'target': target, 'host': share.mounted_on_host(target)}}, trace)
+    stand_in = ContainerRecord.by_name(sid, cid)
+    stand_in.rootfs_mount = {'target': target, 'host': share.mounted_on_host(target)}
+    share.unbind_rootfs(rt, srec, stand_in, trace)
     # what an interrupted create made before the record listed it (the journal has it)
     rt.collect_cgroups([n for n in rt.store.list_cgroup_journal() if n['sandbox'] == sid and n['owner'] == cid])
     share.remove_container_dirs(rt, sid, cid)
@@ -588,7 +583,7 @@ def wait_for(rt, cid, timeout, poll=0.2):
     while True:
         sid, rec = _must_find(rt, cid)
         out = info(rt, rec)
-        if out['status'] == 'stopped' or time.monotonic() >= deadline:
+        if out['status'] == ContainerStatus.STOPPED or time.monotonic() >= deadline:
             return out
         time.sleep(poll)
 
@@ -602,10 +597,10 @@ def list_all(rt, sandboxes=None):
     records, corrupt = rt.store.list_sandboxes()
     out = []
     for srec in records:
-        sid = srec['id']
+        sid = srec.id
         if sandboxes is not None and sid not in sandboxes:
             continue
-        vm = rt.hv.state(srec['domain'])
+        vm = rt.hv.state(srec.domain)
         containers, bad = rt.store.list_containers(sid)
         corrupt.extend(bad)
         live, agent_error = observe_live(rt, sid, vm) if containers else (None, None)

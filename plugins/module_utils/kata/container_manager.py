@@ -95,7 +95,7 @@ class ContainerManager(StateManager):
             opts['cwd'] = None if self.p['cwd'] == '/' else self.p['cwd']
         if rec is not None and not (opts['bundle'] or opts['rootfs'] or opts['command']):
             # Addressed by name only: the recorded settings are the request (labels aside).
-            settings = {k: ctr.recorded_setting(rec, k) for k in SETTING_KEYS + ('type',)}
+            settings = {k: getattr(rec, k) for k in SETTING_KEYS + ('type',)}
             if opts['labels'] is not None:
                 settings['labels'] = opts['labels']
         else:
@@ -106,8 +106,7 @@ class ContainerManager(StateManager):
         if rec is not None:
             # With a bundle its whole config.json is the request; inline, only what is given.
             given = None if self.p['bundle'] else OPTIONS.given(self.p)
-            diffs, immutable = self.compare('container', self.cid, OPTIONS, rec, settings, given=given,
-                                            recorded=ctr.recorded_setting)
+            diffs, immutable = self.compare('container', self.cid, OPTIONS, rec, settings, given=given)
             if immutable or (want == 'running' and status == 'stopped'):
                 why = 'its settings changed' if immutable else 'it has stopped'
                 if status == 'running' and not self.p['force']:
@@ -146,6 +145,6 @@ class ContainerManager(StateManager):
     def update_labels(self, sid, labels, trace):
         with self.rt.store.lock(sid):
             rec = self.rt.store.load_container(sid, self.cid)
-            rec['labels'] = labels
+            rec.labels = labels
             self.rt.store.save_container(rec)
             trace.step('updated labels of container %s' % self.cid)

@@ -93,24 +93,20 @@ class OptionTable(object):
         """The names of the setting options given explicitly (not None)."""
         return [option.name for option in self.settings() if params.get(option.name) is not None]
 
-    def compare(self, record, settings, given=None, recorded=None):
+    def compare(self, record, settings, given=None):
         """The settings that differ between ``record`` (active) and ``settings`` (parameter).
 
         Immutable settings come first, then mutable ones, each in table order. ``given`` (option
         names) limits the comparison to what the user asked for, so a changed host default is
-        not a difference; None compares everything. ``recorded(record, key)`` reads a setting
-        from the record (default: ``record.get(record_key)``). Returns ``Differences`` keyed on
-        the settings keys.
+        not a difference; None compares everything. ``record`` is a model record (a setting is
+        its attribute ``record_key``). Returns ``Differences`` keyed on the settings keys.
         """
         diffs = Differences()
         for kind in (IMMUTABLE, MUTABLE):
             for option in self.options:
                 if option.kind != kind or not option.key or (given is not None and option.name not in given):
                     continue
-                if recorded is None:
-                    current = record.get(option.record_key)
-                else:
-                    current = recorded(record, option.record_key)
+                current = getattr(record, option.record_key)
                 desired = settings.get(option.key)
                 if current != desired:
                     diffs.add(option.key, parameter=desired, active=current)

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
 from ansible_collections.kata.runtime.plugins.module_utils.kata import select, template
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import InvalidArgument, KataError
+from ansible_collections.kata.runtime.plugins.module_utils.kata.model import SandboxState, VmState
 
 
 def selected_ids(rt, names=None, labels=None, query=None, select_all=False, listing=None):
@@ -40,12 +41,12 @@ def selected_ids(rt, names=None, labels=None, query=None, select_all=False, list
                               '(refusing to act on every sandbox implicitly)')
     records, corrupt = listing if listing is not None else rt.store.list_sandboxes()
     if select_all:
-        return sorted({r['id'] for r in records} | {c['id'] for c in corrupt})
-    picked = select.filter_items(records, names, labels) if (names or labels) else records
+        return sorted({r.id for r in records} | {c['id'] for c in corrupt})
+    picked = [r for r in records if select.name_matches(r.id, names) and select.labels_match(r.labels, labels)]
     if query:
         ids = select.ids_from_query([sbx.info(rt, r) for r in picked], query)
     else:
-        ids = [r['id'] for r in picked]
+        ids = [r.id for r in picked]
     if names and not labels and not query:
         ids += [c['id'] for c in corrupt if select.name_matches(c['id'], names)]
     return sorted(set(ids))
@@ -60,13 +61,13 @@ def find_orphans(rt, skip=()):
     """
     out = []
     records, corrupt = rt.store.list_sandboxes()
-    known = {r['id'] for r in records} | {c['id'] for c in corrupt}
+    known = {r.id for r in records} | {c['id'] for c in corrupt}
     for rec in records:
-        if rec['id'] in skip:
+        if rec.id in skip:
             continue
         reason = _dead_reason(rt, rec)
-        if reason and not _busy(rt, rec['id']):
-            out.append({'kind': 'sandbox_without_vm', 'id': rec['id'], 'detail': reason})
+        if reason and not _busy(rt, rec.id):
+            out.append({'kind': 'sandbox_without_vm', 'id': rec.id, 'detail': reason})
     for sid in rt.store.list_lock_ids():
         if sid not in known and sid not in skip and not os.path.lexists(rt.store.sandbox_dir(sid)) \
                 and not _busy(rt, sid):
@@ -166,8 +167,8 @@ def _busy(rt, sid):
 def _dead_reason(rt, rec):
     """Why a record (read under its lock, or as a candidate) is an orphan, or None."""
     vm = sbx.vm_state(rt, rec)
-    if sbx.state_of(rec, vm) == 'dead' or rec.get('state') in ('creating', 'deleting'):
-        return 'record says %s, VM is %s' % (rec.get('state'), vm)
+    if sbx.state_of(rec, vm) == SandboxState.DEAD or rec.state in (SandboxState.CREATING, SandboxState.DELETING):
+        return 'record says %s, VM is %s' % (rec.state, vm)
     return None
 
 
@@ -179,7 +180,7 @@ def _collectable_vm(rt, dom):
     root = dom.get('state_root')
     if root is not None:
         return os.path.normpath(root) == rt.store.root
-    return dom['state'] not in ('running', 'paused')
+    return dom['state'] not in VmState.LIVE
 
 
 def _dangling_reason(rt, cid, sid):
@@ -218,10 +219,10 @@ def _used_cgroups(rt):
     used = set()
     records, dummy = rt.store.list_sandboxes()
     for rec in records:
-        used.update(rec.get('cgroups_paths') or [])
-        containers, dummy = rt.store.list_containers(rec['id'])
+        used.update(rec.cgroups_paths)
+        containers, dummy = rt.store.list_containers(rec.id)
         for c in containers:
-            used.update(c.get('cgroups_paths') or [])
+            used.update(c.cgroups_paths)
     return used
 
 
@@ -252,7 +253,7 @@ def remove_orphan(rt, orphan, trace):
             if (not free or os.path.lexists(rt.store.sandbox_dir(sid)) or _building(rt, sid)
                     or not _collectable_vm(rt, dict(dom, state=rt.hv.state(oid)))):
                 return False
-            if rt.hv.state(oid) in ('running', 'paused'):
+            if rt.hv.state(oid) in VmState.LIVE:
                 rt.hv.destroy(oid)
             rt.hv.undefine(oid)
             trace.step('removed VM %s that had no record' % oid)

@@ -30,6 +30,14 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
 from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import contract
 from ansible_collections.kata.runtime.plugins.module_utils.kata.hypervisor.accel import choose_accel
 from ansible_collections.kata.runtime.plugins.module_utils.kata.ids import validate_id
+from ansible_collections.kata.runtime.plugins.module_utils.kata.model import (
+    ContainerStatus,
+    SandboxRecord,
+    SandboxState,
+    VmState,
+    observed_sandbox_state,
+    step,
+)
 from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import now
 
 # Settings kept in the record only, updated in place (the rest shape the VM: see options.py).
@@ -50,10 +58,6 @@ def check_timeout(name, value):
                               or not 0 < value <= MAX_TIMEOUT):
         raise InvalidArgument('%s must be a positive number of seconds, at most %d; got %r' % (name, MAX_TIMEOUT, value))
     return value
-
-
-# Live VM states (hypervisor) -> sandbox state shown to users.
-_VM_TO_STATE = {'running': 'running', 'paused': 'paused'}
 
 
 def _str_dict(value, what):
@@ -109,7 +113,7 @@ def settings_from(config, opts):
 
 def vm_state(rt, rec):
     """'running' | 'paused' | 'shutoff' | 'crashed' | 'missing' as libvirt sees it now."""
-    return rt.hv.state(rec['domain'])
+    return rt.hv.state(rec.domain)
 
 
 def foreign_root(rt, name):
@@ -125,29 +129,17 @@ def _our_vm_state(rt, rec, trace):
     """vm_state for a delete: a VM of another state root (same prefix, same ID) counts as
     missing here, with a warning: it is not ours to destroy."""
     vm = vm_state(rt, rec)
-    if vm != 'missing':
-        other = foreign_root(rt, rec['domain'])
+    if vm != VmState.MISSING:
+        other = foreign_root(rt, rec.domain)
         if other is not None:
-            trace.warn('sandbox %s: VM %s belongs to state root %s; left alone' % (rec['id'], rec['domain'], other))
-            return 'missing'
+            trace.warn('sandbox %s: VM %s belongs to state root %s; left alone' % (rec.id, rec.domain, other))
+            return VmState.MISSING
     return vm
 
 
 def state_of(rec, vm):
-    """The sandbox state users see, derived from the record's intent and the live VM.
-
-    'dead' means the record expects a VM (running or paused) and there is none: the VM
-    crashed or the host rebooted. It is never reported as running. 'creating' means the VM is
-    up but its create has not finished (in progress, or interrupted: its VMM may not be in the
-    sandbox's cgroups, its create-time hooks may not have run); start finishes it.
-    """
-    if vm in _VM_TO_STATE:
-        if rec.get('state') == 'creating':
-            return 'creating'  # being created, or a create that was interrupted (start finishes it)
-        return _VM_TO_STATE[vm]
-    if rec.get('state') == 'stopped':
-        return 'stopped'
-    return 'dead'
+    """The sandbox state users see (model.observed_sandbox_state of the record and VM)."""
+    return observed_sandbox_state(rec.state, vm)
 
 
 def info(rt, rec, vm=None, containers=None):
@@ -155,30 +147,30 @@ def info(rt, rec, vm=None, containers=None):
     if vm is None:
         vm = vm_state(rt, rec)
     if containers is None:
-        containers, dummy = rt.store.list_containers(rec['id'])
-    pid = rt.hv.pid(rec['domain']) if vm in ('running', 'paused') else None
+        containers, dummy = rt.store.list_containers(rec.id)
+    pid = rt.hv.pid(rec.domain) if vm in VmState.LIVE else None
     return {
-        'id': rec['id'],
+        'id': rec.id,
         'state': state_of(rec, vm),
         'vm_state': vm,
-        'accel': rec.get('accel'),
-        'accel_reason': rec.get('accel_reason'),
-        'vcpus': rec.get('vcpus'),
-        'memory_mb': rec.get('memory_mb'),
-        'kernel': rec.get('kernel'),
-        'initrd': rec.get('initrd'),
-        'kernel_params': rec.get('kernel_params'),
+        'accel': rec.accel,
+        'accel_reason': rec.accel_reason,
+        'vcpus': rec.vcpus,
+        'memory_mb': rec.memory_mb,
+        'kernel': rec.kernel,
+        'initrd': rec.initrd,
+        'kernel_params': rec.kernel_params,
         'pid': pid,
-        'domain': rec.get('domain'),
-        'containers': sorted(c['id'] for c in containers),
-        'labels': rec.get('labels') or {},
-        'annotations': rec.get('annotations') or {},
-        'cgroups_path': rec.get('cgroups_path') or '',
-        'cgroups_paths': rec.get('cgroups_paths') or [],
-        'console_log': share.console_log(rt.store, rec['id']),
-        'created_at': rec.get('created_at'),
+        'domain': rec.domain,
+        'containers': sorted(c.id for c in containers),
+        'labels': rec.labels or {},
+        'annotations': rec.annotations or {},
+        'cgroups_path': rec.cgroups_path or '',
+        'cgroups_paths': rec.cgroups_paths or [],
+        'console_log': share.console_log(rt.store, rec.id),
+        'created_at': rec.created_at,
         # how the VM last came up: 'cold' or 'template' (None: it never booted)
-        'boot': rec.get('boot'),
+        'boot': rec.boot,
     }
 
 
@@ -202,25 +194,26 @@ def _check_boot_files(settings):
 
 def _state_json(rt, rec, status):
     pid = None
-    if status in ('created', 'running'):
-        pid = rt.hv.pid(rec['domain'])
-    annotations = dict(rec.get('annotations') or {})
+    if status in (ContainerStatus.CREATED, ContainerStatus.RUNNING):
+        pid = rt.hv.pid(rec.domain)
+    annotations = dict(rec.annotations or {})
     annotations.setdefault(oci.KATA_CONTAINER_TYPE_KEY, 'pod_sandbox')
-    return oci.state(rec['id'], status, pid, rt.store.sandbox_dir(rec['id']), annotations)
+    return oci.state(rec.id, status, pid, rt.store.sandbox_dir(rec.id), annotations)
 
 
 def _run_hooks(rt, rec, kind, status, trace):
-    hooks = rec.get('hooks') or {}
+    hooks = rec.hooks or {}
     if not hooks.get(kind):
         return
     warnings = oci_hooks.run_hooks(kind, hooks, _state_json(rt, rec, status), rt.config.hook_timeout)
     for w in warnings:
         trace.warn(w)
-    trace.step('ran %d %s hook(s) of sandbox %s' % (len(hooks[kind]), kind, rec['id']))
+    trace.step('ran %d %s hook(s) of sandbox %s' % (len(hooks[kind]), kind, rec.id))
 
 
-def _cmdline(settings):
-    return ' '.join(p for p in (contract.KERNEL_PARAMS, settings.get('kernel_params') or '') if p)
+def _cmdline(kernel_params):
+    """The guest kernel's command line: the contract's parameters, then the user's."""
+    return ' '.join(p for p in (contract.KERNEL_PARAMS, kernel_params or '') if p)
 
 
 def template_spec(rt, settings):
@@ -235,7 +228,7 @@ def template_spec(rt, settings):
         'memory_mb': settings['memory_mb'],
         'kernel': settings['kernel'],
         'initrd': settings['initrd'],
-        'cmdline': _cmdline(settings),
+        'cmdline': _cmdline(settings['kernel_params']),
         'accel': accel,
         'state_root': rt.store.root,
         'tb_cache_mb': rt.config.tcg_tb_cache_mb if accel == 'tcg' else 0,
@@ -244,30 +237,30 @@ def template_spec(rt, settings):
 
 
 def _vm_spec(rt, rec, output_accessmode):
-    sid = rec['id']
-    cmdline = _cmdline(rec)
+    sid = rec.id
+    cmdline = _cmdline(rec.kernel_params)
     return {
-        'name': rec['domain'],
+        'name': rec.domain,
         'sandbox_id': sid,
-        'vcpus': rec['vcpus'],
-        'memory_mb': rec['memory_mb'],
-        'kernel': rec['kernel'],
-        'initrd': rec['initrd'],
+        'vcpus': rec.vcpus,
+        'memory_mb': rec.memory_mb,
+        'kernel': rec.kernel,
+        'initrd': rec.initrd,
         'cmdline': cmdline,
-        'accel': rec['accel'],
+        'accel': rec.accel,
         'console_log': share.console_log(rt.store, sid),
         'agent_socket': rt.store.agent_socket(sid),
         'shared_dir': share.shared_dir(rt.store, sid),
         'output_dir': share.output_dir(rt.store, sid),
         'output_accessmode': output_accessmode,
         'state_root': rt.store.root,
-        'tb_cache_mb': rt.config.tcg_tb_cache_mb if rec['accel'] == 'tcg' else 0,
+        'tb_cache_mb': rt.config.tcg_tb_cache_mb if rec.accel == 'tcg' else 0,
         'free_page_reporting': rt.config.free_page_reporting,
     }
 
 
 def _wait_agent(rt, rec, timeout, trace):
-    sid = rec['id']
+    sid = rec.id
     limit = timeout or rt.config.agent_timeout
 
     def tick(elapsed):
@@ -285,30 +278,30 @@ def _boot(rt, rec, timeout, trace):
     """Start the VM (from a template of its shape when the record asks for one and there is
     one, else defining it if needed), put the VMM in the sandbox's cgroups, wait for the
     agent. The shares and the capped console are mounted first: the VMM's mount namespace is
-    a copy of ours taken when it starts. ``rec['boot']`` says how the VM came up."""
-    output_accessmode = share.prepare(rt, rec['id'])
-    vm = rt.hv.state(rec['domain'])
-    if vm in ('shutoff', 'crashed') and rec.get('boot') == 'template':
+    a copy of ours taken when it starts. ``rec.boot`` says how the VM came up."""
+    output_accessmode = share.prepare(rt, rec.id)
+    vm = rt.hv.state(rec.domain)
+    if vm in (VmState.SHUTOFF, VmState.CRASHED) and rec.boot == 'template':
         # a clone's definition loads a template's saved state when it starts: it cannot boot
         # again by itself, so it is made anew (from the template again, or cold)
-        rt.hv.undefine(rec['domain'])
-        trace.step('undefined VM %s (a clone of a template does not boot again by itself)' % rec['domain'])
-        vm = 'missing'
+        rt.hv.undefine(rec.domain)
+        trace.step('undefined VM %s (a clone of a template does not boot again by itself)' % rec.domain)
+        vm = VmState.MISSING
     cloned, pid = False, None
-    if vm == 'missing':
+    if vm == VmState.MISSING:
         spec = _vm_spec(rt, rec, output_accessmode)
-        if rec.get('template'):
+        if rec.template:
             cloned, pid = _boot_from_template(rt, rec, spec, timeout, trace)
         if not cloned:
             trace.progress('sandbox %s: booting %s (%s, %d vCPU, %d MiB)' % (
-                rec['id'], rec['domain'], rec['accel'], rec['vcpus'], rec['memory_mb']))
+                rec.id, rec.domain, rec.accel, rec.vcpus, rec.memory_mb))
             rt.hv.create(spec)
-            rec['boot'] = 'cold'
-            trace.step('defined and started VM %s (accel %s)' % (rec['domain'], rec['accel']))
-    elif vm in ('shutoff', 'crashed'):
-        rt.hv.start(rec['domain'])
-        rec['boot'] = 'cold'
-        trace.step('started VM %s' % rec['domain'])
+            rec.boot = 'cold'
+            trace.step('defined and started VM %s (accel %s)' % (rec.domain, rec.accel))
+    elif vm in (VmState.SHUTOFF, VmState.CRASHED):
+        rt.hv.start(rec.domain)
+        rec.boot = 'cold'
+        trace.step('started VM %s' % rec.domain)
     if not cloned:
         pid = _place_vmm(rt, rec, trace)
         _wait_agent(rt, rec, timeout, trace)
@@ -321,7 +314,7 @@ def _boot_from_template(rt, rec, spec, timeout, trace):
     (template.py): ``(True, VMM pid)``. ``(False, None)`` when there is no current template of
     that shape, or cloning failed: the half-started clone is destroyed and undefined, an
     action says why, and the caller boots cold."""
-    sid = rec['id']
+    sid = rec.id
     try:
         tpl = template.find(rt.hv, template.templates_dir(rt.store.root), spec)
     except KataError as err:
@@ -332,25 +325,25 @@ def _boot_from_template(rt, rec, spec, timeout, trace):
         return False, None
     # recorded before the VM exists: an interrupted create then knows its VM is a clone,
     # which may not have been made ready (start destroys it and boots again)
-    rec['boot'] = 'template'
+    rec.boot = 'template'
     rt.store.save_sandbox(rec)
     limit = timeout or rt.config.agent_timeout
-    trace.progress('sandbox %s: starting %s from template %s' % (sid, rec['domain'], tpl.key))
+    trace.progress('sandbox %s: starting %s from template %s' % (sid, rec.domain, tpl.key))
     t0 = time.monotonic()
     try:
         template.start_paused(rt.hv, tpl, spec)
     except KataError as err:
-        trace.step('starting VM %s from template %s failed (%s); booting cold' % (rec['domain'], tpl.key, err))
+        trace.step('starting VM %s from template %s failed (%s); booting cold' % (rec.domain, tpl.key, err))
         return False, None
-    trace.step('started VM %s paused from template %s' % (rec['domain'], tpl.key))
+    trace.step('started VM %s paused from template %s' % (rec.domain, tpl.key))
     try:
         pid = _place_vmm(rt, rec, trace)
         template.activate(rt.hv, tpl, spec, lambda: rt.agent(sid, timeout=limit), agent_timeout=limit)
     except KataError as err:
-        rt.hv.destroy(rec['domain'])
-        rt.hv.undefine(rec['domain'])
+        rt.hv.destroy(rec.domain)
+        rt.hv.undefine(rec.domain)
         trace.step('the clone of template %s failed (%s); destroyed and undefined VM %s, booting cold'
-                   % (tpl.key, err, rec['domain']))
+                   % (tpl.key, err, rec.domain))
         return False, None
     trace.step('agent of sandbox %s is ready %.2fs after the clone started (template %s; RNG reseeded, clock '
                'set, shares mounted)' % (sid, time.monotonic() - t0, tpl.key))
@@ -360,7 +353,7 @@ def _boot_from_template(rt, rec, spec, timeout, trace):
 def _release_boot_files(rec, pid, trace):
     """Page the VMM's copies of the kernel and initrd out of it (vmm_memory.py): the guest
     has them in its own memory by now. Best effort: a failure is a note in the actions."""
-    released, why = vmm_memory.release_file_pages(pid, (rec['kernel'], rec['initrd']))
+    released, why = vmm_memory.release_file_pages(pid, (rec.kernel, rec.initrd))
     if why:
         trace.step('kept the VMM\'s copies of the kernel and initrd: %s' % why)
     else:
@@ -370,10 +363,10 @@ def _release_boot_files(rec, pid, trace):
 def _place_vmm(rt, rec, trace):
     """Move the VMM into the sandbox's cgroup (in every hierarchy), as Kata does, so limits
     set on the sandbox's cgroup path apply to the whole VM. Returns its pid, or None."""
-    pid = rt.hv.pid(rec['domain'])
+    pid = rt.hv.pid(rec.domain)
     if pid is None:
         return None  # a VMM that is not a local process (remote URI, test driver)
-    dirs = rt.cgroups.resolve(rec.get('cgroups_path') or '', rec['id'])
+    dirs = rt.cgroups.resolve(rec.cgroups_path or '', rec.id)
     rt.cgroups.add_pid(dirs, pid)
     trace.step('moved VMM pid %d into the sandbox cgroup' % pid)
     return pid
@@ -404,14 +397,14 @@ def _check_vm_name(rt, sid):
     sandbox of another state root, or by a VM that runs without a record here."""
     name = rt.hv.domain_name(sid)
     vm = rt.hv.state(name)
-    if vm == 'missing':
+    if vm == VmState.MISSING:
         return vm
     other = foreign_root(rt, name)
     if other is not None:
         raise Conflict('sandbox %s: its VM name %s is taken by a sandbox of state root %s (same '
                        'domain prefix); use another ID, or another domain_prefix for one of the '
                        'roots' % (sid, name, other))
-    if vm in ('running', 'paused'):
+    if vm in VmState.LIVE:
         raise Conflict('sandbox %s has no record here but its VM %s is %s: it belongs to another '
                        'state root with the same domain prefix, or it is an orphan (kata_prune '
                        'collects those)' % (sid, name, vm))
@@ -430,38 +423,35 @@ def create(rt, sid, settings, timeout=None, trace=None, boot=True):
         if rt.store.load_sandbox(sid) is not None:
             raise Conflict('sandbox %s already exists' % sid)
         _drop_stale_definition(rt, sid, trace)
-        rec = dict(settings)
-        rec.update({
-            'id': sid,
-            'state': 'creating',
-            'domain': rt.hv.domain_name(sid),
-            'accel': accel,
-            'accel_requested': settings['accel'],
-            'accel_reason': reason,
-            'cgroups_paths': [],
-            'created_at': now(),
-            'libvirt_uri': rt.config.libvirt_uri,
-        })
+        rec = SandboxRecord.new(
+            sid, dict(settings, accel=accel),  # the accel chosen; the one asked is kept next to it
+            state=SandboxState.CREATING,
+            domain=rt.hv.domain_name(sid),
+            accel_requested=settings['accel'],
+            accel_reason=reason,
+            created_at=now(),
+            libvirt_uri=rt.config.libvirt_uri,
+        )
         rt.store.save_sandbox(rec)
         rt.store.set_mapping(sid, sid)
         trace.step('recorded sandbox %s' % sid)
         try:
-            rec['cgroups_paths'] = rt.create_cgroups(settings['cgroups_path'], sid, sid)
+            rec.cgroups_paths = rt.create_cgroups(settings['cgroups_path'], sid, sid)
             rt.store.save_sandbox(rec)
-            if rec['cgroups_paths']:
-                trace.step('created %d cgroup dir(s)' % len(rec['cgroups_paths']))
+            if rec.cgroups_paths:
+                trace.step('created %d cgroup dir(s)' % len(rec.cgroups_paths))
             if boot:
                 _boot(rt, rec, timeout, trace)
                 for kind in BOOT_HOOKS:
-                    _run_hooks(rt, rec, kind, 'created', trace)
-            rec['state'] = 'running' if boot else 'stopped'
+                    _run_hooks(rt, rec, kind, ContainerStatus.CREATED, trace)
+            rec.state = SandboxState.RUNNING if boot else SandboxState.STOPPED
             rt.store.save_sandbox(rec)
         except BaseException:
             _teardown(rt, rec, trace, poststop=False)
             raise
     if boot:
         try:
-            _run_hooks(rt, rec, 'poststart', 'running', trace)
+            _run_hooks(rt, rec, 'poststart', ContainerStatus.RUNNING, trace)
         except KataError as err:
             trace.warn(str(err))
     return rec
@@ -472,7 +462,7 @@ def _drop_stale_definition(rt, sid, trace):
     root under /run emptied by a reboot keeps libvirt's definitions) would otherwise be booted
     with its old settings and devices; a running one may belong to another state root that
     shares the domain prefix, so it is refused, never destroyed."""
-    if _check_vm_name(rt, sid) == 'missing':  # again, under the lock
+    if _check_vm_name(rt, sid) == VmState.MISSING:  # again, under the lock
         return
     name = rt.hv.domain_name(sid)
     rt.hv.undefine(name)
@@ -487,34 +477,37 @@ def start(rt, sid, timeout=None, trace=None, use_template=None):
     with rt.store.lock(sid):
         rec = _must_load(rt, sid)
         if use_template is not None:
-            rec['template'] = bool(use_template)
+            rec.template = bool(use_template)
         vm = vm_state(rt, rec)
-        if rec.get('state') == 'creating':
-            # under the lock no create is in progress: this one was interrupted (its process
-            # killed, libvirt restarted under it); finish it as create would have
+        # under the lock no create is in progress: a record still 'creating' is one that was
+        # interrupted (its process killed, libvirt restarted under it), whatever its VM does
+        state = SandboxState.CREATING if rec.state == SandboxState.CREATING else state_of(rec, vm)
+        action = step('sandbox', 'start', state, sid)
+        if action == 'finish':
+            # finish it as create would have
             trace.step('finishing the interrupted create of sandbox %s' % sid)
-            if rec.get('boot') == 'template' and vm in ('running', 'paused'):
+            if rec.boot == 'template' and vm in VmState.LIVE:
                 # a clone may have been killed before its agent reseeded, set the clock and
                 # mounted the shares: it is made again rather than trusted
-                rt.hv.destroy(rec['domain'])
-                trace.step('destroyed VM %s (a clone whose create was interrupted)' % rec['domain'])
-            elif vm == 'paused':
-                rt.hv.resume(rec['domain'])
+                rt.hv.destroy(rec.domain)
+                trace.step('destroyed VM %s (a clone whose create was interrupted)' % rec.domain)
+            elif vm == VmState.PAUSED:
+                rt.hv.resume(rec.domain)
             _boot(rt, rec, timeout, trace)
             for kind in BOOT_HOOKS:
-                _run_hooks(rt, rec, kind, 'created', trace)
+                _run_hooks(rt, rec, kind, ContainerStatus.CREATED, trace)
             finished = True
-        elif vm == 'paused':
-            rt.hv.resume(rec['domain'])
-            trace.step('resumed VM %s' % rec['domain'])
-        elif vm != 'running':
+        elif action == 'resume':
+            rt.hv.resume(rec.domain)
+            trace.step('resumed VM %s' % rec.domain)
+        elif action == 'boot':
             _mark_containers_stopped(rt, sid, trace)
             _boot(rt, rec, timeout, trace)
-        rec['state'] = 'running'
+        rec.state = SandboxState.RUNNING
         rt.store.save_sandbox(rec)
     if finished:
         try:
-            _run_hooks(rt, rec, 'poststart', 'running', trace)
+            _run_hooks(rt, rec, 'poststart', ContainerStatus.RUNNING, trace)
         except KataError as err:
             trace.warn(str(err))
     return rec
@@ -525,13 +518,13 @@ def running_containers(rt, sid, vm):
     paused VM the agent cannot answer and the records say what was running)."""
     containers, dummy = rt.store.list_containers(sid)
     live = ctr.live_states(rt, sid, vm)
-    return [c['id'] for c in containers if ctr.status_of(c, vm, live) == 'running']
+    return [c.id for c in containers if ctr.status_of(c, vm, live) == ContainerStatus.RUNNING]
 
 
 def refuse_running(rt, sid, vm):
     """The seed's rule: without force, a sandbox whose containers still run is not stopped or
     deleted; Conflict names them and nothing is changed."""
-    if vm not in ('running', 'paused'):
+    if vm not in VmState.LIVE:
         return
     running = running_containers(rt, sid, vm)
     if running:
@@ -542,11 +535,11 @@ def refuse_running(rt, sid, vm):
 def _mark_containers_stopped(rt, sid, trace):
     containers, dummy = rt.store.list_containers(sid)
     for c in containers:
-        if c.get('status') in ('created', 'running', 'creating'):
-            c['status'] = 'stopped'
-            c['finished_at'] = c.get('finished_at') or now()
+        if c.status in ContainerStatus.ACTIVE:
+            c.status = ContainerStatus.STOPPED
+            c.finished_at = c.finished_at or now()
             rt.store.save_container(c)
-            trace.step('container %s is stopped (its VM is not running)' % c['id'])
+            trace.step('container %s is stopped (its VM is not running)' % c.id)
 
 
 def stop(rt, sid, force=False, timeout=30, trace=None):
@@ -555,12 +548,12 @@ def stop(rt, sid, force=False, timeout=30, trace=None):
     with rt.store.lock(sid):
         rec = _must_load(rt, sid)
         vm = vm_state(rt, rec)
-        if vm in ('running', 'paused'):
+        if step('sandbox', 'stop', state_of(rec, vm), sid) == 'shutdown':
             if not force:
                 refuse_running(rt, sid, vm)
             _shutdown_vm(rt, rec, vm, timeout, trace)
         _mark_containers_stopped(rt, sid, trace)
-        rec['state'] = 'stopped'
+        rec.state = SandboxState.STOPPED
         rt.store.save_sandbox(rec)
     return rec
 
@@ -568,40 +561,52 @@ def stop(rt, sid, force=False, timeout=30, trace=None):
 def _shutdown_vm(rt, rec, vm, timeout, trace):
     """Ask the agent to power the guest off; destroy the VM if it does not within timeout."""
     done = False
-    if vm == 'running':
+    if vm == VmState.RUNNING:
         try:
-            with rt.agent(rec['id'], timeout=5) as client:
+            with rt.agent(rec.id, timeout=5) as client:
                 client.call('shutdown')
-            trace.progress('sandbox %s: waiting for the guest to power off (up to %ss)' % (rec['id'], timeout))
-            done = _wait_vm_off(rt, rec['domain'], timeout)
+            trace.progress('sandbox %s: waiting for the guest to power off (up to %ss)' % (rec.id, timeout))
+            done = _wait_vm_off(rt, rec.domain, timeout)
         except AgentError as err:
-            trace.warn('sandbox %s: graceful shutdown failed (%s); destroying the VM' % (rec['id'], err))
+            trace.warn('sandbox %s: graceful shutdown failed (%s); destroying the VM' % (rec.id, err))
     if done:
-        trace.step('guest of sandbox %s powered off' % rec['id'])
+        trace.step('guest of sandbox %s powered off' % rec.id)
     else:
-        rt.hv.destroy(rec['domain'])
-        trace.step('destroyed VM %s' % rec['domain'])
+        rt.hv.destroy(rec.domain)
+        trace.step('destroyed VM %s' % rec.domain)
 
 
 def _wait_vm_off(rt, name, timeout):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if rt.hv.state(name) in ('shutoff', 'missing', 'crashed'):
+        if rt.hv.state(name) in VmState.DOWN:
             return True
         time.sleep(0.1)
     return False
 
 
 def pause(rt, sid, trace=None):
+    """running -> paused: the VM is suspended (its memory kept, its vCPUs stopped)."""
     trace = trace or rt.trace()
     with rt.store.lock(sid):
         rec = _must_load(rt, sid)
-        vm = vm_state(rt, rec)
-        if vm != 'running':
-            raise Conflict('sandbox %s cannot be paused: its VM is %s (start it first)' % (sid, vm))
-        rt.hv.suspend(rec['domain'])
-        trace.step('paused VM %s' % rec['domain'])
-        rec['state'] = 'paused'
+        step('sandbox', 'pause', state_of(rec, vm_state(rt, rec)), sid, hint='start it first')
+        rt.hv.suspend(rec.domain)
+        trace.step('paused VM %s' % rec.domain)
+        rec.state = SandboxState.PAUSED
+        rt.store.save_sandbox(rec)
+    return rec
+
+
+def resume(rt, sid, trace=None):
+    """paused -> running: the VM's vCPUs go on where they stopped."""
+    trace = trace or rt.trace()
+    with rt.store.lock(sid):
+        rec = _must_load(rt, sid)
+        if step('sandbox', 'resume', state_of(rec, vm_state(rt, rec)), sid, hint='start it') == 'resume':
+            rt.hv.resume(rec.domain)
+            trace.step('resumed VM %s' % rec.domain)
+        rec.state = SandboxState.RUNNING
         rt.store.save_sandbox(rec)
     return rec
 
@@ -614,7 +619,7 @@ def update(rt, sid, changes, trace=None):
         for key, value in changes.items():
             if key not in MUTABLE:
                 raise InvalidArgument('%s cannot be changed in place' % key)
-            rec[key] = value
+            setattr(rec, key, value)
             trace.step('updated %s of sandbox %s' % (key, sid))
         rt.store.save_sandbox(rec)
     return rec
@@ -654,28 +659,29 @@ def delete(rt, sid, force=False, trace=None):
                 raise CorruptRecord('%s; delete it with force=true' % err)
             trace.warn('sandbox %s: %s; deleting what can be found' % (sid, err))
             # What any sandbox owns, by name alone; not saved (the file on disk is unreadable).
-            rec = {'id': sid, 'domain': rt.hv.domain_name(sid), 'state': 'dead', 'unreadable': True}
+            rec = SandboxRecord.by_name(sid, rt.hv.domain_name(sid))
         if rec is None:
             return False
         containers, corrupt = rt.store.list_containers(sid)
         vm = _our_vm_state(rt, rec, trace)
         if not force:
             refuse_running(rt, sid, vm)
-        if vm == 'running' and containers:
+        step('sandbox', 'delete', state_of(rec, vm), sid)
+        if vm == VmState.RUNNING and containers:
             try:
                 with rt.agent(sid, timeout=2) as client:
                     client.call('kill_all', signal=int(signal.SIGKILL))
                 trace.step('killed every container of sandbox %s' % sid)
             except AgentError as err:
                 trace.step('agent unreachable (%s): the VM is destroyed with its containers' % err)
-        if vm != 'missing':
-            if vm in ('running', 'paused'):
-                rt.hv.destroy(rec['domain'])
-                trace.step('destroyed VM %s' % rec['domain'])
-            rt.hv.undefine(rec['domain'])
-            trace.step('undefined VM %s' % rec['domain'])
-        rec['state'] = 'deleting'
-        if not rec.get('unreadable'):
+        if vm != VmState.MISSING:
+            if vm in VmState.LIVE:
+                rt.hv.destroy(rec.domain)
+                trace.step('destroyed VM %s' % rec.domain)
+            rt.hv.undefine(rec.domain)
+            trace.step('undefined VM %s' % rec.domain)
+        rec.state = SandboxState.DELETING
+        if not rec.unreadable:
             _save_if_possible(rt, rec, force, trace)
         for c in containers:
             ctr.cleanup(rt, rec, c, trace)
@@ -695,7 +701,7 @@ def _save_if_possible(rt, rec, force, trace):
     except KataError as err:  # a full or read-only file system, a planted non-directory
         if not force:
             raise
-        trace.warn('sandbox %s: %s; deleting anyway' % (rec['id'], err))
+        trace.warn('sandbox %s: %s; deleting anyway' % (rec.id, err))
 
 
 def _collect_parents_of_gone(rt, sid, notes):
@@ -727,18 +733,18 @@ def drop_leftover_lock(rt, sid):
 
 def _teardown(rt, rec, trace, poststop):
     """Remove the VM (if any), hooks, cgroups, state and mapping of a sandbox. Idempotent."""
-    sid = rec['id']
+    sid = rec.id
     vm = _our_vm_state(rt, rec, trace)
-    if vm in ('running', 'paused'):
-        rt.hv.destroy(rec['domain'])
-        trace.step('destroyed VM %s' % rec['domain'])
-    if vm != 'missing':
-        rt.hv.undefine(rec['domain'])
-        trace.step('undefined VM %s' % rec['domain'])
+    if vm in VmState.LIVE:
+        rt.hv.destroy(rec.domain)
+        trace.step('destroyed VM %s' % rec.domain)
+    if vm != VmState.MISSING:
+        rt.hv.undefine(rec.domain)
+        trace.step('undefined VM %s' % rec.domain)
     if poststop:
-        _run_hooks(rt, rec, 'poststop', 'stopped', trace)
-    if rec.get('cgroups_paths'):
-        rt.remove_cgroups(rec['cgroups_paths'], sid)
+        _run_hooks(rt, rec, 'poststop', ContainerStatus.STOPPED, trace)
+    if rec.cgroups_paths:
+        rt.remove_cgroups(rec.cgroups_paths, sid)
         trace.step('removed cgroup paths of sandbox %s' % sid)
     # what an interrupted create made before its record listed it (the journal has it), and
     # shared parents made by sandboxes deleted earlier (kept then for this one's dirs)
@@ -776,6 +782,6 @@ def list_all(rt):
     out = []
     for rec in records:
         vm = vm_state(rt, rec)
-        containers, dummy = rt.store.list_containers(rec['id'])
+        containers, dummy = rt.store.list_containers(rec.id)
         out.append(info(rt, rec, vm=vm, containers=containers))
     return out, corrupt

@@ -11,6 +11,7 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox a
 from ansible_collections.kata.runtime.plugins.module_utils.kata.common import StateManager
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import CorruptRecord
 from ansible_collections.kata.runtime.plugins.module_utils.kata.ids import validate_id
+from ansible_collections.kata.runtime.plugins.module_utils.kata.model import SandboxRecord, SandboxState
 from ansible_collections.kata.runtime.plugins.module_utils.kata.options import SANDBOX_OPTIONS as OPTIONS
 
 
@@ -26,7 +27,7 @@ class SandboxManager(StateManager):
             rec = sbx.load(self.rt, self.sid)
         except CorruptRecord:
             if self.p['state'] == 'absent' and self.p['force']:
-                return {'id': self.sid, 'domain': self.rt.hv.domain_name(self.sid), 'state': 'dead'}, 'dead'
+                return SandboxRecord.by_name(self.sid, self.rt.hv.domain_name(self.sid)), SandboxState.DEAD
             raise
         if rec is None:
             return None, 'absent'
@@ -95,15 +96,17 @@ class SandboxManager(StateManager):
             self.diff['after'].update({k: settings[k] for k in ('vcpus', 'memory_mb', 'accel', 'labels')})
             self.act('create sandbox %s' % self.sid, sbx.create, self.rt, self.sid, settings, timeout=timeout,
                      boot=(want != 'stopped'))
-            state = 'stopped' if want == 'stopped' else 'running'
-        if want == 'running' and state != 'running':
+            state = SandboxState.STOPPED if want == SandboxState.STOPPED else SandboxState.RUNNING
+        if want == SandboxState.RUNNING and state == SandboxState.PAUSED:
+            self.act('resume sandbox %s' % self.sid, sbx.resume, self.rt, self.sid)
+        elif want == SandboxState.RUNNING and state != SandboxState.RUNNING:
             self.act('start sandbox %s (it is %s)' % (self.sid, state), sbx.start, self.rt, self.sid,
                      timeout=timeout, use_template=self.p['template'])
-        elif want == 'stopped' and state in ('running', 'paused', 'dead'):
+        elif want == SandboxState.STOPPED and state in (SandboxState.RUNNING, SandboxState.PAUSED, SandboxState.DEAD):
             self.act('stop sandbox %s (it is %s)' % (self.sid, state), sbx.stop, self.rt, self.sid,
                      force=self.p['force'])
-        elif want == 'paused' and state != 'paused':
-            if state != 'running':
+        elif want == SandboxState.PAUSED and state != SandboxState.PAUSED:
+            if state != SandboxState.RUNNING:
                 self.act('start sandbox %s (it is %s)' % (self.sid, state), sbx.start, self.rt, self.sid,
                          timeout=timeout, use_template=self.p['template'])
             self.act('pause sandbox %s' % self.sid, sbx.pause, self.rt, self.sid)

@@ -179,7 +179,7 @@ def _vmm_mount_cmd(rt, srec, args):
     the mount exactly where it is needed and it vanishes with the VM. Returns (argv, pid of
     the namespace to check or 'self').
     """
-    pid = rt.hv.pid(srec['domain'])
+    pid = rt.hv.pid(srec.domain)
     if pid and os.path.exists('/proc/%d/ns/mnt' % pid):
         if os.readlink('/proc/%d/ns/mnt' % pid) != os.readlink('/proc/self/ns/mnt'):
             return ['nsenter', '-t', str(pid), '-m', '--'] + args, pid
@@ -221,18 +221,18 @@ def bind_rootfs(rt, srec, rec, trace, before_mount=None):
     the operator's directory through the share. ``before_mount()`` runs once ``rec`` names the
     mount point and before the mount is made.
     """
-    target = _mount_point(rt, srec['id'], rec['id'])
-    cmd, ns = _vmm_mount_cmd(rt, srec, ['mount', '--bind', '-o', 'ro,nosuid,nodev', rec['rootfs'], target])
-    rec['rootfs_mount'] = {'target': target, 'host': ns == 'self'}
+    target = _mount_point(rt, srec.id, rec.id)
+    cmd, ns = _vmm_mount_cmd(rt, srec, ['mount', '--bind', '-o', 'ro,nosuid,nodev', rec.rootfs, target])
+    rec.rootfs_mount = {'target': target, 'host': ns == 'self'}
     if before_mount is not None:
         before_mount()  # e.g. save the record: a process killed after the mount leaves a trace
-    _run(cmd, 'sharing rootfs %s with the guest' % rec['rootfs'])
+    _run(cmd, 'sharing rootfs %s with the guest' % rec.rootfs)
     opts = [m[1] for m in mountinfo.mounts(ns) if m[0] == target]
     if not opts or 'ro' not in opts[-1].split(','):
         unbind_rootfs(rt, srec, rec, trace)
         raise KataError('the rootfs bind of container %s at %s is not read-only (%s); removed it'
-                        % (rec['id'], target, opts[-1] if opts else 'not mounted'))
-    trace.step('shared rootfs %s read-only with the guest' % rec['rootfs'])
+                        % (rec.id, target, opts[-1] if opts else 'not mounted'))
+    trace.step('shared rootfs %s read-only with the guest' % rec.rootfs)
 
 
 def mounted_on_host(path):
@@ -241,20 +241,20 @@ def mounted_on_host(path):
 
 
 def unbind_rootfs(rt, srec, rec, trace):
-    mount = rec.get('rootfs_mount')
+    mount = rec.rootfs_mount
     if not mount:
         return
     target = mount['target']
     if mount.get('host'):
         if mountinfo.is_mounted(target):
             _run(['umount', '-l', target], 'unmounting %s' % target)
-            trace.step('unshared rootfs of container %s' % rec['id'])
-    elif rt.hv.state(srec['domain']) in ('running', 'paused'):
+            trace.step('unshared rootfs of container %s' % rec.id)
+    elif rt.hv.state(srec.domain) in ('running', 'paused'):
         cmd, ns = _vmm_mount_cmd(rt, srec, ['umount', '-l', target])
         if mountinfo.is_mounted(target, ns):
             _run(cmd, 'unmounting %s' % target)
-            trace.step('unshared rootfs of container %s' % rec['id'])
-    rec['rootfs_mount'] = None
+            trace.step('unshared rootfs of container %s' % rec.id)
+    rec.rootfs_mount = None
 
 
 def remove_container_dirs(rt, sid, cid):

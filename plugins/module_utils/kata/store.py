@@ -43,8 +43,12 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
     StateWriteError,
 )
 from ansible_collections.kata.runtime.plugins.module_utils.kata.ids import validate_id
+from ansible_collections.kata.runtime.plugins.module_utils.kata.model import (
+    RECORD_VERSION,
+    ContainerRecord,
+    SandboxRecord,
+)
 
-RECORD_VERSION = 1
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 
@@ -468,6 +472,8 @@ class Store:
                                 path=path) from None
 
     def _read_json(self, path, what, expect_id=None):
+        """The JSON object of ``path`` (None when missing), version-checked; CorruptRecord when
+        it is not one."""
         raw = self._read_bytes(path, what)
         if raw is None:
             return None
@@ -485,6 +491,10 @@ class Store:
             raise CorruptRecord(f"{what} record {path} is corrupt: it names id {data.get('id')!r}, "
                                 f'expected {expect_id!r}', path=path)
         return data
+
+    def _read_record(self, cls, path, expect_id):
+        data = self._read_json(path, cls.KIND, expect_id=expect_id)
+        return None if data is None else cls.from_json(data, path)
 
     def _unlink(self, path):
         """Unlink one file (never following a symlink); True if something was removed."""
@@ -624,14 +634,15 @@ class Store:
 
     def load_sandbox(self, sid):
         """The sandbox record, or None when there is none; CorruptRecord if unreadable."""
-        return self._read_json(self._sandbox_file(sid), 'sandbox', expect_id=sid)
+        return self._read_record(SandboxRecord, self._sandbox_file(sid), sid)
 
     def save_sandbox(self, rec):
-        """Write the sandbox record atomically (creates the sandbox's directories)."""
-        if not isinstance(rec, dict):
-            raise InvalidArgument(f'sandbox record must be a dict, not {rec!r}')
-        sid = validate_id(rec.get('id'), 'sandbox')
-        data = dict(rec, version=RECORD_VERSION)
+        """Write the SandboxRecord atomically (creates the sandbox's directories); returns the
+        JSON object written."""
+        if not isinstance(rec, SandboxRecord):
+            raise InvalidArgument(f'a sandbox record must be a SandboxRecord, not {rec!r}')
+        sid = validate_id(rec.id, 'sandbox')
+        data = rec.to_json()
         self.ensure_sandbox(sid)
         self._write_json(self._sandbox_file(sid), data)
         return data
@@ -761,21 +772,22 @@ class Store:
 
     def load_container(self, sid, cid):
         """The container record, or None when there is none; CorruptRecord if unreadable."""
-        return self._read_json(self._container_file(sid, cid), 'container', expect_id=cid)
+        return self._read_record(ContainerRecord, self._container_file(sid, cid), cid)
 
     def save_container(self, rec):
-        """Write the container record (``rec['id']``, ``rec['sandbox']``) atomically.
+        """Write the ContainerRecord (``rec.id`` in ``rec.sandbox``) atomically; returns the
+        JSON object written.
 
         The sandbox must exist (its directory); otherwise NotFound.
         """
-        if not isinstance(rec, dict):
-            raise InvalidArgument(f'container record must be a dict, not {rec!r}')
-        cid = validate_id(rec.get('id'), 'container')
-        sid = validate_id(rec.get('sandbox'), 'sandbox')
+        if not isinstance(rec, ContainerRecord):
+            raise InvalidArgument(f'a container record must be a ContainerRecord, not {rec!r}')
+        cid = validate_id(rec.id, 'container')
+        sid = validate_id(rec.sandbox, 'sandbox')
         path = self._container_file(sid, cid)
         if not os.path.isdir(self.sandbox_dir(sid)):
             raise NotFound(f'cannot save container {cid}: sandbox {sid} does not exist')
-        data = dict(rec, version=RECORD_VERSION)
+        data = rec.to_json()
         self._mkdir(self.containers_dir(sid))
         self._write_json(path, data)
         return data

@@ -8,13 +8,15 @@ direct QEMU or Cloud Hypervisor driver) can be added without touching it.
 
 from __future__ import annotations
 
-# Values of Hypervisor.state()
-RUNNING = 'running'
-PAUSED = 'paused'
-SHUTOFF = 'shutoff'
-CRASHED = 'crashed'
-MISSING = 'missing'
-STATES = (RUNNING, PAUSED, SHUTOFF, CRASHED, MISSING)
+from ansible_collections.kata.runtime.plugins.module_utils.kata.model import VmState
+
+# Values of Hypervisor.state() (model.VmState, named here for the backends)
+RUNNING = VmState.RUNNING
+PAUSED = VmState.PAUSED
+SHUTOFF = VmState.SHUTOFF
+CRASHED = VmState.CRASHED
+MISSING = VmState.MISSING
+STATES = VmState.ALL
 
 
 class Hypervisor:

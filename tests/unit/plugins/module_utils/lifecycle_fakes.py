@@ -1304,11 +1304,12 @@ def truthful(rt, hv):
     not running are stopped. Listing must not fail."""
     problems = []
     sandboxes, dummy = sbx.list_all(rt)
-    records = {r['id']: r for r in rt.store.list_sandboxes()[0]}
+    records = {r.id: r for r in rt.store.list_sandboxes()[0]}
     for s in sandboxes:
         vm = hv.state(s['domain'])
         if vm in (base.RUNNING, base.PAUSED):
-            expected = 'creating' if records.get(s['id'], {}).get('state') == 'creating' else vm
+            rec = records.get(s['id'])
+            expected = 'creating' if rec is not None and rec.state == 'creating' else vm
             if s['state'] != expected:
                 problems.append('sandbox %s is reported %s, its VM is %s' % (s['id'], s['state'], vm))
         elif s['state'] not in ('stopped', 'dead'):

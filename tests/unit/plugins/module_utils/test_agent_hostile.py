@@ -26,6 +26,7 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.agent import Age
 from ansible_collections.kata.runtime.plugins.module_utils.kata.config import load_config
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import AgentError, Conflict, KataError
 from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import contract
+from ansible_collections.kata.runtime.plugins.module_utils.kata.model import ContainerRecord, SandboxRecord
 from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import Runtime
 
 MiB = 1024 * 1024
@@ -335,29 +336,26 @@ class Host:
         """A sandbox record as sandbox.create leaves it, and its domain in state ``vm``."""
         hv = self.rt.hv
         settings = sbx.settings_from(self.cfg, opts)
-        rec = dict(settings)
-        rec.update({'id': sid, 'state': 'running', 'domain': hv.domain_name(sid), 'accel': 'tcg',
-                    'accel_requested': settings['accel'], 'accel_reason': 'unit test',
-                    'created_at': '2026-01-01T00:00:00Z', 'libvirt_uri': 'test:///default'})
+        rec = SandboxRecord.new(sid, dict(settings, accel='tcg'), state='running', domain=hv.domain_name(sid),
+                                accel_requested=settings['accel'], accel_reason='unit test',
+                                created_at='2026-01-01T00:00:00Z', libvirt_uri='test:///default')
         self.rt.store.ensure()
-        rec['cgroups_paths'] = self.rt.cgroups.create('', sid)
+        rec.cgroups_paths = self.rt.cgroups.create('', sid)
         self.rt.store.save_sandbox(rec)
         self.rt.store.set_mapping(sid, sid)
         if vm in ('running', 'paused'):
             hv.conn().createXML(hv.build_xml({
-                'name': rec['domain'], 'sandbox_id': sid, 'vcpus': 1, 'memory_mb': 128, 'cmdline': '',
-                'kernel': rec['kernel'], 'initrd': rec['initrd'], 'accel': 'tcg'}))
-            self.domains.append(rec['domain'])
+                'name': rec.domain, 'sandbox_id': sid, 'vcpus': 1, 'memory_mb': 128, 'cmdline': '',
+                'kernel': rec.kernel, 'initrd': rec.initrd, 'accel': 'tcg'}))
+            self.domains.append(rec.domain)
             if vm == 'paused':
-                hv.suspend(rec['domain'])
+                hv.suspend(rec.domain)
         return rec
 
     def plant_container(self, sid, cid, status='running'):
         settings = ctr.settings_from({'rootfs': self.rootfs, 'command': ['/bin/sh']})
-        rec = dict(settings)
-        rec.update({'id': cid, 'sandbox': sid, 'status': status, 'created_at': '2026-01-01T00:00:00Z',
-                    'pid': 7, 'exit_code': None})
-        rec['cgroups_paths'] = self.rt.cgroups.create('', cid)
+        rec = ContainerRecord.new(sid, cid, settings, status=status, created_at='2026-01-01T00:00:00Z', pid=7)
+        rec.cgroups_paths = self.rt.cgroups.create('', cid)
         self.rt.store.save_container(rec)
         self.rt.store.set_mapping(cid, sid)
         return rec
@@ -435,7 +433,7 @@ def test_unforced_sandbox_delete_refuses_on_the_records_and_changes_nothing(host
     hostile_agent_of(host, stand_in, 'sb', case)
     with pytest.raises(Conflict, match='c1'):
         sbx.delete(host.rt, 'sb')
-    assert host.rt.hv.state(rec['domain']) == 'running'
+    assert host.rt.hv.state(rec.domain) == 'running'
     assert host.rt.store.load_sandbox('sb') is not None and host.rt.store.get_mapping('c1') == 'sb'
 
 

@@ -66,7 +66,7 @@ def sandbox_intact(env):
     rec = env.rt.store.load_sandbox('sb')
     assert rec is not None and env.rt.store.get_mapping('sb') == 'sb'
     assert env.hv.domain_of('sb').state == 'running'
-    assert all(os.path.isdir(p) for p in rec['cgroups_paths'])
+    assert all(os.path.isdir(p) for p in rec.cgroups_paths)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,13 +192,13 @@ def test_create_records_shares_and_creates_in_the_guest(env):
     createContainer hooks in order, with the host bundle as the state's bundle."""
     _created(env)
     rec = env.rt.store.load_container('sb', 'c1')
-    assert rec['status'] == 'created' and env.rt.store.get_mapping('c1') == 'sb'
-    assert rec['cgroups_paths'] and all(os.path.isdir(p) for p in rec['cgroups_paths'])
+    assert rec.status == 'created' and env.rt.store.get_mapping('c1') == 'sb'
+    assert rec.cgroups_paths and all(os.path.isdir(p) for p in rec.cgroups_paths)
     target = os.path.join(env.rt.store.sandbox_dir('sb'), 'shared', 'c1', 'rootfs')
     flags = {m[0]: m[1] for m in mountinfo.mounts()}[target].split(',')
     assert 'ro' in flags and os.path.isdir(os.path.join(target, 'bin'))
     bundle = os.path.join(env.rt.store.sandbox_dir('sb'), 'bundles', 'c1')
-    assert json.load(open(os.path.join(bundle, 'config.json')))['process']['args'] == rec['args']
+    assert json.load(open(os.path.join(bundle, 'config.json')))['process']['args'] == rec.args
     assert env.agents.guest('sb')['c1']['status'] == 'created'
     assert [k for k, dummy in hook_log(env)] == ['prestart', 'createRuntime', 'createContainer']
     assert all(s['bundle'] == bundle and s['id'] == 'c1' for dummy, s in hook_log(env))
@@ -209,7 +209,7 @@ def test_start_runs_it_with_start_hooks(env):
     """created -> running: guest pid recorded, startContainer then poststart hooks."""
     _created(env)
     rec = ctr.start(env.rt, 'c1')
-    assert rec['status'] == 'running' and rec['pid'] == env.agents.guest('sb')['c1']['pid']
+    assert rec.status == 'running' and rec.pid == env.agents.guest('sb')['c1']['pid']
     assert [k for k, dummy in hook_log(env)][-2:] == ['startContainer', 'poststart']
     assert ctr.info(env.rt, env.rt.store.load_container('sb', 'c1'))['status'] == 'running'
 
@@ -226,7 +226,7 @@ def test_stop_signals_and_records_the_exit(env):
     """running -> stopped with SIGTERM: exit code 128+15 recorded, the guest agrees."""
     _running(env)
     rec = ctr.stop(env.rt, 'c1')
-    assert rec['status'] == 'stopped' and rec['exit_code'] == 128 + signal.SIGTERM
+    assert rec.status == 'stopped' and rec.exit_code == 128 + signal.SIGTERM
     assert env.agents.guest('sb')['c1']['status'] == 'stopped'
 
 
@@ -236,7 +236,7 @@ def test_stop_sends_sigkill_when_sigterm_is_ignored(env):
     _ignores_sigterm(env)
     trace = env.rt.trace()
     rec = ctr.stop(env.rt, 'c1', timeout=1, trace=trace)
-    assert rec['exit_code'] == 128 + signal.SIGKILL
+    assert rec.exit_code == 128 + signal.SIGKILL
     assert any('SIGKILL' in a for a in trace.actions), trace.actions
 
 
@@ -245,7 +245,7 @@ def test_delete_without_force_refuses_a_running_container(env):
     _running(env)
     with pytest.raises(Conflict, match='force'):
         ctr.delete(env.rt, 'c1')
-    assert env.rt.store.load_container('sb', 'c1')['status'] == 'running'
+    assert env.rt.store.load_container('sb', 'c1').status == 'running'
     assert env.agents.guest('sb')['c1']['status'] == 'running'
 
 
@@ -324,7 +324,7 @@ def test_a_record_with_unusable_hooks_stays_deletable(env):
     hook = env.hook('ok.sh', 'exit 0')
     env.container('sb', 'c1')
     rec = env.rt.store.load_container('sb', 'c1')
-    rec['hooks'] = {'poststop': [{'path': hook, 'args': [hook, 'a\x00b'], 'env': None, 'timeout': None},
+    rec.hooks = {'poststop': [{'path': hook, 'args': [hook, 'a\x00b'], 'env': None, 'timeout': None},
                                  {'path': hook, 'args': [hook], 'env': None, 'timeout': 10 ** 400}]}
     env.rt.store.save_container(rec)
     trace = env.rt.trace()

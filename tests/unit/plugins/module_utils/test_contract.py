@@ -71,6 +71,6 @@ def test_init_is_rendered_from_the_contract():
 
 
 def test_the_host_side_takes_the_contracts_values():
-    assert sandbox._cmdline({'kernel_params': 'quiet=1'}) == contract.KERNEL_PARAMS + ' quiet=1'
+    assert sandbox._cmdline('quiet=1') == contract.KERNEL_PARAMS + ' quiet=1'
     assert sandbox._cmdline({}) == contract.KERNEL_PARAMS
     assert oci.DEFAULT_PATH_ENV == 'PATH=' + contract.DEFAULT_PATH

@@ -8,6 +8,7 @@ import pytest
 from ansible_collections.kata.runtime.plugins.module_utils.kata import options
 from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import InvalidArgument
+from ansible_collections.kata.runtime.plugins.module_utils.kata.model import ContainerRecord, SandboxRecord
 from ansible_collections.kata.runtime.plugins.module_utils.kata.options import (
     CONTAINER_OPTIONS,
     IMMUTABLE,
@@ -118,9 +119,9 @@ def test_given_is_by_option_name():
 
 
 def test_compare_only_what_is_given_immutable_first_and_by_record_key():
-    record = {'vcpus': 1, 'accel_requested': 'auto', 'labels': {}, 'annotations': {}, 'kernel_params': ''}
+    record = SandboxRecord(id='sb', vcpus=1, accel_requested='auto')
     settings = {'vcpus': 2, 'accel': 'tcg', 'labels': {'a': 'b'}, 'annotations': {}, 'kernel_params': 'x',
-                'template': True}
+                'template': True, 'hooks': {}, 'cgroups_path': ''}
     diffs = SANDBOX_OPTIONS.compare(record, settings, given=['labels', 'vcpus', 'accel', 'template'])
     assert diffs.names() == ['vcpus', 'accel', 'labels']
     assert diffs.get_before_after() == ({'vcpus': 1, 'accel': 'auto', 'labels': {}},
@@ -128,11 +129,10 @@ def test_compare_only_what_is_given_immutable_first_and_by_record_key():
     assert SANDBOX_OPTIONS.compare(record, settings).names() == ['vcpus', 'kernel_params', 'accel', 'labels']
 
 
-def test_compare_the_command_as_args_through_a_record_reader():
-    record = {'args': ['sh'], 'labels': {}}
+def test_compare_the_command_as_args_of_the_record():
+    record = ContainerRecord(id='c1', sandbox='sb', args=['sh'])
     settings = {'args': ['true'], 'labels': {}, 'readonly_rootfs': False}
-    diffs = CONTAINER_OPTIONS.compare(record, settings, given=['command', 'labels', 'readonly_rootfs'],
-                                      recorded=lambda rec, key: rec.get(key, False))
+    diffs = CONTAINER_OPTIONS.compare(record, settings, given=['command', 'labels', 'readonly_rootfs'])
     assert diffs.names() == ['args']
     assert CONTAINER_OPTIONS.kind_of('args') == IMMUTABLE and CONTAINER_OPTIONS.kind_of('labels') == MUTABLE
     assert CONTAINER_OPTIONS.kind_of('signal') is None

@@ -50,9 +50,8 @@ def snapshot(env, only_mine=False):
     cgroups = found.get('cgroups')
     if only_mine:
         records, dummy = env.rt.store.list_sandboxes()
-        listed = [p for r in records for p in r.get('cgroups_paths') or []]
-        listed += [p for r in records for c in env.rt.store.list_containers(r['id'])[0]
-                   for p in c.get('cgroups_paths') or []]
+        listed = [p for r in records for p in r.cgroups_paths]
+        listed += [p for r in records for c in env.rt.store.list_containers(r.id)[0] for p in c.cgroups_paths]
         cgroups = sorted((p, os.path.isdir(p)) for p in listed)
     return files, found.get('domains'), cgroups, found.get('mounts')
 
@@ -118,9 +117,9 @@ def test_prune_deletes_only_the_selection(env):
     keep = env.rt.store.load_sandbox('other')
     result = prune.prune(env.rt, prune.selected_ids(env.rt, labels={'tenant': 'acme'}), force=True)
     assert sorted(result['deleted']) == ['acme-1', 'acme-2'] and result['failed'] == []
-    assert [r['id'] for r in env.rt.store.list_sandboxes()[0]] == ['other']
+    assert [r.id for r in env.rt.store.list_sandboxes()[0]] == ['other']
     assert env.hv.ours() == {env.hv.domain_name('other'): 'running'}
-    assert all(os.path.isdir(p) for p in keep['cgroups_paths'])
+    assert all(os.path.isdir(p) for p in keep.cgroups_paths)
     assert env.rt.store.get_mapping('c2') == 'other' and env.rt.store.get_mapping('c1') is None
     assert prune.prune(env.rt, prune.selected_ids(env.rt, labels={'tenant': 'acme'}), force=True)['deleted'] == []
 
@@ -190,13 +189,13 @@ def test_record_left_creating_or_deleting_by_a_killed_process_is_an_orphan(env, 
     if flow == 'create':
         kill_at(env, monkeypatch, lambda e: e.sandbox('sb'),
                 lambda what, done: any(d.startswith('hv.create') for d in done))
-        assert env.rt.store.load_sandbox('sb')['state'] == 'creating'
+        assert env.rt.store.load_sandbox('sb').state == 'creating'
     else:
         env.sandbox('sb')
         env.container('sb', 'c1')
         kill_at(env, monkeypatch, lambda e: sbx.delete(e.rt, 'sb', force=True),
                 lambda what, done: any('sandbox.json' in d for d in done))
-        assert env.rt.store.load_sandbox('sb')['state'] == 'deleting'
+        assert env.rt.store.load_sandbox('sb').state == 'deleting'
     result = prune.prune(env.fresh(), [], force=True)
     assert ('sandbox_without_vm', 'sb') in kinds(result), result
     assert env.residue() == {}
@@ -238,7 +237,7 @@ def test_cgroup_dir_a_killed_container_create_made_is_an_orphan(env, monkeypatch
     result = prune.prune(env.fresh(), [], force=True)
     assert ('empty_cgroup', leaf) in kinds(result), result
     assert not os.path.exists(leaf)
-    assert all(os.path.isdir(p) for p in env.rt.store.load_sandbox('sb')['cgroups_paths'])
+    assert all(os.path.isdir(p) for p in env.rt.store.load_sandbox('sb').cgroups_paths)
 
 
 def test_prune_never_touches_cgroup_dirs_it_did_not_create(env):
@@ -323,8 +322,8 @@ def test_prune_during_a_create_does_not_touch_it(env, selector):
     assert all(o['id'] not in ('sb', env.hv.domain_name('sb')) for o in outcome['result']['orphans_removed']), outcome
     assert outcome['result']['deleted'] == []
     assert env.hv.domain_of('sb').state == 'running'
-    assert env.rt.store.load_sandbox('sb')['state'] == 'running'
-    assert all(os.path.isdir(p) for p in env.rt.store.load_sandbox('sb')['cgroups_paths'])
+    assert env.rt.store.load_sandbox('sb').state == 'running'
+    assert all(os.path.isdir(p) for p in env.rt.store.load_sandbox('sb').cgroups_paths)
     assert truthful(env.rt, env.hv) == []
 
 
@@ -340,7 +339,7 @@ def test_orphan_collection_between_cgroup_create_and_record_save_keeps_the_dir(e
     seen = {}
 
     def save(store, rec):
-        if rec.get('id') == name and rec.get('cgroups_paths') and 'worker' not in seen:
+        if rec.id == name and rec.cgroups_paths and 'worker' not in seen:
             seen['worker'], seen['outcome'] = run_in_thread(lambda: prune.prune(env.runtime(), [], force=True))
         return real(store, rec)
 
@@ -352,7 +351,7 @@ def test_orphan_collection_between_cgroup_create_and_record_save_keeps_the_dir(e
     seen['worker'].join(30)
     monkeypatch.undo()
     assert 'error' not in seen['outcome'], seen['outcome']
-    assert rec['cgroups_paths'] and all(os.path.isdir(p) for p in rec['cgroups_paths']), seen['outcome']
+    assert rec.cgroups_paths and all(os.path.isdir(p) for p in rec.cgroups_paths), seen['outcome']
 
 
 def test_two_prunes_at_once_over_overlapping_selections(env):

@@ -224,9 +224,9 @@ def test_create_boots_records_and_runs_hooks_in_order(env):
     full spec, agent ready; prestart..startContainer then poststart hooks, in that order."""
     hooks, log = log_hooks(env)
     rec = env.sandbox('sb', hooks=hooks, labels={'tier': 'web'})
-    assert rec['state'] == 'running' and env.rt.store.load_sandbox('sb')['state'] == 'running'
+    assert rec.state == 'running' and env.rt.store.load_sandbox('sb').state == 'running'
     assert env.rt.store.get_mapping('sb') == 'sb'
-    assert rec['cgroups_paths'] and all(os.path.isdir(p) for p in rec['cgroups_paths'])
+    assert rec.cgroups_paths and all(os.path.isdir(p) for p in rec.cgroups_paths)
     sdir = env.rt.store.sandbox_dir('sb')
     assert set(mountinfo.under(sdir)) == {os.path.join(sdir, 'output'), os.path.join(sdir, 'console')}
     dom = env.hv.domain_of('sb')
@@ -243,7 +243,7 @@ def test_create_without_boot_records_a_stopped_sandbox(env):
     """create boot=False: a stopped record and its cgroup dir; no VM, no mounts, no hooks."""
     hooks, log = log_hooks(env)
     rec = env.sandbox('sb', boot=False, hooks=hooks)
-    assert rec['state'] == 'stopped'
+    assert rec.state == 'stopped'
     assert env.hv.domain_of('sb') is None
     assert mountinfo.under(env.rt.store.sandbox_dir('sb')) == []
     assert hook_log(log) == []
@@ -266,7 +266,7 @@ def test_pause_then_start_resumes(env):
     sbx.start(env.rt, 'sb')
     dom = env.hv.domain_of('sb')
     assert dom.state == 'running' and dom.boots == 1
-    assert env.rt.store.load_sandbox('sb')['state'] == 'running'
+    assert env.rt.store.load_sandbox('sb').state == 'running'
 
 
 def test_pause_refuses_a_sandbox_that_does_not_run(env):
@@ -274,7 +274,7 @@ def test_pause_refuses_a_sandbox_that_does_not_run(env):
     env.sandbox('sb', boot=False)
     with pytest.raises(Conflict, match='cannot be paused'):
         sbx.pause(env.rt, 'sb')
-    assert env.rt.store.load_sandbox('sb')['state'] == 'stopped'
+    assert env.rt.store.load_sandbox('sb').state == 'stopped'
 
 
 @pytest.mark.parametrize('vm_after', ['crashed', 'shutoff', 'missing'])
@@ -299,7 +299,7 @@ def test_start_boots_a_dead_sandbox_again_and_its_containers_are_stopped(env):
     _dead(env)
     sbx.start(env.rt, 'sb')
     assert env.hv.domain_of('sb').state == 'running'
-    assert {c['id']: c['status'] for c in env.rt.store.list_containers('sb')[0]} == {'c1': 'stopped', 'c2': 'stopped'}
+    assert {c.id: c.status for c in env.rt.store.list_containers('sb')[0]} == {'c1': 'stopped', 'c2': 'stopped'}
 
 
 def test_stop_without_force_refuses_running_containers_and_changes_nothing(env):
@@ -318,8 +318,8 @@ def test_stop_with_force_powers_off_and_marks_containers_stopped(env):
     trace = env.rt.trace()
     sbx.stop(env.rt, 'sb', force=True, trace=trace)
     assert env.hv.domain_of('sb').state == 'shutoff'
-    assert env.rt.store.load_sandbox('sb')['state'] == 'stopped'
-    assert {c['status'] for c in env.rt.store.list_containers('sb')[0]} == {'stopped'}
+    assert env.rt.store.load_sandbox('sb').state == 'stopped'
+    assert {c.status for c in env.rt.store.list_containers('sb')[0]} == {'stopped'}
     assert any('powered off' in a for a in trace.actions), trace.actions
 
 
@@ -338,10 +338,10 @@ def test_update_changes_labels_and_refuses_immutable_settings(env):
     env.sandbox('sb', labels={'a': '1'})
     sbx.update(env.rt, 'sb', {'labels': {'a': '2'}, 'annotations': {'x': 'y'}})
     rec = env.rt.store.load_sandbox('sb')
-    assert rec['labels'] == {'a': '2'} and rec['annotations'] == {'x': 'y'}
+    assert rec.labels == {'a': '2'} and rec.annotations == {'x': 'y'}
     with pytest.raises(InvalidArgument, match='vcpus'):
         sbx.update(env.rt, 'sb', {'vcpus': 4})
-    assert env.rt.store.load_sandbox('sb')['vcpus'] == rec['vcpus']
+    assert env.rt.store.load_sandbox('sb').vcpus == rec.vcpus
 
 
 def test_update_of_a_missing_sandbox_is_not_found(env):
@@ -358,7 +358,7 @@ def test_delete_without_force_refuses_running_containers(env):
     with pytest.raises(Conflict, match='c1'):
         sbx.delete(env.rt, 'sb')
     assert env.hv.domain_of('sb').state == 'running'
-    assert env.rt.store.load_sandbox('sb')['state'] == 'running'
+    assert env.rt.store.load_sandbox('sb').state == 'running'
 
 
 def test_delete_with_force_leaves_zero_residue_and_runs_poststop_hooks(env):
@@ -556,7 +556,7 @@ def test_a_record_with_unusable_hooks_stays_deletable(env, field, value):
     hook = env.hook('ok.sh', 'exit 0')
     env.sandbox('sb')
     rec = env.rt.store.load_sandbox('sb')
-    rec['hooks'] = {'poststop': [{'path': hook, 'args': [hook], 'env': None, 'timeout': None, field: value}]}
+    rec.hooks = {'poststop': [{'path': hook, 'args': [hook], 'env': None, 'timeout': None, field: value}]}
     env.rt.store.save_sandbox(rec)
     trace = env.rt.trace()
     assert sbx.delete(env.rt, 'sb', force=True, trace=trace) is True
@@ -610,7 +610,7 @@ def test_update_on_a_full_state_file_system_keeps_the_old_record(env, monkeypatc
         sbx.update(env.rt, 'sb', {'labels': {'a': '2'}})
     monkeypatch.undo()
     assert os.strerror(errno.ENOSPC) in str(info.value) and 'sandbox.json' in str(info.value)
-    assert env.rt.store.load_sandbox('sb')['labels'] == {'a': '1'}
+    assert env.rt.store.load_sandbox('sb').labels == {'a': '1'}
     assert records_parse(env.rt) == []
 
 
@@ -800,7 +800,7 @@ def test_a_create_interrupted_after_its_vm_booted_is_reported_creating_and_start
     assert sbx.info(rt, rt.store.load_sandbox('sb'))['state'] == 'creating'
     assert hook_log(log) == []
     sbx.start(rt, 'sb')
-    assert rt.store.load_sandbox('sb')['state'] == 'running'
+    assert rt.store.load_sandbox('sb').state == 'running'
     assert sbx.info(rt, rt.store.load_sandbox('sb'))['state'] == 'running'
     assert [k for k, dummy in hook_log(log)] == [
         'prestart', 'createRuntime', 'createContainer', 'startContainer', 'poststart']

@@ -15,6 +15,7 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata import mountinfo
 from ansible_collections.kata.runtime.plugins.module_utils.kata.config import Config
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import KataError
 from ansible_collections.kata.runtime.plugins.module_utils.kata.hypervisor.base import Hypervisor
+from ansible_collections.kata.runtime.plugins.module_utils.kata.model import ContainerRecord, SandboxRecord
 from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import Runtime
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason='mounts need root')
@@ -122,12 +123,12 @@ def test_mount_point_refuses_a_planted_link_and_touches_nothing(rt, tmp_path, pl
         os.symlink(str(victim), os.path.join(base, 'c1', 'rootfs'))
     rootfs = tmp_path / 'rootfs'
     rootfs.mkdir()
-    rec = {'id': 'c1', 'rootfs': str(rootfs)}
+    rec = ContainerRecord(id='c1', sandbox='s1', rootfs=str(rootfs))
     with pytest.raises(KataError, match='symlink; refusing to mount over it'):
-        share.bind_rootfs(rt, {'id': 's1', 'domain': 'kata-s1'}, rec, rt.trace())
+        share.bind_rootfs(rt, SandboxRecord(id='s1', domain='kata-s1'), rec, rt.trace())
     assert os.listdir(str(victim)) == ['keep']
     assert mountinfo.under(str(victim)) == []
-    assert 'rootfs_mount' not in rec
+    assert rec.rootfs_mount is None
 
 
 def test_rootfs_is_bound_read_only_and_unbound(rt, tmp_path):
@@ -135,9 +136,9 @@ def test_rootfs_is_bound_read_only_and_unbound(rt, tmp_path):
     rootfs = tmp_path / 'rootfs'
     (rootfs / 'bin').mkdir(parents=True)
     (rootfs / 'bin' / 'tool').write_text('x')
-    srec, rec, trace = {'id': 's1', 'domain': 'kata-s1'}, {'id': 'c1', 'rootfs': str(rootfs)}, rt.trace()
+    srec, rec, trace = SandboxRecord(id='s1', domain='kata-s1'), ContainerRecord(id='c1', sandbox='s1', rootfs=str(rootfs)), rt.trace()
     share.bind_rootfs(rt, srec, rec, trace)
-    target = rec['rootfs_mount']['target']
+    target = rec.rootfs_mount['target']
     assert {'ro', 'nosuid', 'nodev'} <= set(flags(target))
     # a bind from the same file system: os.path.ismount cannot see it (the same st_dev), which
     # once made every delete skip the umount and then fail with "still mounted"; the mount
@@ -150,7 +151,7 @@ def test_rootfs_is_bound_read_only_and_unbound(rt, tmp_path):
             attempt()
         assert info.value.errno == errno.EROFS
     share.unbind_rootfs(rt, srec, rec, trace)
-    assert rec['rootfs_mount'] is None
+    assert rec.rootfs_mount is None
     assert mountinfo.under(target) == []
     assert os.stat(str(rootfs / 'bin' / 'tool')).st_mode & 0o7777 == 0o644
 

@@ -24,6 +24,7 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
     LockTimeout,
     NotFound,
 )
+from ansible_collections.kata.runtime.plugins.module_utils.kata.model import ContainerRecord, SandboxRecord
 from ansible_collections.kata.runtime.plugins.module_utils.kata.store import Store
 
 BAD_IDS = ['../x', 'a/b', '.hidden', '', 'x' * 129, 'caf\u00e9', 'abc\n']
@@ -86,26 +87,26 @@ def test_paths(store, root):
 # ------------------------------------------------------------------- sandboxes
 
 def test_sandbox_round_trip_atomic_and_private(store, root):
-    saved = store.save_sandbox({'id': 's1', 'vcpus': 1, 'labels': {'a': 'b'}})
+    saved = store.save_sandbox(SandboxRecord(id='s1', vcpus=1, labels={'a': 'b'}))
     assert saved['version'] == 1
     loaded = store.load_sandbox('s1')
-    assert loaded == {'id': 's1', 'vcpus': 1, 'labels': {'a': 'b'}, 'version': 1}
+    assert loaded == SandboxRecord(id='s1', vcpus=1, labels={'a': 'b'})
     sdir = store.sandbox_dir('s1')
     assert mode(os.path.join(sdir, 'sandbox.json')) == 0o600
     for sub in ('', 'containers', 'shared'):
         assert mode(os.path.join(sdir, sub)) == 0o700
     # overwrite: still one file, no temp leftovers anywhere
-    store.save_sandbox({'id': 's1', 'vcpus': 2})
-    assert store.load_sandbox('s1')['vcpus'] == 2
+    store.save_sandbox(SandboxRecord(id='s1', vcpus=2))
+    assert store.load_sandbox('s1').vcpus == 2
     assert not [p for p in tree(root) if p.endswith('.tmp') or '/.' in p]
 
 
 def test_failed_save_keeps_old_record_and_leaves_no_temp(store, root):
-    store.save_sandbox({'id': 's1', 'vcpus': 1})
+    store.save_sandbox(SandboxRecord(id='s1', vcpus=1))
     before = tree(root)
-    with pytest.raises(InvalidArgument, match='JSON'):
-        store.save_sandbox({'id': 's1', 'vcpus': object()})
-    assert store.load_sandbox('s1')['vcpus'] == 1
+    with pytest.raises(InvalidArgument, match='vcpus must be null or an integer'):
+        store.save_sandbox(SandboxRecord(id='s1', vcpus=object()))
+    assert store.load_sandbox('s1').vcpus == 1
     assert tree(root) == before
 
 
@@ -116,18 +117,18 @@ def test_load_missing_is_none(store):
 
 @pytest.mark.parametrize('bad', BAD_IDS)
 def test_bad_ids_are_refused_before_anything_is_touched(store, root, bad):
-    store.save_sandbox({'id': 'good'})
-    store.save_container({'id': 'c1', 'sandbox': 'good'})
+    store.save_sandbox(SandboxRecord(id='good'))
+    store.save_container(ContainerRecord(id='c1', sandbox='good'))
     store.set_mapping('c1', 'good')
     before = tree(root)
     calls = [
-        lambda: store.save_sandbox({'id': bad}),
+        lambda: store.save_sandbox(SandboxRecord(id=bad)),
         lambda: store.load_sandbox(bad),
         lambda: store.remove_sandbox(bad),
         lambda: store.sandbox_dir(bad),
         lambda: store.agent_socket(bad),
-        lambda: store.save_container({'id': bad, 'sandbox': 'good'}),
-        lambda: store.save_container({'id': 'c2', 'sandbox': bad}),
+        lambda: store.save_container(ContainerRecord(id=bad, sandbox='good')),
+        lambda: store.save_container(ContainerRecord(id='c2', sandbox=bad)),
         lambda: store.load_container('good', bad),
         lambda: store.remove_container('good', bad),
         lambda: store.list_containers(bad),
@@ -158,8 +159,8 @@ CORRUPT = {
 
 @pytest.mark.parametrize('kind', sorted(CORRUPT))
 def test_corrupt_sandbox_record(store, kind):
-    store.save_sandbox({'id': 'good'})
-    store.save_sandbox({'id': 's1'})
+    store.save_sandbox(SandboxRecord(id='good'))
+    store.save_sandbox(SandboxRecord(id='s1'))
     path = os.path.join(store.sandbox_dir('s1'), 'sandbox.json')
     with open(path, 'wb') as f:
         f.write(CORRUPT[kind])
@@ -167,7 +168,7 @@ def test_corrupt_sandbox_record(store, kind):
         store.load_sandbox('s1')
     assert path in str(info.value)
     records, corrupt = store.list_sandboxes()
-    assert [r['id'] for r in records] == ['good']
+    assert [r.id for r in records] == ['good']
     assert len(corrupt) == 1
     assert corrupt[0]['id'] == 's1'
     assert corrupt[0]['path'] == path
@@ -175,7 +176,7 @@ def test_corrupt_sandbox_record(store, kind):
 
 
 def test_record_naming_another_id_is_corrupt(store):
-    store.save_sandbox({'id': 's1'})
+    store.save_sandbox(SandboxRecord(id='s1'))
     path = os.path.join(store.sandbox_dir('s1'), 'sandbox.json')
     with open(path, 'w') as f:
         json.dump({'id': 'other', 'version': 1}, f)
@@ -184,7 +185,7 @@ def test_record_naming_another_id_is_corrupt(store):
 
 
 def test_newer_record_version_is_refused(store):
-    store.save_sandbox({'id': 's1'})
+    store.save_sandbox(SandboxRecord(id='s1'))
     path = os.path.join(store.sandbox_dir('s1'), 'sandbox.json')
     with open(path, 'w') as f:
         json.dump({'id': 's1', 'version': 2}, f)
@@ -195,7 +196,7 @@ def test_newer_record_version_is_refused(store):
 def test_record_that_is_a_symlink_is_not_followed(store, tmp_path):
     secret = tmp_path / 'secret.json'
     secret.write_text('{"id": "s1", "version": 1}')
-    store.save_sandbox({'id': 's1'})
+    store.save_sandbox(SandboxRecord(id='s1'))
     path = os.path.join(store.sandbox_dir('s1'), 'sandbox.json')
     os.unlink(path)
     os.symlink(str(secret), path)
@@ -204,10 +205,10 @@ def test_record_that_is_a_symlink_is_not_followed(store, tmp_path):
 
 
 def test_sandbox_dir_without_record_is_reported(store):
-    store.save_sandbox({'id': 'good'})
+    store.save_sandbox(SandboxRecord(id='good'))
     os.makedirs(store.sandbox_dir('half'))
     records, corrupt = store.list_sandboxes()
-    assert [r['id'] for r in records] == ['good']
+    assert [r.id for r in records] == ['good']
     assert [c['id'] for c in corrupt] == ['half']
     assert 'sandbox.json' in corrupt[0]['error']
 
@@ -217,50 +218,50 @@ def test_listing_ignores_temp_files_and_missing_root(store, root):
     assert store.list_containers('s1') == ([], [])
     assert store.list_mappings() == {}
     assert not os.path.exists(root)
-    store.save_sandbox({'id': 's1'})
-    store.save_container({'id': 'c1', 'sandbox': 's1'})
+    store.save_sandbox(SandboxRecord(id='s1'))
+    store.save_container(ContainerRecord(id='c1', sandbox='s1'))
     open(os.path.join(store.sandbox_dir('s1'), 'containers', '.c2.json.abc.tmp'), 'w').close()
     os.makedirs(os.path.join(root, 'sandboxes', '.s2.tmp'))
     records, corrupt = store.list_sandboxes()
-    assert ([r['id'] for r in records], corrupt) == (['s1'], [])
+    assert ([r.id for r in records], corrupt) == (['s1'], [])
     records, corrupt = store.list_containers('s1')
-    assert ([r['id'] for r in records], corrupt) == (['c1'], [])
+    assert ([r.id for r in records], corrupt) == (['c1'], [])
 
 
 def test_list_is_sorted(store):
     for sid in ('b', 'c', 'a'):
-        store.save_sandbox({'id': sid})
-    assert [r['id'] for r in store.list_sandboxes()[0]] == ['a', 'b', 'c']
+        store.save_sandbox(SandboxRecord(id=sid))
+    assert [r.id for r in store.list_sandboxes()[0]] == ['a', 'b', 'c']
 
 
 # ------------------------------------------------------------------ containers
 
 def test_container_round_trip(store):
-    store.save_sandbox({'id': 's1'})
-    saved = store.save_container({'id': 'c1', 'sandbox': 's1', 'status': 'created'})
+    store.save_sandbox(SandboxRecord(id='s1'))
+    saved = store.save_container(ContainerRecord(id='c1', sandbox='s1', status='created'))
     assert saved['version'] == 1
-    assert store.load_container('s1', 'c1')['status'] == 'created'
+    assert store.load_container('s1', 'c1').status == 'created'
     path = os.path.join(store.sandbox_dir('s1'), 'containers', 'c1.json')
     assert mode(path) == 0o600
-    store.save_container({'id': 'c2', 'sandbox': 's1'})
+    store.save_container(ContainerRecord(id='c2', sandbox='s1'))
     records, corrupt = store.list_containers('s1')
-    assert [r['id'] for r in records] == ['c1', 'c2'] and corrupt == []
+    assert [r.id for r in records] == ['c1', 'c2'] and corrupt == []
     assert store.remove_container('s1', 'c1') is True
     assert store.remove_container('s1', 'c1') is False
-    assert [r['id'] for r in store.list_containers('s1')[0]] == ['c2']
+    assert [r.id for r in store.list_containers('s1')[0]] == ['c2']
 
 
 def test_container_needs_its_sandbox(store, root):
     with pytest.raises(NotFound, match='s1'):
-        store.save_container({'id': 'c1', 'sandbox': 's1'})
+        store.save_container(ContainerRecord(id='c1', sandbox='s1'))
     assert not os.path.exists(os.path.join(root, 'sandboxes', 's1'))
 
 
 @pytest.mark.parametrize('kind', sorted(CORRUPT))
 def test_corrupt_container_record(store, kind):
-    store.save_sandbox({'id': 's1'})
-    store.save_container({'id': 'c1', 'sandbox': 's1'})
-    store.save_container({'id': 'c2', 'sandbox': 's1'})
+    store.save_sandbox(SandboxRecord(id='s1'))
+    store.save_container(ContainerRecord(id='c1', sandbox='s1'))
+    store.save_container(ContainerRecord(id='c2', sandbox='s1'))
     path = os.path.join(store.sandbox_dir('s1'), 'containers', 'c2.json')
     with open(path, 'wb') as f:
         f.write(CORRUPT[kind])
@@ -268,7 +269,7 @@ def test_corrupt_container_record(store, kind):
         store.load_container('s1', 'c2')
     assert path in str(info.value)
     records, corrupt = store.list_containers('s1')
-    assert [r['id'] for r in records] == ['c1']
+    assert [r.id for r in records] == ['c1']
     assert [(c['id'], c['path']) for c in corrupt] == [('c2', path)]
 
 
@@ -349,7 +350,7 @@ def test_lock_waits_for_release(store):
 
 
 def test_lock_is_per_sandbox_and_reentrant(store):
-    store.save_sandbox({'id': 's1'})
+    store.save_sandbox(SandboxRecord(id='s1'))
     with store.lock('s1', timeout=0):
         with store.lock('s1', timeout=0):  # same thread: re-entrant
             pass
@@ -371,7 +372,7 @@ def test_a_lock_of_an_id_without_a_sandbox_leaves_no_file(store):
     with store.try_lock('left') as free:
         assert free
     assert not os.path.lexists(store.lock_path('left'))
-    store.save_sandbox({'id': 'kept'})
+    store.save_sandbox(SandboxRecord(id='kept'))
     with store.try_lock('kept') as free:
         assert free
     assert os.path.isfile(store.lock_path('kept'))
@@ -393,7 +394,7 @@ def _wait_until_open(pid, path, timeout=20):
 
 def test_waiter_retries_when_lock_file_was_unlinked(store):
     """remove_sandbox unlinks the lock file while held; a waiter must not keep a stale inode."""
-    store.save_sandbox({'id': 's1'})
+    store.save_sandbox(SandboxRecord(id='s1'))
     with store.lock('s1'):
         proc = _holder(store.root, 's1', 10)
         _wait_until_open(proc.pid, store.lock_path('s1'))  # now waiting on the old inode
@@ -420,9 +421,9 @@ def test_bad_lock_timeout(store, bad):
 # ------------------------------------------------------------------ removal
 
 def test_remove_sandbox_removes_tree_lock_and_socket_only(store, root):
-    store.save_sandbox({'id': 's1'})
-    store.save_sandbox({'id': 's2'})
-    store.save_container({'id': 'c1', 'sandbox': 's1'})
+    store.save_sandbox(SandboxRecord(id='s1'))
+    store.save_sandbox(SandboxRecord(id='s2'))
+    store.save_container(ContainerRecord(id='c1', sandbox='s1'))
     store.set_mapping('c1', 's1')
     os.makedirs(os.path.join(store.shared_dir('s1'), 'c1', 'rootfs', 'etc'))
     open(os.path.join(store.sandbox_dir('s1'), 'console.log'), 'w').close()
@@ -448,7 +449,7 @@ def test_remove_sandbox_does_not_follow_planted_symlinks(store, tmp_path):
     (outside / 'sub').mkdir(parents=True)
     (outside / 'precious').write_text('keep me')
     (outside / 'sub' / 'deep').write_text('keep me too')
-    store.save_sandbox({'id': 's1'})
+    store.save_sandbox(SandboxRecord(id='s1'))
     shared = store.shared_dir('s1')
     os.symlink(str(outside), os.path.join(shared, 'dirlink'))
     os.symlink(str(outside / 'precious'), os.path.join(shared, 'filelink'))
@@ -471,7 +472,7 @@ def test_sandbox_dir_symlinked_outside_is_refused(store, tmp_path):
     assert store.sandbox_dir('s1') in str(info.value)
     assert (outside / 'sandbox.json').exists()
     with pytest.raises(KataError, match='not a directory'):
-        store.save_sandbox({'id': 's1'})
+        store.save_sandbox(SandboxRecord(id='s1'))
     with pytest.raises(KataError, match='outside the state root'):
         store.load_sandbox('s1')
     assert (outside / 'sandbox.json').read_text() == '{"id": "s1", "version": 1}'
@@ -487,7 +488,7 @@ def test_sandboxes_dir_symlinked_outside_is_refused(store, root, tmp_path):
     with pytest.raises(KataError, match=refused):
         store.remove_sandbox('s1')
     with pytest.raises(KataError, match=refused):
-        store.save_sandbox({'id': 's2'})
+        store.save_sandbox(SandboxRecord(id='s2'))
     with pytest.raises(KataError, match='outside the state root'):
         store.load_sandbox('s1')
     assert (outside / 's1' / 'keep').exists()
@@ -509,7 +510,7 @@ def _umount(path):
 
 @pytest.mark.parametrize('how', ['tmpfs', 'bind'])
 def test_remove_sandbox_refuses_mount_points(store, tmp_path, how):
-    store.save_sandbox({'id': 's1'})
+    store.save_sandbox(SandboxRecord(id='s1'))
     rootfs = os.path.join(store.shared_dir('s1'), 'c1', 'rootfs')
     os.makedirs(rootfs)
     if how == 'tmpfs':
@@ -644,8 +645,8 @@ def _no_deep_leftovers(tmp_path):
 
 
 def test_remove_sandbox_removes_a_5000_deep_chain(store):
-    store.save_sandbox({'id': 's1'})
-    store.save_sandbox({'id': 's2'})
+    store.save_sandbox(SandboxRecord(id='s1'))
+    store.save_sandbox(SandboxRecord(id='s2'))
     bottom = chain_at(store.shared_dir('s1'), DEEP)
     try:
         write_at(bottom, 'at-the-bottom', 'x')
@@ -662,7 +663,7 @@ def test_remove_sandbox_removes_a_5000_deep_chain(store):
 
 def test_deep_removal_keeps_a_bounded_number_of_fds_open(store):
     """Not one fd per level: the chain is far deeper than the fd limit set here."""
-    store.save_sandbox({'id': 's1'})
+    store.save_sandbox(SandboxRecord(id='s1'))
     os.close(chain_at(store.shared_dir('s1'), PAST_LIMITS))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     highest = max(int(fd) for fd in os.listdir('/proc/self/fd'))
@@ -687,7 +688,7 @@ def plant(dir_fd, canary, tmp_path):
 
 
 def test_remove_sandbox_unlinks_hostile_entries_deep_in_the_tree(store, canary, tmp_path):
-    store.save_sandbox({'id': 's1'})
+    store.save_sandbox(SandboxRecord(id='s1'))
     before = snapshot(canary)
     shared = opendir(store.shared_dir('s1'))
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -721,7 +722,7 @@ def test_remove_sandbox_unlinks_hostile_entries_deep_in_the_tree(store, canary, 
 
 def test_remove_sandbox_unlinks_a_symlink_in_place_of_shared(store, canary):
     """shared/ itself a symlink out of the root: unlinked, and the rest (deep) still goes."""
-    store.save_sandbox({'id': 's1'})
+    store.save_sandbox(SandboxRecord(id='s1'))
     before = snapshot(canary)
     os.rmdir(store.shared_dir('s1'))
     os.symlink(str(canary), store.shared_dir('s1'))
@@ -738,7 +739,7 @@ def test_remove_sandbox_does_not_follow_a_directory_swapped_mid_removal(store, c
     which must refuse the symlink (O_NOFOLLOW) and notice the directory is not the one it
     entered, then start again: the link is unlinked and the moved tree removed.
     """
-    store.save_sandbox({'id': 's1'})
+    store.save_sandbox(SandboxRecord(id='s1'))
     before = snapshot(canary)
     shared = store.shared_dir('s1')
     os.mkdir(os.path.join(shared, 'a'))
@@ -771,7 +772,7 @@ def test_remove_sandbox_does_not_follow_a_directory_swapped_mid_removal(store, c
 def test_mount_table_decides_without_walking_the_tree(store, monkeypatch):
     """Mount points come from the mount table: a deep tree is not walked to find them, and a
     mount point that only shares a prefix with the sandbox dir (s1x vs s1) is not under it."""
-    store.save_sandbox({'id': 's1'})
+    store.save_sandbox(SandboxRecord(id='s1'))
     os.close(chain_at(store.shared_dir('s1'), PAST_LIMITS))
     real = os.path.realpath(store.sandbox_dir('s1'))
     table = {'/', os.path.dirname(real), real + 'x', real + 'x' + os.sep + 'shared'}
@@ -794,7 +795,7 @@ def test_remove_sandbox_refuses_a_mount_deep_in_a_guest_tree(store, tmp_path, ho
 
     The bind mount comes from the same file system, so st_dev alone could not tell it.
     """
-    store.save_sandbox({'id': 's1'})
+    store.save_sandbox(SandboxRecord(id='s1'))
     shared = store.shared_dir('s1')
     os.close(chain_at(shared, PAST_LIMITS))
     levels = 1200  # past the recursion limit, and still a path mount(8) accepts
@@ -832,7 +833,7 @@ def test_remove_sandbox_refuses_a_mount_deep_in_a_guest_tree(store, tmp_path, ho
 def test_removal_refuses_a_mount_the_mount_table_did_not_show(store, monkeypatch):
     """The second guard: a mount made after the table was read (simulated: an empty table) is
     found by st_dev while removing; it is named, and nothing under it is touched."""
-    store.save_sandbox({'id': 's1'})
+    store.save_sandbox(SandboxRecord(id='s1'))
     shared = store.shared_dir('s1')
     os.close(chain_at(shared, PAST_LIMITS))
     rootfs = os.path.join(shared, 'c1', 'rootfs')

@@ -40,7 +40,7 @@ def test_a_sandbox_starts_from_a_template_of_its_shape(env):
     assert env.hv.ours() == {}, 'the template VM is gone once saved'
     assert sorted(os.listdir(tpl.path)) == ['ram', 'state', 'template.json']
     rec, trace = create(env, 'sb', template=True)
-    assert rec['boot'] == 'template' and rec['state'] == 'running'
+    assert rec.boot == 'template' and rec.state == 'running'
     assert sbx.info(env.rt, rec)['boot'] == 'template'
     assert env.hv.count('create_clone') == 1 and env.hv.count('create') == 0
     dom = env.hv.domain_of('sb')
@@ -75,7 +75,7 @@ def test_cold_boot_when_no_current_template_fits(env, why):
         with open(env.config.initrd, 'ab') as f:
             f.write(b'a new agent')
     rec, trace = create(env, 'sb', **opts)
-    assert rec['boot'] == 'cold' and env.hv.count('create_clone') == 0 and env.hv.count('create') == 1
+    assert rec.boot == 'cold' and env.hv.count('create_clone') == 0 and env.hv.count('create') == 1
     if why != 'off':
         assert any('booting cold' in a for a in trace.actions), trace.actions
 
@@ -88,7 +88,7 @@ def test_a_clone_that_fails_is_destroyed_and_the_sandbox_boots_cold(env, fault):
     else:
         env.hv.fail(fault)
     rec, trace = create(env, 'sb', template=True)
-    assert rec['boot'] == 'cold' and rec['state'] == 'running'
+    assert rec.boot == 'cold' and rec.state == 'running'
     assert env.hv.count('create') == 1
     failed = [a for a in trace.actions if 'booting cold' in a]
     assert failed and ('template %s' % tpl.key) in failed[0], trace.actions
@@ -114,17 +114,17 @@ def test_a_stopped_clone_boots_again_as_a_new_clone_or_cold(env):
     sbx.stop(env.rt, 'sb', force=True)
     trace = env.rt.trace()
     sbx.start(env.rt, 'sb', trace=trace)
-    assert env.rt.store.load_sandbox('sb')['boot'] == 'template' and env.hv.count('create_clone') == 2
+    assert env.rt.store.load_sandbox('sb').boot == 'template' and env.hv.count('create_clone') == 2
     assert any('does not boot again by itself' in a for a in trace.actions), trace.actions
     sbx.stop(env.rt, 'sb', force=True)
     assert template.remove_locked(env.rt.store.root, tpl.key) is True
     sbx.start(env.rt, 'sb')
-    assert env.rt.store.load_sandbox('sb')['boot'] == 'cold' and env.hv.domain_of('sb').state == 'running'
+    assert env.rt.store.load_sandbox('sb').boot == 'cold' and env.hv.domain_of('sb').state == 'running'
     # and the wish can be turned off at start
     sbx.stop(env.rt, 'sb', force=True)
     build_template(env)
     sbx.start(env.rt, 'sb', use_template=False)
-    assert env.rt.store.load_sandbox('sb')['boot'] == 'cold'
+    assert env.rt.store.load_sandbox('sb').boot == 'cold'
 
 
 def test_an_interrupted_clone_create_is_made_again(env):
@@ -133,13 +133,13 @@ def test_an_interrupted_clone_create_is_made_again(env):
     build_template(env)
     create(env, 'sb', template=True)
     rec = env.rt.store.load_sandbox('sb')
-    rec['state'] = 'creating'
+    rec.state = 'creating'
     env.rt.store.save_sandbox(rec)
     env.hv.domain_of('sb').post_clone = None
     trace = env.rt.trace()
     sbx.start(env.rt, 'sb', trace=trace)
     assert any('a clone whose create was interrupted' in a for a in trace.actions), trace.actions
-    assert env.hv.domain_of('sb').post_clone is not None and env.rt.store.load_sandbox('sb')['state'] == 'running'
+    assert env.hv.domain_of('sb').post_clone is not None and env.rt.store.load_sandbox('sb').state == 'running'
 
 
 def test_template_setting_is_checked_and_never_a_difference(env):

@@ -58,6 +58,7 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata import container
 from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
 from ansible_collections.kata.runtime.plugins.module_utils.kata.config import Config, load_config
 from ansible_collections.kata.runtime.plugins.module_utils.kata.ids import ID_PATTERN
+from ansible_collections.kata.runtime.plugins.module_utils.kata.model import ContainerRecord
 from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import Runtime
 from ansible_collections.kata.runtime.plugins.modules import (
     kata_check,
@@ -277,18 +278,16 @@ class Example:
         def sandbox(sid, state, labels):
             # what kata_sandbox state=stopped makes; a 'running' one whose VM is gone is dead
             rec = sbx.create(rt, sid, sbx.settings_from(cfg, {'labels': labels}), boot=False)
-            if state != rec['state']:
-                rec['state'] = state
+            if state != rec.state:
+                rec.state = state
                 store.save_sandbox(rec)
             with store.lock(sid):  # the lock file a real run leaves
                 pass
 
         def container(sid, cid, status):
             settings_ = ctr.settings_from({'rootfs': self.path('rootfs'), 'command': ['/bin/sh']})
-            rec = dict(settings_)
-            rec.update({'id': cid, 'sandbox': sid, 'status': status, 'created_at': '2026-01-01T00:00:00Z',
-                        'pid': 7, 'exit_code': None})
-            rec['cgroups_paths'] = rt.cgroups.create('', cid)
+            rec = ContainerRecord.new(sid, cid, settings_, status=status, created_at='2026-01-01T00:00:00Z', pid=7)
+            rec.cgroups_paths = rt.cgroups.create('', cid)
             store.save_container(rec)
             store.set_mapping(cid, sid)
 
@@ -473,10 +472,10 @@ def check_untouched(ex, before, after, zone_too):
 
 def check_record_within_contract(rec):
     """A sandbox record as the contract allows it."""
-    assert ID_RE.fullmatch(rec['id'])
+    assert ID_RE.fullmatch(rec.id)
     for key in ('labels', 'annotations'):
-        assert all(isinstance(k, str) and isinstance(v, str) for k, v in (rec.get(key) or {}).items()), rec[key]
-    for hooks in (rec.get('hooks') or {}).values():
+        assert all(isinstance(k, str) and isinstance(v, str) for k, v in getattr(rec, key).items()), getattr(rec, key)
+    for hooks in (rec.hooks or {}).values():
         for hook in hooks:
             assert os.path.isabs(hook['path']) and '\x00' not in hook['path'], hook
             assert all('\x00' not in a for a in hook['args']), hook

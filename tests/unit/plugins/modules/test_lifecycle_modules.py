@@ -21,6 +21,7 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata import oci
 from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
 from ansible_collections.kata.runtime.plugins.module_utils.kata.config import load_config
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import Conflict
+from ansible_collections.kata.runtime.plugins.module_utils.kata.model import ContainerRecord, SandboxRecord
 from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import Runtime
 from ansible_collections.kata.runtime.plugins.modules import (
     kata_container,
@@ -87,22 +88,19 @@ class Host:
     def plant_sandbox(self, sid, state='running', hooks=None, **opts):
         """A sandbox record as sandbox.create leaves it, whose VM is gone."""
         settings = sbx.settings_from(self.cfg, dict(opts, hooks=hooks))
-        rec = dict(settings)
-        rec.update({'id': sid, 'state': state, 'domain': self.rt.hv.domain_name(sid), 'accel': 'tcg',
-                    'accel_requested': settings['accel'], 'accel_reason': 'unit test',
-                    'created_at': '2026-01-01T00:00:00Z', 'libvirt_uri': 'test:///default'})
+        rec = SandboxRecord.new(sid, dict(settings, accel='tcg'), state=state, domain=self.rt.hv.domain_name(sid),
+                                accel_requested=settings['accel'], accel_reason='unit test',
+                                created_at='2026-01-01T00:00:00Z', libvirt_uri='test:///default')
         self.rt.store.ensure()
-        rec['cgroups_paths'] = self.rt.create_cgroups('', sid, sid)
+        rec.cgroups_paths = self.rt.create_cgroups('', sid, sid)
         self.rt.store.save_sandbox(rec)
         self.rt.store.set_mapping(sid, sid)
         return rec
 
     def plant_container(self, sid, cid, status='running', hooks=None):
         settings = ctr.settings_from({'rootfs': str(self.rootfs), 'command': ['/bin/sh'], 'hooks': hooks})
-        rec = dict(settings)
-        rec.update({'id': cid, 'sandbox': sid, 'status': status, 'created_at': '2026-01-01T00:00:00Z',
-                    'pid': 7, 'exit_code': None})
-        rec['cgroups_paths'] = self.rt.create_cgroups('', cid, sid)
+        rec = ContainerRecord.new(sid, cid, settings, status=status, created_at='2026-01-01T00:00:00Z', pid=7)
+        rec.cgroups_paths = self.rt.create_cgroups('', cid, sid)
         self.rt.store.save_container(rec)
         self.rt.store.set_mapping(cid, sid)
         return rec
@@ -254,7 +252,7 @@ def test_container_absent_follows_the_seed(capsys, host):
     assert os.path.exists('%s.after' % log)
     assert "fail.sh" in json.dumps(out.get("warnings")), out
     # cgroup paths and mapping gone, the other container untouched
-    assert not any(os.path.exists(p) for p in rec['cgroups_paths'])
+    assert not any(os.path.exists(p) for p in rec.cgroups_paths)
     assert host.rt.store.get_mapping('c1') is None and host.rt.store.load_container('sb', 'c1') is None
     assert host.rt.store.get_mapping('c2') == 'sb'
     out = run(capsys, kata_container, host.args(name='c1', state='absent'))
@@ -288,7 +286,7 @@ def test_labels_update_in_place_with_diff(capsys, host):
     out = run(capsys, kata_sandbox, host.args(name='sb', state='stopped', labels={'a': '2'}), diff=True)
     assert out['changed'] is True
     assert out['diff']['before']['labels'] == {'a': '1'} and out['diff']['after']['labels'] == {'a': '2'}
-    assert host.rt.store.load_sandbox('sb')['labels'] == {'a': '2'}
+    assert host.rt.store.load_sandbox('sb').labels == {'a': '2'}
     out = run(capsys, kata_sandbox, host.args(name='sb', state='stopped', labels={'a': '2'}))
     assert out['changed'] is False
 
@@ -333,8 +331,8 @@ def test_prune_by_labels_deletes_only_the_selection_and_collects_orphans(capsys,
     assert ('dangling_mapping', 'ghost') in kinds
     # the deletes themselves collect the dirs of sandboxes that are gone (or prune does)
     assert not os.path.exists(stray) and foreign.is_dir()
-    assert [r['id'] for r in host.rt.store.list_sandboxes()[0]] == ['other']
-    assert all(os.path.isdir(p) for p in keep['cgroups_paths'])
+    assert [r.id for r in host.rt.store.list_sandboxes()[0]] == ['other']
+    assert all(os.path.isdir(p) for p in keep.cgroups_paths)
     out = run(capsys, kata_prune, host.args(labels={'tenant': 'acme'}, force=True))
     assert out['changed'] is False
 
@@ -380,22 +378,22 @@ def test_paused_sandbox_with_running_containers_is_not_deleted_without_force(cap
     host.plant_container('sb', 'c1', status='running')
     hv = host.rt.hv
     hv.conn().createXML(hv.build_xml({
-        'name': rec['domain'], 'sandbox_id': 'sb', 'vcpus': 1, 'memory_mb': 128, 'cmdline': '',
+        'name': rec.domain, 'sandbox_id': 'sb', 'vcpus': 1, 'memory_mb': 128, 'cmdline': '',
         'kernel': str(host.image / 'vmlinux'), 'initrd': str(host.image / 'kata-initrd.img'), 'accel': 'tcg'}))
     try:
-        hv.suspend(rec['domain'])
+        hv.suspend(rec.domain)
         before = host.files()
         for check_mode in (True, False):
             out = run(capsys, kata_sandbox, host.args(name='sb', state='absent'), check_mode=check_mode)
             assert out['failed'] and out['changed'] is False
             assert 'c1' in out['msg'] and 'force' in out['msg']
-        assert host.files() == before and hv.state(rec['domain']) == 'paused'
+        assert host.files() == before and hv.state(rec.domain) == 'paused'
         out = run(capsys, kata_sandbox, host.args(name='sb', state='absent', force=True))
-        assert out['changed'] is True and hv.state(rec['domain']) == 'missing'
+        assert out['changed'] is True and hv.state(rec.domain) == 'missing'
         assert host.files() == []
     finally:
-        if hv.state(rec['domain']) != 'missing':
-            hv.conn().lookupByName(rec['domain']).destroy()
+        if hv.state(rec.domain) != 'missing':
+            hv.conn().lookupByName(rec.domain).destroy()
 
 
 def test_container_record_from_before_readonly_rootfs_loads_with_no_diff(capsys, host):
@@ -405,11 +403,14 @@ def test_container_record_from_before_readonly_rootfs_loads_with_no_diff(capsys,
     bundle = host.tmp / 'bundle'
     bundle.mkdir()
     (bundle / 'config.json').write_text(json.dumps(oci.generate_spec(str(host.rootfs), ['/bin/sh'])))
-    rec = dict(ctr.settings_from({'bundle': str(bundle)}))
-    rec.update({'id': 'c1', 'sandbox': 'sb', 'status': 'stopped', 'created_at': '2026-01-01T00:00:00Z',
-                'pid': None, 'exit_code': 0, 'cgroups_paths': []})
-    del rec['readonly_rootfs']  # as written before the option existed
-    host.rt.store.save_container(rec)
+    rec = ContainerRecord.new('sb', 'c1', ctr.settings_from({'bundle': str(bundle)}), status='stopped',
+                              created_at='2026-01-01T00:00:00Z', exit_code=0)
+    data = host.rt.store.save_container(rec)
+    del data['readonly_rootfs']  # as written before the option existed
+    path = os.path.join(host.rt.store.containers_dir('sb'), 'c1.json')
+    with open(path, 'w') as f:
+        json.dump(data, f)
+    assert host.rt.store.load_container('sb', 'c1').readonly_rootfs is False
     host.rt.store.set_mapping('c1', 'sb')
     args = host.args(name='c1', sandbox='sb', state='stopped', bundle=str(bundle))
     out = run(capsys, kata_container, args, diff=True)
