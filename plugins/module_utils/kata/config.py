@@ -22,6 +22,10 @@ DEFAULT_CONFIG_PATH = '/etc/kata-runtime/config.yaml'
 
 ACCELS = ('auto', 'kvm', 'tcg')
 MIN_MEMORY_MB = 64
+# What QEMU's x86 machines take at most (vCPUs of the pc machine, guest RAM of 4 TiB): a larger
+# value is a mistake to refuse now, not a record that fails at every boot.
+MAX_VCPUS = 255
+MAX_MEMORY_MB = 4 * 1024 * 1024
 DOMAIN_PREFIX_PATTERN = r'^[A-Za-z][A-Za-z0-9_.-]{0,31}$'
 _DOMAIN_PREFIX_RE = re.compile(DOMAIN_PREFIX_PATTERN, re.ASCII)
 _CGROUP_COMPONENT_RE = re.compile(r'^[A-Za-z0-9_.:@-]+$', re.ASCII)
@@ -209,6 +213,12 @@ def _check_domain_prefix(source, key, value):
     return value
 
 
+def check_setting(key, value, source='option'):
+    """``value`` for setting ``key`` checked as the host config checks it (a module option
+    overriding the config passes the same check); InvalidArgument names the key and value."""
+    return _CHECKS[key](source, key, value)
+
+
 _CHECKS = {
     'libvirt_uri': _check_libvirt_uri,
     'accel': _check_accel,
@@ -216,8 +226,8 @@ _CHECKS = {
     'kernel': _check_optional_path,
     'initrd': _check_optional_path,
     'kernel_params': lambda s, k, v: _string(s, k, v, allow_empty=True),
-    'vcpus': lambda s, k, v: _int(s, k, v, 1),
-    'memory_mb': lambda s, k, v: _int(s, k, v, MIN_MEMORY_MB),
+    'vcpus': _bounded_int(1, MAX_VCPUS),
+    'memory_mb': _bounded_int(MIN_MEMORY_MB, MAX_MEMORY_MB),
     'state_root': _check_state_root,
     'cgroup_root': _abs_path,
     'cgroup_parent': _check_cgroup_parent,

@@ -33,15 +33,12 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.model import (
     observed_sandbox_state,
     step,
 )
-from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import now
+from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import coerce_str_dict, now
 
 
 def settings_from(opts):
     """The desired container settings from module options (bundle or inline), validated."""
-    labels = opts.get('labels') or {}
-    if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                               for k, v in labels.items()):
-        raise InvalidArgument('labels must map strings to strings, got %r' % (labels,))
+    labels = coerce_str_dict(opts.get('labels') or {}, 'labels')
     if opts.get('bundle'):
         inline = [k for k in ('rootfs', 'command', 'env', 'cwd', 'user') if opts.get(k) not in (None, [], {})]
         if inline:

@@ -18,7 +18,7 @@ import time
 from ansible_collections.kata.runtime.plugins.module_utils.kata import container as ctr
 from ansible_collections.kata.runtime.plugins.module_utils.kata import hooks as oci_hooks
 from ansible_collections.kata.runtime.plugins.module_utils.kata import oci, options, share, template, vmm_memory
-from ansible_collections.kata.runtime.plugins.module_utils.kata.config import MAX_TIMEOUT
+from ansible_collections.kata.runtime.plugins.module_utils.kata.config import MAX_TIMEOUT, check_setting
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
     AgentError,
     Conflict,
@@ -38,7 +38,7 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.model import (
     observed_sandbox_state,
     step,
 )
-from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import now
+from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import coerce_str_dict, now
 
 # Settings kept in the record only, updated in place (the rest shape the VM: see options.py).
 MUTABLE = options.SANDBOX_OPTIONS.keys(options.MUTABLE)
@@ -46,28 +46,12 @@ MUTABLE = options.SANDBOX_OPTIONS.keys(options.MUTABLE)
 # for: create and start are one step); poststart follows when the sandbox is running.
 BOOT_HOOKS = ('prestart', 'createRuntime', 'createContainer', 'startContainer')
 
-# What QEMU's x86 machines take at most (vCPUs of the pc machine, guest RAM of 4 TiB): a larger
-# value is a mistake to refuse now, not a record that fails at every boot.
-MAX_VCPUS = 255
-MAX_MEMORY_MB = 4 * 1024 * 1024
-
-
 def check_timeout(name, value):
     """A module's wait option: None, or a positive number of seconds no clock overflows on."""
     if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                               or not 0 < value <= MAX_TIMEOUT):
         raise InvalidArgument('%s must be a positive number of seconds, at most %d; got %r' % (name, MAX_TIMEOUT, value))
     return value
-
-
-def _str_dict(value, what):
-    value = value or {}
-    if not isinstance(value, dict):
-        raise InvalidArgument('%s must be a dict of strings, got %r' % (what, value))
-    for k, v in value.items():
-        if not isinstance(k, str) or not isinstance(v, str):
-            raise InvalidArgument('%s must map strings to strings: %r: %r is not' % (what, k, v))
-    return dict(value)
 
 
 def settings_from(config, opts):
@@ -86,8 +70,8 @@ def settings_from(config, opts):
         'initrd': pick('initrd'),
         'kernel_params': pick('kernel_params') or '',
         'accel': pick('accel'),
-        'labels': _str_dict(opts.get('labels'), 'labels'),
-        'annotations': _str_dict(opts.get('annotations'), 'annotations'),
+        'labels': coerce_str_dict(opts.get('labels') or {}, 'labels'),
+        'annotations': coerce_str_dict(opts.get('annotations') or {}, 'annotations'),
         'hooks': oci.validate_hooks(opts.get('hooks') or {}),
         'cgroups_path': opts.get('cgroups_path') or '',
         # how the VM comes up, not what it is: never a difference that needs recreate
@@ -95,13 +79,8 @@ def settings_from(config, opts):
     }
     if not isinstance(s['template'], bool):
         raise InvalidArgument('template must be true or false, got %r' % (s['template'],))
-    if not isinstance(s['vcpus'], int) or isinstance(s['vcpus'], bool) or not 1 <= s['vcpus'] <= MAX_VCPUS:
-        raise InvalidArgument('vcpus must be an integer from 1 to %d, got %r' % (MAX_VCPUS, s['vcpus']))
-    if (not isinstance(s['memory_mb'], int) or isinstance(s['memory_mb'], bool)
-            or not 64 <= s['memory_mb'] <= MAX_MEMORY_MB):
-        raise InvalidArgument('memory_mb must be an integer from 64 to %d, got %r' % (MAX_MEMORY_MB, s['memory_mb']))
-    if s['accel'] not in ('auto', 'kvm', 'tcg'):
-        raise InvalidArgument('accel must be one of auto, kvm, tcg; got %r' % (s['accel'],))
+    for key in ('vcpus', 'memory_mb', 'accel', 'kernel_params'):
+        check_setting(key, s[key])  # the host config's own checks and bounds
     for key in ('kernel', 'initrd'):
         if not isinstance(s[key], str) or not os.path.isabs(s[key]):
             raise InvalidArgument('%s must be an absolute path, got %r' % (key, s[key]))

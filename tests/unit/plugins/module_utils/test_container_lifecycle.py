@@ -325,7 +325,7 @@ def test_a_record_with_unusable_hooks_stays_deletable(env):
     env.container('sb', 'c1')
     rec = env.rt.store.load_container('sb', 'c1')
     rec.hooks = {'poststop': [{'path': hook, 'args': [hook, 'a\x00b'], 'env': None, 'timeout': None},
-                                 {'path': hook, 'args': [hook], 'env': None, 'timeout': 10 ** 400}]}
+                              {'path': hook, 'args': [hook], 'env': None, 'timeout': 10 ** 400}]}
     env.rt.store.save_container(rec)
     trace = env.rt.trace()
     assert ctr.delete(env.rt, 'c1', force=True, trace=trace) is True

@@ -55,8 +55,8 @@ def test_check_mode_plans_a_build_and_touches_nothing(capsys, host):
 
 
 @pytest.mark.parametrize('args, words', [
-    ({'memory_mb': 8}, 'memory_mb must be an integer from 64'),
-    ({'vcpus': 0}, 'vcpus must be an integer from 1'),
+    ({'memory_mb': 8}, "invalid option 'memory_mb' = 8: must be at least 64"),
+    ({'vcpus': 0}, "invalid option 'vcpus' = 0: must be at least 1"),
     ({'kernel': '/nonexistent/vmlinux'}, 'kernel /nonexistent/vmlinux does not exist'),
     ({'timeout': -1}, 'timeout must be a positive number'),
 ])
