@@ -197,12 +197,10 @@ _is_str_list.what = 'a list of strings'
 _is_dict.what = 'an object'
 
 
-def _field(check, default=None, factory=None, saved=True):
-    """A record field: ``check`` accepts its JSON value; ``saved=False`` keeps it in memory only."""
-    meta = {'check': check, 'saved': saved}
-    if factory is not None:
-        return dataclasses.field(default_factory=factory, metadata=meta)
-    return dataclasses.field(default=default, metadata=meta)
+def _m(check, saved=True):
+    """A record field's metadata: ``check`` accepts its JSON value; ``saved=False`` keeps it in
+    memory only."""
+    return {'check': check, 'saved': saved}
 
 
 class _Record:
@@ -266,30 +264,30 @@ class SandboxRecord(_Record):
 
     KIND = 'sandbox'
 
-    id: str = _field(_is_str, default=dataclasses.MISSING)
-    state: str = _field(_optional(_is_str), default=SandboxState.CREATING)
-    domain: Optional[str] = _field(_optional(_is_str))
+    id: str = dataclasses.field(metadata=_m(_is_str))
+    state: str = dataclasses.field(default=SandboxState.CREATING, metadata=_m(_optional(_is_str)))
+    domain: Optional[str] = dataclasses.field(default=None, metadata=_m(_optional(_is_str)))
     # the settings (options.SANDBOX_OPTIONS; sandbox.settings_from)
-    vcpus: Optional[int] = _field(_optional(_is_int))
-    memory_mb: Optional[int] = _field(_optional(_is_int))
-    kernel: Optional[str] = _field(_optional(_is_str))
-    initrd: Optional[str] = _field(_optional(_is_str))
-    kernel_params: str = _field(_optional(_is_str), default='')
-    labels: Dict[str, str] = _field(_is_str_dict, factory=dict)
-    annotations: Dict[str, str] = _field(_is_str_dict, factory=dict)
-    hooks: Dict[str, Any] = _field(_is_dict, factory=dict)
-    cgroups_path: str = _field(_optional(_is_str), default='')
-    template: bool = _field(_is_bool, default=False)  # boot from a VM template when one fits
+    vcpus: Optional[int] = dataclasses.field(default=None, metadata=_m(_optional(_is_int)))
+    memory_mb: Optional[int] = dataclasses.field(default=None, metadata=_m(_optional(_is_int)))
+    kernel: Optional[str] = dataclasses.field(default=None, metadata=_m(_optional(_is_str)))
+    initrd: Optional[str] = dataclasses.field(default=None, metadata=_m(_optional(_is_str)))
+    kernel_params: str = dataclasses.field(default='', metadata=_m(_optional(_is_str)))
+    labels: Dict[str, str] = dataclasses.field(default_factory=dict, metadata=_m(_is_str_dict))
+    annotations: Dict[str, str] = dataclasses.field(default_factory=dict, metadata=_m(_is_str_dict))
+    hooks: Dict[str, Any] = dataclasses.field(default_factory=dict, metadata=_m(_is_dict))
+    cgroups_path: str = dataclasses.field(default='', metadata=_m(_optional(_is_str)))
+    template: bool = dataclasses.field(default=False, metadata=_m(_is_bool))  # boot from a VM template when one fits
     # what create chose and made
-    accel: Optional[str] = _field(_optional(_is_str))  # 'kvm' | 'tcg' (accel_requested may be 'auto')
-    accel_requested: Optional[str] = _field(_optional(_is_str))
-    accel_reason: Optional[str] = _field(_optional(_is_str))
-    cgroups_paths: List[str] = _field(_is_str_list, factory=list)
-    boot: Optional[str] = _field(_optional(_is_str))  # 'cold' | 'template': how the VM last came up
-    created_at: Optional[str] = _field(_optional(_is_str))
-    libvirt_uri: Optional[str] = _field(_optional(_is_str))
+    accel: Optional[str] = dataclasses.field(default=None, metadata=_m(_optional(_is_str)))  # 'kvm' | 'tcg' (accel_requested may be 'auto')
+    accel_requested: Optional[str] = dataclasses.field(default=None, metadata=_m(_optional(_is_str)))
+    accel_reason: Optional[str] = dataclasses.field(default=None, metadata=_m(_optional(_is_str)))
+    cgroups_paths: List[str] = dataclasses.field(default_factory=list, metadata=_m(_is_str_list))
+    boot: Optional[str] = dataclasses.field(default=None, metadata=_m(_optional(_is_str)))  # 'cold' | 'template': how the VM last came up
+    created_at: Optional[str] = dataclasses.field(default=None, metadata=_m(_optional(_is_str)))
+    libvirt_uri: Optional[str] = dataclasses.field(default=None, metadata=_m(_optional(_is_str)))
     # in memory only: a stand-in for a record that could not be read (a forced delete)
-    unreadable: bool = _field(_is_bool, default=False, saved=False)
+    unreadable: bool = dataclasses.field(default=False, metadata=_m(_is_bool, saved=False))
 
     @classmethod
     def by_name(cls, sid, domain, state=SandboxState.DEAD):
@@ -308,32 +306,32 @@ class ContainerRecord(_Record):
 
     KIND = 'container'
 
-    id: str = _field(_is_str, default=dataclasses.MISSING)
-    sandbox: str = _field(_is_str, default=dataclasses.MISSING)
-    status: str = _field(_optional(_is_str), default=ContainerStatus.CREATING)
-    type: str = _field(_optional(_is_str), default='pod_container')
+    id: str = dataclasses.field(metadata=_m(_is_str))
+    sandbox: str = dataclasses.field(metadata=_m(_is_str))
+    status: str = dataclasses.field(default=ContainerStatus.CREATING, metadata=_m(_optional(_is_str)))
+    type: str = dataclasses.field(default='pod_container', metadata=_m(_optional(_is_str)))
     # the settings (options.CONTAINER_OPTIONS; container.settings_from)
-    bundle: Optional[str] = _field(_optional(_is_str))  # the user's bundle (None: inline)
-    rootfs: Optional[str] = _field(_optional(_is_str))
-    readonly_rootfs: bool = _field(_is_bool, default=False)
-    args: List[str] = _field(_is_str_list, factory=list)
-    env: List[str] = _field(_is_str_list, factory=list)
-    cwd: str = _field(_optional(_is_str), default='/')
-    user: str = _field(_optional(_is_str), default='0:0')
-    hooks: Dict[str, Any] = _field(_is_dict, factory=dict)
-    cgroups_path: str = _field(_optional(_is_str), default='')
-    annotations: Dict[str, str] = _field(_is_str_dict, factory=dict)
-    labels: Dict[str, str] = _field(_is_str_dict, factory=dict)
+    bundle: Optional[str] = dataclasses.field(default=None, metadata=_m(_optional(_is_str)))  # the user's bundle (None: inline)
+    rootfs: Optional[str] = dataclasses.field(default=None, metadata=_m(_optional(_is_str)))
+    readonly_rootfs: bool = dataclasses.field(default=False, metadata=_m(_is_bool))
+    args: List[str] = dataclasses.field(default_factory=list, metadata=_m(_is_str_list))
+    env: List[str] = dataclasses.field(default_factory=list, metadata=_m(_is_str_list))
+    cwd: str = dataclasses.field(default='/', metadata=_m(_optional(_is_str)))
+    user: str = dataclasses.field(default='0:0', metadata=_m(_optional(_is_str)))
+    hooks: Dict[str, Any] = dataclasses.field(default_factory=dict, metadata=_m(_is_dict))
+    cgroups_path: str = dataclasses.field(default='', metadata=_m(_optional(_is_str)))
+    annotations: Dict[str, str] = dataclasses.field(default_factory=dict, metadata=_m(_is_str_dict))
+    labels: Dict[str, str] = dataclasses.field(default_factory=dict, metadata=_m(_is_str_dict))
     # what create made and what happened since
-    bundle_dir: Optional[str] = _field(_optional(_is_str))  # an inline container's own bundle
-    cgroups_paths: List[str] = _field(_is_str_list, factory=list)
-    rootfs_mount: Optional[Dict[str, Any]] = _field(_optional(_is_dict))  # share.bind_rootfs
-    pid: Optional[int] = _field(_optional(_is_int))  # in the guest
-    exit_code: Optional[int] = _field(_optional(_is_int))
-    created_at: Optional[str] = _field(_optional(_is_str))
-    started_at: Optional[str] = _field(_optional(_is_str))
-    finished_at: Optional[str] = _field(_optional(_is_str))
-    poststop_done: bool = _field(_is_bool, default=False)
+    bundle_dir: Optional[str] = dataclasses.field(default=None, metadata=_m(_optional(_is_str)))  # an inline container's own bundle
+    cgroups_paths: List[str] = dataclasses.field(default_factory=list, metadata=_m(_is_str_list))
+    rootfs_mount: Optional[Dict[str, Any]] = dataclasses.field(default=None, metadata=_m(_optional(_is_dict)))  # share.bind_rootfs
+    pid: Optional[int] = dataclasses.field(default=None, metadata=_m(_optional(_is_int)))  # in the guest
+    exit_code: Optional[int] = dataclasses.field(default=None, metadata=_m(_optional(_is_int)))
+    created_at: Optional[str] = dataclasses.field(default=None, metadata=_m(_optional(_is_str)))
+    started_at: Optional[str] = dataclasses.field(default=None, metadata=_m(_optional(_is_str)))
+    finished_at: Optional[str] = dataclasses.field(default=None, metadata=_m(_optional(_is_str)))
+    poststop_done: bool = dataclasses.field(default=False, metadata=_m(_is_bool))
 
     @classmethod
     def by_name(cls, sandbox, cid):

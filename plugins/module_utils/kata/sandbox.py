@@ -46,6 +46,7 @@ MUTABLE = options.SANDBOX_OPTIONS.keys(options.MUTABLE)
 # for: create and start are one step); poststart follows when the sandbox is running.
 BOOT_HOOKS = ('prestart', 'createRuntime', 'createContainer', 'startContainer')
 
+
 def check_timeout(name, value):
     """A module's wait option: None, or a positive number of seconds no clock overflows on."""
     if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
