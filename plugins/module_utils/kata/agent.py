@@ -357,8 +357,7 @@ class AgentClient:
                 else:
                     if reply.get('error') is not None:
                         self.close()
-                        raise AgentError('agent on socket %s refused ping: %s'
-                                         % (self.socket_path, reply['error']),
+                        raise AgentError('%s refused ping: %s%s' % (self._who(), reply['error'], self._hint()),
                                          socket=self.socket_path)
                     return self._result('ping', {}, reply)
             if failed != 'missing':

@@ -272,7 +272,7 @@ def create(rt, sid, cid, settings, trace=None):
     """Create a container in a running sandbox: record, cgroups, rootfs share, hooks, agent."""
     trace = trace or rt.trace()
     check_create(rt, sid, cid, settings)
-    with rt.store.lock(sid):
+    with rt.store.lock(sid, owner='create container %s' % cid):
         srec = check_create(rt, sid, cid, settings)  # again, under the lock
         rec = ContainerRecord.new(sid, cid, settings, status=ContainerStatus.CREATING, created_at=now())
         # the mapping first: it is how a delete finds the container, so whatever is made from
@@ -322,7 +322,7 @@ def start(rt, cid, trace=None):
     """created -> running. A failing startContainer hook or start tears the container down."""
     trace = trace or rt.trace()
     sid, rec = _must_find(rt, cid)
-    with rt.store.lock(sid):
+    with rt.store.lock(sid, owner='start container %s' % cid):
         srec = _sandbox_running(rt, sid)
         rec = _reload(rt, sid, cid)
         step('container', 'start', status_of(rec, VmState.RUNNING, live_states(rt, sid, VmState.RUNNING)), cid)
@@ -376,7 +376,7 @@ def stop(rt, cid, sig='SIGTERM', timeout=10, trace=None):
     trace = trace or rt.trace()
     signum = _signal_number(sig)
     sid, rec = _must_find(rt, cid)
-    with rt.store.lock(sid):
+    with rt.store.lock(sid, owner='stop container %s' % cid):
         srec = rt.store.load_sandbox(sid)
         vm = rt.hv.state(srec.domain) if srec else VmState.MISSING
         live = live_states(rt, sid, vm)
@@ -448,7 +448,7 @@ def delete(rt, cid, force=False, trace=None):
     if sid == cid:
         from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
         return sbx.delete(rt, sid, force=force, trace=trace)
-    with rt.store.lock(sid):
+    with rt.store.lock(sid, owner='delete container %s' % cid):
         try:
             rec = rt.store.load_container(sid, cid)
         except CorruptRecord as err:
@@ -504,7 +504,7 @@ def _delete_unreadable(rt, cid, err, trace):
         return True
     if sid is None:
         return False
-    with rt.store.lock(sid):
+    with rt.store.lock(sid, owner='delete container %s' % cid):
         srec = _sandbox_or_name(rt, sid, True)
         if rt.hv.state(srec.domain) == VmState.RUNNING:
             try:

@@ -143,7 +143,7 @@ class ContainerManager(StateManager):
                            % self.cid)
 
     def update_labels(self, sid, labels, trace):
-        with self.rt.store.lock(sid):
+        with self.rt.store.lock(sid, owner='update container %s' % self.cid):
             rec = self.rt.store.load_container(sid, self.cid)
             rec.labels = labels
             self.rt.store.save_container(rec)

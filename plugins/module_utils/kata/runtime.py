@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 
+from ansible_collections.kata.runtime.plugins.module_utils.kata import share
 from ansible_collections.kata.runtime.plugins.module_utils.kata.agent import AgentClient
 from ansible_collections.kata.runtime.plugins.module_utils.kata.cgroups import Cgroups
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import InvalidArgument
@@ -110,9 +111,12 @@ class Runtime:
         return self._hv
 
     def agent(self, sandbox_id, timeout=10):
+        """A client of the sandbox's agent; its errors name the guest console log to read."""
+        console_log = share.console_log(self.store, sandbox_id)
         if self._agent_factory is not None:
-            return self._agent_factory(sandbox_id, timeout)
-        return AgentClient(self.store.agent_socket(sandbox_id), timeout=timeout, sandbox_id=sandbox_id)
+            return self._agent_factory(sandbox_id, timeout, console_log)
+        return AgentClient(self.store.agent_socket(sandbox_id), timeout=timeout, sandbox_id=sandbox_id,
+                           console_log=console_log)
 
 
 def now():

@@ -246,11 +246,8 @@ def _wait_agent(rt, rec, timeout, trace):
     def tick(elapsed):
         trace.progress('sandbox %s: waiting for the agent in the guest (%.0fs of %ss)' % (sid, elapsed, limit))
 
-    try:
-        with rt.agent(sid) as client:
-            client.wait_ready(limit, progress=tick)
-    except AgentError as err:
-        raise AgentError('%s; the guest console log is %s' % (err, share.console_log(rt.store, sid)))
+    with rt.agent(sid) as client:  # its errors name the guest console log
+        client.wait_ready(limit, progress=tick)
     trace.step('agent of sandbox %s is ready' % sid)
 
 
@@ -399,7 +396,7 @@ def create(rt, sid, settings, timeout=None, trace=None, boot=True):
     trace = trace or rt.trace()
     accel, reason = check_create(rt, sid, settings)
     rt.store.ensure()
-    with rt.store.lock(sid):
+    with rt.store.lock(sid, owner='create sandbox %s' % sid):
         if rt.store.load_sandbox(sid) is not None:
             raise Conflict('sandbox %s already exists' % sid)
         _drop_stale_definition(rt, sid, trace)
@@ -454,7 +451,7 @@ def start(rt, sid, timeout=None, trace=None, use_template=None):
     ``use_template`` (when not None) replaces the record's wish to boot from a template."""
     trace = trace or rt.trace()
     finished = False
-    with rt.store.lock(sid):
+    with rt.store.lock(sid, owner='start sandbox %s' % sid):
         rec = _must_load(rt, sid)
         if use_template is not None:
             rec.template = bool(use_template)
@@ -525,7 +522,7 @@ def _mark_containers_stopped(rt, sid, trace):
 def stop(rt, sid, force=False, timeout=30, trace=None):
     """Shut the VM down and keep the record. Running containers need force."""
     trace = trace or rt.trace()
-    with rt.store.lock(sid):
+    with rt.store.lock(sid, owner='stop sandbox %s' % sid):
         rec = _must_load(rt, sid)
         vm = vm_state(rt, rec)
         if step('sandbox', 'stop', state_of(rec, vm), sid) == 'shutdown':
@@ -568,7 +565,7 @@ def _wait_vm_off(rt, name, timeout):
 def pause(rt, sid, trace=None):
     """running -> paused: the VM is suspended (its memory kept, its vCPUs stopped)."""
     trace = trace or rt.trace()
-    with rt.store.lock(sid):
+    with rt.store.lock(sid, owner='pause sandbox %s' % sid):
         rec = _must_load(rt, sid)
         step('sandbox', 'pause', state_of(rec, vm_state(rt, rec)), sid, hint='start it first')
         rt.hv.suspend(rec.domain)
@@ -581,7 +578,7 @@ def pause(rt, sid, trace=None):
 def resume(rt, sid, trace=None):
     """paused -> running: the VM's vCPUs go on where they stopped."""
     trace = trace or rt.trace()
-    with rt.store.lock(sid):
+    with rt.store.lock(sid, owner='resume sandbox %s' % sid):
         rec = _must_load(rt, sid)
         if step('sandbox', 'resume', state_of(rec, vm_state(rt, rec)), sid, hint='start it') == 'resume':
             rt.hv.resume(rec.domain)
@@ -594,7 +591,7 @@ def resume(rt, sid, trace=None):
 def update(rt, sid, changes, trace=None):
     """Update mutable settings (labels, annotations) in place."""
     trace = trace or rt.trace()
-    with rt.store.lock(sid):
+    with rt.store.lock(sid, owner='update sandbox %s' % sid):
         rec = _must_load(rt, sid)
         for key, value in changes.items():
             if key not in MUTABLE:
@@ -627,7 +624,7 @@ def delete(rt, sid, force=False, trace=None):
     validate_id(sid, 'sandbox')
     if not os.path.exists(rt.store.sandbox_dir(sid)):
         return drop_leftover_lock(rt, sid)  # nothing else to delete; do not create a lock file
-    with rt.store.lock(sid):
+    with rt.store.lock(sid, owner='delete sandbox %s' % sid):
         try:
             rec = rt.store.load_sandbox(sid)
             if rec is None and os.path.lexists(rt.store.sandbox_dir(sid)):

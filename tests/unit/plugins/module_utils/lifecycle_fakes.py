@@ -592,8 +592,8 @@ class FakeAgents:
         self._next_pid = 100
         self._lock = threading.Lock()
 
-    def factory(self, sandbox_id, timeout=10):
-        return FakeAgentClient(self, sandbox_id, timeout)
+    def factory(self, sandbox_id, timeout=10, console_log=None):
+        return FakeAgentClient(self, sandbox_id, timeout, console_log)
 
     def fail(self, method, mode='raise', error=None, at=1, times=1, before=None, reply=_NO_REPLY):
         if mode not in ('raise', 'hang', 'late', 'die', None):
@@ -671,7 +671,7 @@ class FakeAgents:
         """AgentClient.wait_ready without the waiting (same outcomes, same messages)."""
         mode, error, dummy = self._begin(client, 'wait_ready', {})
         sock = client.socket_path
-        hint = '; see the sandbox console log'
+        hint = client._hint()
         dom = self.hv.domain_of(client.sandbox_id)
         if dom is None or dom.state not in (base.RUNNING, base.PAUSED):
             if os.path.lexists(sock):
@@ -688,7 +688,7 @@ class FakeAgents:
             raise AgentError('agent on socket %s did not answer within %ss (connected, no reply yet)%s'
                              % (sock, agent_mod._fmt(timeout), hint), socket=sock)
         if mode == 'raise':
-            raise AgentError('agent on socket %s refused ping: %s' % (sock, error or 'injected error'), socket=sock)
+            raise AgentError('%s refused ping: %s%s' % (client._who(), error or 'injected error', hint), socket=sock)
         return agent_mod._RESULTS['ping'](self._guest_call(dom, 'ping', {}), {})
 
     # -- the guest ----------------------------------------------------------------------------
@@ -807,8 +807,9 @@ class FakeAgentClient(agent_mod.AgentClient):
     sending and reading a reply are replaced; messages, timeouts and the checks of every
     result are the real client's."""
 
-    def __init__(self, agents, sandbox_id, timeout=10):
-        super().__init__(agents.socket_of(sandbox_id), timeout=timeout, sandbox_id=sandbox_id)
+    def __init__(self, agents, sandbox_id, timeout=10, console_log=None):
+        super().__init__(agents.socket_of(sandbox_id), timeout=timeout, sandbox_id=sandbox_id,
+                         console_log=console_log)
         self.agents = agents
         self._pending = None
 

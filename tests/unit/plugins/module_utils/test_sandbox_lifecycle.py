@@ -19,7 +19,7 @@ import time
 
 import pytest
 from ansible_collections.kata.runtime.plugins.module_utils.kata import container as ctr
-from ansible_collections.kata.runtime.plugins.module_utils.kata import mountinfo, prune, template
+from ansible_collections.kata.runtime.plugins.module_utils.kata import mountinfo, prune, share, template
 from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
     AgentError,
@@ -470,7 +470,8 @@ def test_agent_that_never_answers_fails_create_naming_the_sandbox(env):
     env.agents.fail('wait_ready', mode='hang')
     with pytest.raises(AgentError) as info:
         env.sandbox('web-7')
-    assert 'web-7' in str(info.value) and 'console' in str(info.value)
+    assert 'web-7' in str(info.value)
+    assert 'see the guest console log %s' % share.console_log(env.rt.store, 'web-7') in str(info.value)
     assert env.residue() == {}
 
 
@@ -806,3 +807,14 @@ def test_a_create_interrupted_after_its_vm_booted_is_reported_creating_and_start
         'prestart', 'createRuntime', 'createContainer', 'startContainer', 'poststart']
     sbx.delete(rt, 'sb', force=True)
     assert env.residue() == {}
+
+
+def test_the_lock_file_names_the_operation_holding_it(env, tmp_path):
+    """What a waiter that times out shows ("locked by pid N (delete sandbox sb)") comes from the
+    lock file the operation wrote: a poststop hook, run under the delete's lock, reads it."""
+    seen = tmp_path / 'lock-seen'
+    hook = env.hook('read-lock.sh', 'cat %s > %s' % (env.rt.store.lock_path('sb'), seen))
+    env.sandbox('sb', hooks={'poststop': [{'path': hook}]})
+    assert sbx.delete(env.rt, 'sb', force=True) is True
+    held = json.loads(seen.read_text())
+    assert held['owner'] == 'delete sandbox sb' and held['pid'] == os.getpid()
