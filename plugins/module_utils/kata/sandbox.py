@@ -17,7 +17,14 @@ import time
 
 from ansible_collections.kata.runtime.plugins.module_utils.kata import container as ctr
 from ansible_collections.kata.runtime.plugins.module_utils.kata import hooks as oci_hooks
-from ansible_collections.kata.runtime.plugins.module_utils.kata import oci, options, share, template, vmm_memory
+from ansible_collections.kata.runtime.plugins.module_utils.kata import (
+    network,
+    oci,
+    options,
+    share,
+    template,
+    vmm_memory,
+)
 from ansible_collections.kata.runtime.plugins.module_utils.kata.config import MAX_TIMEOUT
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
     AgentError,
@@ -89,6 +96,7 @@ def settings_from(config, opts):
         # how the VM comes up, not what it is: never a difference that needs recreate
         'template': pick('template'),
     }
+    s['network'], s['ports'] = network.settings(pick('network'), opts.get('ports'))
     if not isinstance(s['template'], bool):
         raise InvalidArgument('template must be true or false, got %r' % (s['template'],))
     if not isinstance(s['vcpus'], int) or isinstance(s['vcpus'], bool) or not 1 <= s['vcpus'] <= MAX_VCPUS:
@@ -179,6 +187,7 @@ def info(rt, rec, vm=None, containers=None):
         'created_at': rec.get('created_at'),
         # how the VM last came up: 'cold' or 'template' (None: it never booted)
         'boot': rec.get('boot'),
+        'network': network.info(rec),
     }
 
 
@@ -219,8 +228,10 @@ def _run_hooks(rt, rec, kind, status, trace):
     trace.step('ran %d %s hook(s) of sandbox %s' % (len(hooks[kind]), kind, rec['id']))
 
 
-def _cmdline(settings):
-    return ' '.join(p for p in (contract.KERNEL_PARAMS, settings.get('kernel_params') or '') if p)
+def _cmdline(settings, net):
+    """The guest's command line: ours, what the guest's network needs, then the user's."""
+    return ' '.join(p for p in (contract.KERNEL_PARAMS, network.kernel_param(net), settings.get('kernel_params') or '')
+                    if p)
 
 
 def template_spec(rt, settings):
@@ -229,13 +240,18 @@ def template_spec(rt, settings):
     (``auto`` chosen here, as create does). Returns ``(spec, accel reason)``; refuses what
     check_create would (missing boot files), before anything is touched."""
     _check_boot_files(settings)
+    net = network.record(settings['network'], [])
+    if net['mode'] not in (network.USER, network.NONE):
+        # a clone would come up with the template's DHCP lease
+        raise InvalidArgument('VM templates support network user or none, not %s' % net['spec'])
     accel, reason = choose_accel(settings['accel'])
     spec = {
         'vcpus': settings['vcpus'],
         'memory_mb': settings['memory_mb'],
         'kernel': settings['kernel'],
         'initrd': settings['initrd'],
-        'cmdline': _cmdline(settings),
+        'cmdline': _cmdline(settings, net),
+        'network': network.vm_network(net),
         'accel': accel,
         'state_root': rt.store.root,
         'tb_cache_mb': rt.config.tcg_tb_cache_mb if accel == 'tcg' else 0,
@@ -245,7 +261,8 @@ def template_spec(rt, settings):
 
 def _vm_spec(rt, rec, output_accessmode):
     sid = rec['id']
-    cmdline = _cmdline(rec)
+    net = network.of(rec)
+    cmdline = _cmdline(rec, net)
     return {
         'name': rec['domain'],
         'sandbox_id': sid,
@@ -263,6 +280,7 @@ def _vm_spec(rt, rec, output_accessmode):
         'state_root': rt.store.root,
         'tb_cache_mb': rt.config.tcg_tb_cache_mb if rec['accel'] == 'tcg' else 0,
         'free_page_reporting': rt.config.free_page_reporting,
+        'network': network.vm_network(net),
     }
 
 
@@ -309,11 +327,25 @@ def _boot(rt, rec, timeout, trace):
         rt.hv.start(rec['domain'])
         rec['boot'] = 'cold'
         trace.step('started VM %s' % rec['domain'])
+    if vm in ('missing', 'shutoff', 'crashed'):
+        _forward_ports(rt, rec, trace)
     if not cloned:
         pid = _place_vmm(rt, rec, trace)
         _wait_agent(rt, rec, timeout, trace)
     if rt.config.release_boot_files and pid is not None:
         _release_boot_files(rec, pid, trace)
+
+
+def _forward_ports(rt, rec, trace):
+    """Add the sandbox's port forwards to the VMM just started (they die with it, so every
+    boot adds them). A refused forward (a host port taken) stops the VM again: a sandbox is
+    up with all its forwards or not at all."""
+    try:
+        network.add_forwards(rt, rec, trace)
+    except KataError:
+        rt.hv.destroy(rec['domain'])
+        trace.step('destroyed VM %s (its port forwards could not be added)' % rec['domain'])
+        raise
 
 
 def _boot_from_template(rt, rec, spec, timeout, trace):
@@ -387,6 +419,7 @@ def check_create(rt, sid, settings, replacing=False):
     validate_id(sid, 'sandbox')
     _check_boot_files(settings)
     accel, reason = choose_accel(settings['accel'])
+    rt.hv.check_network(network.vm_network(network.record(settings['network'], [])))
     rt.cgroups.resolve(settings['cgroups_path'], sid)  # refuse a bad path before anything exists
     owner = rt.store.get_mapping(sid)
     if owner is not None and owner != sid:
@@ -431,6 +464,7 @@ def create(rt, sid, settings, timeout=None, trace=None, boot=True):
             raise Conflict('sandbox %s already exists' % sid)
         _drop_stale_definition(rt, sid, trace)
         rec = dict(settings)
+        rec['network'] = network.record(settings['network'], rec.pop('ports'))
         rec.update({
             'id': sid,
             'state': 'creating',

@@ -7,6 +7,7 @@ The options are ``options.SANDBOX_OPTIONS``; the compare step is ``StateManager.
 
 from __future__ import annotations
 
+from ansible_collections.kata.runtime.plugins.module_utils.kata import network
 from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
 from ansible_collections.kata.runtime.plugins.module_utils.kata.common import StateManager
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import CorruptRecord
@@ -77,7 +78,8 @@ class SandboxManager(StateManager):
         want = self.p['state']
         timeout = self.p['timeout']
         if rec is not None:
-            diffs, immutable = self.compare('sandbox', self.sid, OPTIONS, rec, settings, given=OPTIONS.given(self.p))
+            diffs, immutable = self.compare('sandbox', self.sid, OPTIONS, rec, settings, given=OPTIONS.given(self.p),
+                                            recorded=network.recorded)
             if immutable:
                 sbx.check_create(self.rt, self.sid, settings, replacing=True)  # refuse before deleting anything
                 self.act('delete sandbox %s to recreate it' % self.sid, sbx.delete, self.rt, self.sid,
@@ -92,6 +94,8 @@ class SandboxManager(StateManager):
         if rec is None:
             sbx.check_create(self.rt, self.sid, settings)  # check mode refuses what a run would
             self.planned = dict(settings, id=self.sid)
+            self.planned['network'] = network.info({'network': network.record(settings['network'],
+                                                                              self.planned.pop('ports'))})
             self.diff['after'].update({k: settings[k] for k in ('vcpus', 'memory_mb', 'accel', 'labels')})
             self.act('create sandbox %s' % self.sid, sbx.create, self.rt, self.sid, settings, timeout=timeout,
                      boot=(want != 'stopped'))

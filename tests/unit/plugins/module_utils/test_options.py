@@ -38,6 +38,8 @@ SANDBOX_SPEC = dict(
     recreate=dict(type='bool', default=False),
     timeout=dict(type='int'),
     template=dict(type='bool'),
+    network=dict(type='str'),
+    ports=dict(type='list', elements='raw'),
 )
 
 CONTAINER_SPEC = dict(
@@ -68,6 +70,7 @@ TEMPLATE_SPEC = dict(
     accel=dict(type='str', choices=['auto', 'kvm', 'tcg']),
     kernel=dict(type='path'),
     initrd=dict(type='path'),
+    network=dict(type='str'),
     force=dict(type='bool', default=False),
     timeout=dict(type='int'),
 )
@@ -88,7 +91,7 @@ def test_argument_spec_is_fresh_each_time():
 
 def test_kinds_are_the_recreate_rules():
     assert SANDBOX_OPTIONS.keys(IMMUTABLE) == ('vcpus', 'memory_mb', 'kernel', 'initrd', 'kernel_params', 'accel',
-                                               'cgroups_path', 'hooks')
+                                               'cgroups_path', 'hooks', 'network', 'ports')
     assert SANDBOX_OPTIONS.keys(MUTABLE) == ('labels', 'annotations') == sbx.MUTABLE
     assert CONTAINER_OPTIONS.keys(IMMUTABLE) == ('bundle', 'rootfs', 'readonly_rootfs', 'args', 'env', 'cwd', 'user',
                                                  'hooks', 'cgroups_path', 'annotations')
@@ -102,7 +105,7 @@ def test_request_takes_the_setting_options_and_coerces_string_dicts():
                   state='running', force=True)
     request = SANDBOX_OPTIONS.request(params)
     assert sorted(request) == sorted(['vcpus', 'memory_mb', 'kernel', 'initrd', 'kernel_params', 'accel', 'labels',
-                                      'annotations', 'hooks', 'cgroups_path', 'template'])
+                                      'annotations', 'hooks', 'cgroups_path', 'template', 'network', 'ports'])
     assert request['labels'] == {'tier': '1', 'on': 'true'} and request['annotations'] is None
     assert request['template'] is True
 
