@@ -226,7 +226,7 @@ def hostfwd(fwd):
     """The ``hostfwd_add`` rule of one forward: ``tcp:127.0.0.1:8080-:80`` (to the guest's
     user-mode address)."""
     return '%s:%s:%d-%s:%d' % (fwd['protocol'], fwd['host_ip'], fwd['host_port'],
-                               contract.USER_NET_ADDRESS.split('/')[0], fwd['container_port'])
+                               contract.USER_NET_ADDRESS.split('/', maxsplit=1)[0], fwd['container_port'])
 
 
 def add_forwards(rt, rec, trace):

@@ -327,8 +327,8 @@ def _boot(rt, rec, timeout, trace):
         rt.hv.start(rec['domain'])
         rec['boot'] = 'cold'
         trace.step('started VM %s' % rec['domain'])
-    if vm in ('missing', 'shutoff', 'crashed'):
-        _forward_ports(rt, rec, trace)
+    # every VMM started here; and one an interrupted create left running, which may lack some
+    _forward_ports(rt, rec, trace)
     if not cloned:
         pid = _place_vmm(rt, rec, trace)
         _wait_agent(rt, rec, timeout, trace)

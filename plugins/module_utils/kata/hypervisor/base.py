@@ -72,7 +72,8 @@ class Hypervisor:
 
     def add_forwards(self, name, rules):
         """Add user-mode port forwards (``tcp:127.0.0.1:8080-10.0.2.15:80``) to the running VM
-        ``name``; they last as long as its VMM."""
+        ``name``; they last as long as its VMM. A rule of the same host address, port and
+        protocol that VM has already is replaced (so adding them again is harmless)."""
         raise NotImplementedError
 
     def create(self, vm):

@@ -435,10 +435,14 @@ class LibvirtHypervisor(Hypervisor):
 
     def add_forwards(self, name, rules):
         """Add QEMU user-mode ``hostfwd`` rules (``tcp:127.0.0.1:8080-10.0.2.15:80``) to our
-        running domain ``name`` through its monitor; HypervisorError names a rule QEMU refused
-        (a host port already taken)."""
+        running domain ``name`` through its monitor, replacing the same host side's rule if the
+        VMM has it already; HypervisorError names a rule QEMU refused (a host port taken)."""
         netdev = self.user_netdev(name)
         for rule in rules:
+            # a rule this VMM already has (a create finished after an interruption) is replaced:
+            # the same listener again, never a second one; QEMU answers a missing rule with a
+            # message, which is fine here
+            hmp(self, name, 'hostfwd_remove %s %s' % (netdev, rule.split('-', 1)[0]))
             out = hmp(self, name, 'hostfwd_add %s %s' % (netdev, rule))
             if out.strip():
                 raise HypervisorError('forwarding %s to domain %s failed: %s (is the host port free?)'

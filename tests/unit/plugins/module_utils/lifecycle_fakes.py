@@ -338,8 +338,10 @@ class FakeHypervisor(base.Hypervisor):
                 raise HypervisorError('domain %s is not running' % name)
             if not dom.vm.get('network') or dom.vm['network'].get('mode') != 'user':
                 raise HypervisorError('domain %s has no running user-mode NIC to forward ports to' % name)
-            taken = set(rule.split('-')[0] for d in self.domains.values() for rule in d.forwards)
+            taken = set(rule.split('-')[0] for d in self.domains.values() if d is not dom for rule in d.forwards)
             for rule in rules:
+                # a rule of the same host side on this VMM is replaced, as hostfwd_remove + add do
+                dom.forwards = [r for r in dom.forwards if r.split('-')[0] != rule.split('-')[0]]
                 if rule.split('-')[0] in taken:
                     raise HypervisorError('forwarding %s to domain %s failed: Could not set up host forwarding rule'
                                           % (rule, name))

@@ -241,6 +241,23 @@ def test_a_taken_host_port_fails_create_and_leaves_nothing(env):
 
 @needs_root
 @pytest.mark.usefixtures('quick_hooks')
+def test_finishing_an_interrupted_create_adds_the_forwards_once(env):
+    """A create killed after its VM started but before the forwards were added: start
+    finishes it on the running VM and adds them; adding them again replaces, never doubles."""
+    env.sandbox('sb', ports=['18080:80'])
+    rec = env.rt.store.load_sandbox('sb')
+    rec['state'] = 'creating'
+    env.rt.store.save_sandbox(rec)
+    dom = env.hv.domain_of('sb')
+    dom.forwards = []
+    sbx.start(env.rt, 'sb')
+    assert dom.forwards == ['tcp:127.0.0.1:18080-10.0.2.15:80'] and dom.boots == 1
+    env.hv.add_forwards(dom.name, ['tcp:127.0.0.1:18080-10.0.2.15:80'])
+    assert dom.forwards == ['tcp:127.0.0.1:18080-10.0.2.15:80']
+
+
+@needs_root
+@pytest.mark.usefixtures('quick_hooks')
 def test_a_taken_host_port_on_start_stops_the_vm_again(env):
     env.sandbox('sb1', boot=False, ports=['18080:80'])
     env.sandbox('sb2', ports=['18080:80'])
@@ -282,7 +299,7 @@ def test_the_guest_set_up_scripts():
                  'mount -o remount,bind,ro %s' % contract.NET_RESOLV_CONF):
         assert line in user
     dhcp = guest_agent.net_script('dhcp')
-    assert 'udhcpc -i eth0' in dhcp and 'ip addr add' not in dhcp.split('KATA_EOF')[0]
+    assert 'udhcpc -i eth0' in dhcp and 'ip addr add' not in dhcp.split('KATA_EOF', maxsplit=1)[0]
     busybox = shutil.which('busybox')
     if busybox:  # both parse as shell
         for script in (user, dhcp):
