@@ -10,6 +10,9 @@ fetches it on localhost (the pod's network namespace), fetches a page from the h
 server through 10.0.2.2, and sees eth0's address and the sandbox's DNS server. The listener is
 the VMM's. Stopped and started again, the sandbox has its forward back. kata_prune removes the
 sandbox and the listener with it.
+
+Bridge mode: the tap libvirt makes on a bridge the test made goes with the domain (started
+paused: no guest code runs, nothing is sent).
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ import http.server
 import os
 import secrets
 import socket
+import subprocess
 import threading
 import time
 import urllib.request
+import xml.etree.ElementTree as ET
 
 import pytest
 from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import contract
@@ -155,3 +160,42 @@ def test_ports_pod_network_and_host_loopback(kata, busybox_rootfs, host_server):
     assert not _listeners(port), 'kata_prune left a listener on 127.0.0.1:%d' % port
     assert not residue(kata), residue(kata)
     print('\nnetwork test: %.1fs' % (time.monotonic() - t0))
+
+
+def test_bridge_tap_is_made_and_removed_with_the_vm(guest_image):
+    """Bridge mode on the real libvirtd: the domain starts with a tap on a bridge this test
+    made (no address, link down) and the tap goes with the domain. The VM is started paused:
+    no guest code runs, so nothing is sent anywhere. A bridge that does not exist is refused
+    before anything is made."""
+    from ansible_collections.kata.runtime.plugins.module_utils.kata import network
+    from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import InvalidArgument
+    from ansible_collections.kata.runtime.plugins.module_utils.kata.hypervisor import libvirt as lv
+
+    hexid = secrets.token_hex(3)
+    bridge = 'kata-tb%s' % hexid
+    hv = lv.LibvirtHypervisor('qemu:///system', prefix='kata-tnet-%s-' % hexid)
+    net = network.vm_network(network.record('bridge:%s' % bridge, []))
+    with pytest.raises(InvalidArgument, match='no bridge %s' % bridge):
+        hv.check_network(net)
+    subprocess.run(['ip', 'link', 'add', bridge, 'type', 'bridge'], check=True)
+    try:
+        hv.check_network(net)
+        vm = {'name': hv.domain_name('br1'), 'sandbox_id': 'br1', 'vcpus': 1, 'memory_mb': 64,
+              'kernel': guest_image['kernel'], 'initrd': guest_image['initrd'], 'cmdline': contract.KERNEL_PARAMS,
+              'accel': 'tcg', 'console_log': None, 'agent_socket': None, 'shared_dir': None, 'output_dir': None,
+              'state_root': '/run/kata-tnet-%s' % hexid, 'network': net}
+        lv.create_from_xml(hv, vm, hv.build_xml(vm), paused=True)
+        iface = ET.fromstring(hv.conn().lookupByName(vm['name']).XMLDesc(0)).find('devices/interface')
+        tap = iface.find('target').get('dev')
+        assert iface.find('mac').get('address') == net['mac']
+        assert os.path.realpath('/sys/class/net/%s/master' % tap) == '/sys/devices/virtual/net/%s' % bridge
+        hv.destroy(vm['name'])
+        hv.undefine(vm['name'])
+        assert not os.path.exists('/sys/class/net/%s' % tap), 'the tap %s outlived its VM' % tap
+        assert os.listdir('/sys/class/net/%s/brif' % bridge) == []
+    finally:
+        for d in hv.list_ours():
+            hv.destroy(d['name'])
+            hv.undefine(d['name'])
+        hv.close()
+        subprocess.run(['ip', 'link', 'del', bridge], check=False)

@@ -561,8 +561,10 @@ def net_script(mode):
         lines += ["cat > %s <<'KATA_EOF'\n%sKATA_EOF" % (script, UDHCPC_SCRIPT.replace('@RESOLV@', resolv)),
                   'chmod 700 %s' % script,
                   'ip link set %s up' % NET_IFACE,
-                  # -b: on to the background when the first tries get no lease; it keeps renewing
-                  'udhcpc -i %s -s %s -b -t 5 -T 2' % (NET_IFACE, script)]
+                  # a lease within 3 tries a second apart (containers wait for them: a network
+                  # without a DHCP server delays the first container ~3 s), then on in the
+                  # background (-b), where it keeps trying and renews the lease
+                  'udhcpc -i %s -s %s -b -t 3 -T 1 -A 3' % (NET_IFACE, script)]
     return '\n'.join(lines) + '\n'
 
 
