@@ -96,7 +96,8 @@ class SandboxManager(StateManager):
             self.planned = dict(settings, id=self.sid)
             self.planned['network'] = network.info({'network': network.record(settings['network'],
                                                                               self.planned.pop('ports'))})
-            self.diff['after'].update({k: settings[k] for k in ('vcpus', 'memory_mb', 'accel', 'labels')})
+            self.diff['after'].update({k: settings[k] for k in ('vcpus', 'memory_mb', 'accel', 'labels', 'network',
+                                                                'ports')})
             self.act('create sandbox %s' % self.sid, sbx.create, self.rt, self.sid, settings, timeout=timeout,
                      boot=(want != 'stopped'))
             state = 'stopped' if want == 'stopped' else 'running'
