@@ -285,9 +285,8 @@ def test_changed_immutable_setting_fails_naming_it_and_changes_nothing(capsys, h
 
 
 def test_network_and_ports_are_planned_checked_and_immutable(capsys, host):
-    out = run(capsys, kata_sandbox, host.args(name='sb', ports=['8080:80', {'host_port': 53, 'container_port': 53,
-                                                                             'protocol': 'udp'}]),
-              check_mode=True, diff=True)
+    udp = {'host_port': 53, 'container_port': 53, 'protocol': 'udp'}
+    out = run(capsys, kata_sandbox, host.args(name='sb', ports=['8080:80', udp]), check_mode=True, diff=True)
     assert out['changed'] is True and out['actions'] == ['would create sandbox sb']
     net = out['sandbox']['network']
     assert net['mode'] == 'user' and net['addresses'] == ['10.0.2.15/24'] and len(net['ports']) == 2
