@@ -187,6 +187,7 @@ def test_bridge_tap_is_made_and_removed_with_the_vm(guest_image):
         lv.create_from_xml(hv, vm, hv.build_xml(vm), paused=True)
         iface = ET.fromstring(hv.conn().lookupByName(vm['name']).XMLDesc(0)).find('devices/interface')
         tap = iface.find('target').get('dev')
+        assert tap == lv.tap_name(vm['name']), 'the tap is named as ours'
         assert iface.find('mac').get('address') == net['mac']
         assert os.path.realpath('/sys/class/net/%s/master' % tap) == '/sys/devices/virtual/net/%s' % bridge
         hv.destroy(vm['name'])

@@ -115,9 +115,19 @@ def _sub(parent, tag, text=None, **attrs):
     return el
 
 
-def _add_nic(devices, net):
+def tap_name(domain):
+    """The host tap of our domain ``domain``'s NIC on a bridge or libvirt network: ``kt`` and 13
+    hex digits of the name's sha256 (15 characters, the most a Linux interface name holds), so
+    ``ip link`` shows it as ours; libvirt makes it when the VM starts and deletes it when it
+    stops."""
+    import hashlib
+    return 'kt' + hashlib.sha256(domain.encode('utf-8')).hexdigest()[:13]
+
+
+def _add_nic(devices, net, domain):
     """The sandbox's virtio NIC (network.vm_network): user-mode, on a bridge or on a libvirt
-    network, with the MAC the host chose; nothing for None."""
+    network, with the MAC the host chose and, off user mode, a tap named as ours (tap_name);
+    nothing for None."""
     if net is None:
         return
     if not isinstance(net, dict) or net.get('mode') not in ('user', 'bridge', 'network'):
@@ -133,6 +143,8 @@ def _add_nic(devices, net):
         _sub(iface, 'source', bridge=_check_text('network source', net.get('source')))
     elif mode == 'network':
         _sub(iface, 'source', network=_check_text('network source', net.get('source')))
+    if mode != 'user':
+        _sub(iface, 'target', dev=tap_name(domain))
     _sub(iface, 'model', type='virtio')
     # no option ROM: the guest boots from -kernel, and under TCG every ROM costs boot time
     _sub(iface, 'rom', enabled='no')
@@ -394,7 +406,7 @@ class LibvirtHypervisor(Hypervisor):
             fs = _sub(devices, 'filesystem', type='mount', accessmode=mode)
             _sub(fs, 'source', dir=_check_path('output_dir', output_dir))
             _sub(fs, 'target', dir=contract.OUTPUT_TAG)
-        _add_nic(devices, vm.get('network'))
+        _add_nic(devices, vm.get('network'), name)
         if vm.get('free_page_reporting'):
             # the guest hands pages it freed back to the host (virtio-balloon free page
             # reporting; the balloon itself is never inflated). Never for a VM whose RAM is a

@@ -8,6 +8,7 @@ set-up script (guest/agent.py), and the compare step."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
 )
 from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import agent as guest_agent
 from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import contract
+from ansible_collections.kata.runtime.plugins.module_utils.kata.hypervisor import libvirt as lv
 
 # -- option values -----------------------------------------------------------------------------
 
@@ -156,8 +158,11 @@ def test_domain_xml_of_each_mode(hv, value, source_attr):
     assert iface.find('mac').get('address') == net['mac'] and iface.find('rom').get('enabled') == 'no'
     if source_attr:
         assert iface.find('source').attrib == {source_attr: net['source']}
+        # the tap is named as ours: kt + 13 hex digits of the domain name's sha256
+        assert iface.find('target').get('dev') == lv.tap_name(vm['name'])
+        assert re.fullmatch(r'kt[0-9a-f]{13}', lv.tap_name(vm['name']))
     else:
-        assert iface.find('source') is None
+        assert iface.find('source') is None and iface.find('target') is None
     # libvirt takes it, defined and started, and keeps our MAC and model
     hv.create(vm)
     dom = hv.conn().lookupByName(vm['name'])
