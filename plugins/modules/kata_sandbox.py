@@ -21,7 +21,7 @@ description:
     again and resumes a paused one. O(state=stopped) shuts the VM down and keeps the record.
     O(state=paused) suspends the VM. O(state=absent) deletes everything the sandbox owns.
   - A changed immutable setting (O(vcpus), O(memory_mb), O(kernel), O(initrd),
-    O(kernel_params), O(accel), O(cgroups_path), O(hooks)) on an existing sandbox fails with
+    O(kernel_params), O(accel), O(cgroups_path), O(hooks), O(network), O(ports)) on an existing sandbox fails with
     a message naming the fields, unless O(recreate=true). Only settings given explicitly are
     compared. O(labels) and O(annotations) are updated in place.
 version_added: 0.1.0
@@ -127,11 +127,39 @@ options:
       - Start the VM from a VM template of its shape (see M(kata.runtime.kata_template)) when
         one exists and was built from the current guest image; otherwise, or when starting
         from it fails, boot it cold. RV(sandbox.boot) says which happened.
+      - Sandboxes on a bridge or a libvirt network always boot cold (a clone would come up with
+        the template's DHCP lease).
       - Applies whenever the VM is booted (create, and start after a stop); changing it never
         needs O(recreate).
       - Defaults to the config file's C(template), whose default is V(false) - clones share
         memory pages with their template, a cross-VM side channel.
     type: bool
+  network:
+    description:
+      - The network of the sandbox's virtio NIC, shared by all its containers (one network
+        namespace, a pod).
+      - V(user) is QEMU user-mode networking inside the VMM - nothing is added to the host but
+        the VMM's listening sockets of O(ports); the guest has C(10.0.2.15/24), gateway
+        C(10.0.2.2) (which reaches the host's loopback) and DNS server C(10.0.2.3).
+      - V(bridge:<name>) puts the NIC on an existing host bridge, V(network:<name>) on a libvirt
+        network (it must exist and be active); the guest asks that network for an address by
+        DHCP. libvirt makes the tap and removes it with the VM.
+      - V(none) gives the guest no NIC (loopback only).
+      - Defaults to the config file's C(network), whose default is V(user). Changing it needs
+        O(recreate). See the collection's docs/networking.md.
+    type: str
+  ports:
+    description:
+      - Host ports forwarded to the sandbox's network namespace (any of its containers listening
+        on the container port gets the connections). O(network=user) only; refused with other
+        networks (this runtime adds no firewall or NAT rules to the host).
+      - Each entry is a string C(HOST:CONTAINER[/tcp|udp]) (optionally C(HOST_IP:HOST:CONTAINER))
+        or a dict with C(host_port), C(container_port), C(host_ip) (default C(127.0.0.1)) and
+        C(protocol) (V(tcp), the default, or V(udp)).
+      - The VMM listens on C(host_ip:host_port) from each boot of the VM until it stops; a host
+        port already taken fails the boot. Changing the list needs O(recreate).
+    type: list
+    elements: raw
 notes:
   - libvirt marks a VM started from a template as tainted (C(custom-argv), C(custom-monitor))
     because its RAM file and the loading of its saved state go through QEMU arguments and monitor
@@ -152,6 +180,20 @@ EXAMPLES = r'''
     memory_mb: 512
     labels:
       tenant: acme
+
+- name: Serve a container's port 8080 on the host's 127.0.0.1:8080
+  kata.runtime.kata_sandbox:
+    name: web-2
+    ports:
+      - "8080:8080"
+      - host_port: 5353
+        container_port: 53
+        protocol: udp
+
+- name: Put a sandbox on the libvirt network "default" (DHCP, no forwards)
+  kata.runtime.kata_sandbox:
+    name: web-3
+    network: network:default
 
 - name: Pause it
   kata.runtime.kata_sandbox:
@@ -250,6 +292,33 @@ sandbox:
           VM template); null when it never booted.
       type: str
       sample: template
+    network:
+      description: The sandbox's network.
+      type: dict
+      contains:
+        mode:
+          description: V(user), V(bridge), V(network) or V(none).
+          type: str
+          sample: user
+        source:
+          description: The bridge or libvirt network name (null for V(user) and V(none)).
+          type: str
+        mac:
+          description: The MAC address of the guest's NIC (null without one).
+          type: str
+          sample: '52:54:00:12:34:56'
+        addresses:
+          description:
+            - The guest's addresses in CIDR form where the host chose them (V(user) mode); empty
+              for a bridge or libvirt network, whose DHCP server assigns them.
+          type: list
+          elements: str
+          sample: ['10.0.2.15/24']
+        ports:
+          description: The port forwards, each with C(host_ip), C(host_port), C(container_port), C(protocol).
+          type: list
+          elements: dict
+          sample: [{host_ip: 127.0.0.1, host_port: 8080, container_port: 8080, protocol: tcp}]
 actions:
   description: What was done (or, in check mode, would be done), in order.
   returned: always

@@ -72,7 +72,9 @@ sandboxes:
   returned: always
   type: list
   elements: raw
-  sample: [{id: web-1, state: running, vcpus: 1, memory_mb: 256, containers: [app]}]
+  sample: [{id: web-1, state: running, vcpus: 1, memory_mb: 256, containers: [app],
+            network: {mode: user, addresses: [10.0.2.15/24], mac: '52:54:00:12:34:56', source: null,
+                      ports: [{host_ip: 127.0.0.1, host_port: 8080, container_port: 80, protocol: tcp}]}}]
 templates:
   description:
     - The VM templates of this state root, each as M(kata.runtime.kata_template) returns it,

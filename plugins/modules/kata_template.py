@@ -72,6 +72,14 @@ options:
     description:
       - Guest initrd holding the agent. Defaults to the config file's C(initrd).
     type: path
+  network:
+    description:
+      - The network mode of the NIC of the sandboxes that start from the template (see
+        M(kata.runtime.kata_sandbox)'s O(kata.runtime.kata_sandbox#module:network)); part of the
+        shape. Each clone gets the same NIC model with its own MAC address.
+      - Only V(user) and V(none); sandboxes on a bridge or a libvirt network boot cold.
+      - Defaults to the config file's C(network), whose default is V(user).
+    type: str
   force:
     description:
       - With O(state=present), build the template again even when one of this shape exists.

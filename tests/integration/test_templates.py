@@ -68,9 +68,10 @@ def _spec(w):
     }
 
 
-# One line per clone: its RNG output, boot ID and clock, read inside a container.
+# One line per clone: its RNG output, boot ID, clock and NIC's MAC, read inside a container.
 PROBE = ('echo rng=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d " \\n"); '
-         'echo boot_id=$(cat /proc/sys/kernel/random/boot_id); echo clock=$(date +%s)')
+         'echo boot_id=$(cat /proc/sys/kernel/random/boot_id); echo clock=$(date +%s); '
+         'echo mac=$(ip -o link show eth0 | sed -n "s/.*link.ether \\([0-9a-f:]*\\).*/\\1/p")')
 
 
 def _probe(path):
@@ -132,6 +133,10 @@ def test_templates_through_the_modules(kata, busybox_rootfs, guest_image):
     assert len(probes[0]['rng']) == 32 and probes[0]['rng'] != probes[1]['rng'], probes
     assert probes[0]['boot_id'] != probes[1]['boot_id'], probes
     assert all(abs(int(p['clock']) - time.time()) < 60 for p in probes), probes
+    # the same NIC as the template, each with the MAC its host chose (not the template's)
+    macs = [c['sandbox']['network']['mac'] for c in clones]
+    assert [p['mac'] for p in probes] == macs and macs[0] != macs[1], (probes, macs)
+    assert tpl['shape']['network'] == 'user' and all(c['sandbox']['network']['mode'] == 'user' for c in clones)
     info = run.ok('info')
     assert sorted((s['id'], s['boot']) for s in info['sandboxes']) == [('clone1', 'template'), ('clone2', 'template')]
     assert [(t['key'], t['stale']) for t in info['templates']] == [(tpl['key'], None)]

@@ -14,6 +14,7 @@ import os
 import re
 import reprlib
 
+from ansible_collections.kata.runtime.plugins.module_utils.kata import network
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
     InvalidArgument,
 )
@@ -68,6 +69,9 @@ DEFAULTS = {
     'template': False,
     'template_pool_size': 0,
     'template_tmpfs_mb': 2048,
+    # The default of kata_sandbox's network option (network.py, docs/networking.md): user (QEMU
+    # user-mode networking), none, bridge:<name> or network:<libvirt network>.
+    'network': 'user',
 }
 
 # Upper bounds keep a typo from turning a cap into no cap at all (both live in host RAM).
@@ -219,6 +223,15 @@ def check_setting(key, value, source='option'):
     return _CHECKS[key](source, key, value)
 
 
+def _check_network(source, key, value):
+    _string(source, key, value)
+    try:
+        network.parse_mode(value, key)
+    except InvalidArgument as err:
+        _fail(source, key, value, str(err))
+    return value.strip()
+
+
 _CHECKS = {
     'libvirt_uri': _check_libvirt_uri,
     'accel': _check_accel,
@@ -242,6 +255,7 @@ _CHECKS = {
     'template': _bool,
     'template_pool_size': _bounded_int(0, MAX_TEMPLATE_POOL_SIZE),
     'template_tmpfs_mb': _bounded_int(MIN_TEMPLATE_TMPFS_MB, MAX_TEMPLATE_TMPFS_MB),
+    'network': _check_network,
 }
 
 

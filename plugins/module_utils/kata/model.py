@@ -286,8 +286,21 @@ class SandboxRecord(_Record):
     boot: Optional[str] = dataclasses.field(default=None, metadata=_m(_optional(_is_str)))  # 'cold' | 'template': how the VM last came up
     created_at: Optional[str] = dataclasses.field(default=None, metadata=_m(_optional(_is_str)))
     libvirt_uri: Optional[str] = dataclasses.field(default=None, metadata=_m(_optional(_is_str)))
+    # mode, source, spec (the option's value), mac, addresses, gateway, dns, ports (network.record);
+    # absent in records from before sandboxes had networks: no NIC (network.of)
+    network: Optional[Dict[str, Any]] = dataclasses.field(default=None, metadata=_m(_optional(_is_dict)))
     # in memory only: a stand-in for a record that could not be read (a forced delete)
     unreadable: bool = dataclasses.field(default=False, metadata=_m(_is_bool, saved=False))
+
+    # The network settings as the compare step sees them (options.SANDBOX_OPTIONS record keys):
+    # the option's value and the forwards; a record without a network has none.
+    @property
+    def network_spec(self):
+        return (self.network or {}).get('spec') or 'none'
+
+    @property
+    def network_ports(self):
+        return list((self.network or {}).get('ports') or [])
 
     @classmethod
     def by_name(cls, sid, domain, state=SandboxState.DEAD):

@@ -198,6 +198,8 @@ ACCEL = Option('accel', IMMUTABLE, dict(type='str', choices=['auto', 'kvm', 'tcg
 HOOKS = Option('hooks', IMMUTABLE, dict(type='dict'))
 CGROUPS_PATH = Option('cgroups_path', IMMUTABLE, dict(type='str'))
 LABELS = Option('labels', MUTABLE, dict(type='dict'), str_dict=True)
+# user | none | bridge:<name> | network:<name> (network.py); the host config's network by default
+NETWORK = Option('network', IMMUTABLE, dict(type='str'), record_key='network_spec')
 
 SANDBOX_OPTIONS = OptionTable(
     NAME,
@@ -213,6 +215,10 @@ SANDBOX_OPTIONS = OptionTable(
     HOOKS,
     LABELS,
     Option('annotations', MUTABLE, dict(type='dict'), str_dict=True),
+    NETWORK,
+    # HOST:CONTAINER[/tcp|udp] strings or dicts (network.parse_ports); forwards are added when the
+    # VM starts, so a change needs recreate
+    Option('ports', IMMUTABLE, dict(type='list', elements='raw'), record_key='network_ports'),
     # how the VM comes up, not what it is: never a difference that needs recreate
     Option('template', CONTROL, dict(type='bool'), key='template'),
     RECREATE,
@@ -249,6 +255,7 @@ TEMPLATE_OPTIONS = OptionTable(
     ACCEL,
     KERNEL,
     INITRD,
+    NETWORK,
     FORCE,
     TIMEOUT,
 )

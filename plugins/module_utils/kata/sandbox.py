@@ -17,7 +17,14 @@ import time
 
 from ansible_collections.kata.runtime.plugins.module_utils.kata import container as ctr
 from ansible_collections.kata.runtime.plugins.module_utils.kata import hooks as oci_hooks
-from ansible_collections.kata.runtime.plugins.module_utils.kata import oci, options, share, template, vmm_memory
+from ansible_collections.kata.runtime.plugins.module_utils.kata import (
+    network,
+    oci,
+    options,
+    share,
+    template,
+    vmm_memory,
+)
 from ansible_collections.kata.runtime.plugins.module_utils.kata.config import MAX_TIMEOUT, check_setting
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
     AgentError,
@@ -78,6 +85,7 @@ def settings_from(config, opts):
         # how the VM comes up, not what it is: never a difference that needs recreate
         'template': pick('template'),
     }
+    s['network'], s['ports'] = network.settings(pick('network'), opts.get('ports'))
     if not isinstance(s['template'], bool):
         raise InvalidArgument('template must be true or false, got %r' % (s['template'],))
     for key in ('vcpus', 'memory_mb', 'accel', 'kernel_params'):
@@ -151,6 +159,7 @@ def info(rt, rec, vm=None, containers=None):
         'created_at': rec.created_at,
         # how the VM last came up: 'cold' or 'template' (None: it never booted)
         'boot': rec.boot,
+        'network': network.info(rec),
     }
 
 
@@ -191,9 +200,9 @@ def _run_hooks(rt, rec, kind, status, trace):
     trace.step('ran %d %s hook(s) of sandbox %s' % (len(hooks[kind]), kind, rec.id))
 
 
-def _cmdline(kernel_params):
-    """The guest kernel's command line: the contract's parameters, then the user's."""
-    return ' '.join(p for p in (contract.KERNEL_PARAMS, kernel_params or '') if p)
+def _cmdline(kernel_params, net):
+    """The guest's command line: ours, what the guest's network needs, then the user's."""
+    return ' '.join(p for p in (contract.KERNEL_PARAMS, network.kernel_param(net), kernel_params or '') if p)
 
 
 def template_spec(rt, settings):
@@ -202,13 +211,18 @@ def template_spec(rt, settings):
     (``auto`` chosen here, as create does). Returns ``(spec, accel reason)``; refuses what
     check_create would (missing boot files), before anything is touched."""
     _check_boot_files(settings)
+    net = network.record(settings['network'], [])
+    if net['mode'] not in (network.USER, network.NONE):
+        # a clone would come up with the template's DHCP lease
+        raise InvalidArgument('VM templates support network user or none, not %s' % net['spec'])
     accel, reason = choose_accel(settings['accel'])
     spec = {
         'vcpus': settings['vcpus'],
         'memory_mb': settings['memory_mb'],
         'kernel': settings['kernel'],
         'initrd': settings['initrd'],
-        'cmdline': _cmdline(settings['kernel_params']),
+        'cmdline': _cmdline(settings['kernel_params'], net),
+        'network': network.vm_network(net),
         'accel': accel,
         'state_root': rt.store.root,
         'tb_cache_mb': rt.config.tcg_tb_cache_mb if accel == 'tcg' else 0,
@@ -218,7 +232,8 @@ def template_spec(rt, settings):
 
 def _vm_spec(rt, rec, output_accessmode):
     sid = rec.id
-    cmdline = _cmdline(rec.kernel_params)
+    net = network.of(rec)
+    cmdline = _cmdline(rec.kernel_params, net)
     return {
         'name': rec.domain,
         'sandbox_id': sid,
@@ -236,6 +251,7 @@ def _vm_spec(rt, rec, output_accessmode):
         'state_root': rt.store.root,
         'tb_cache_mb': rt.config.tcg_tb_cache_mb if rec.accel == 'tcg' else 0,
         'free_page_reporting': rt.config.free_page_reporting,
+        'network': network.vm_network(net),
     }
 
 
@@ -279,11 +295,25 @@ def _boot(rt, rec, timeout, trace):
         rt.hv.start(rec.domain)
         rec.boot = 'cold'
         trace.step('started VM %s' % rec.domain)
+    # every VMM started here; and one an interrupted create left running, which may lack some
+    _forward_ports(rt, rec, trace)
     if not cloned:
         pid = _place_vmm(rt, rec, trace)
         _wait_agent(rt, rec, timeout, trace)
     if rt.config.release_boot_files and pid is not None:
         _release_boot_files(rec, pid, trace)
+
+
+def _forward_ports(rt, rec, trace):
+    """Add the sandbox's port forwards to the VMM just started (they die with it, so every
+    boot adds them). A refused forward (a host port taken) stops the VM again: a sandbox is
+    up with all its forwards or not at all."""
+    try:
+        network.add_forwards(rt, rec, trace)
+    except KataError:
+        rt.hv.destroy(rec.domain)
+        trace.step('destroyed VM %s (its port forwards could not be added)' % rec.domain)
+        raise
 
 
 def _boot_from_template(rt, rec, spec, timeout, trace):
@@ -349,6 +379,15 @@ def _place_vmm(rt, rec, trace):
     return pid
 
 
+def record_settings(settings, accel):
+    """What a new sandbox's record keeps of its ``settings`` (settings_from): the accel chosen
+    (the one asked for is kept as ``accel_requested``), and its network with the port forwards
+    in it (network.record: the MAC is chosen here)."""
+    out = dict(settings, accel=accel, network=network.record(settings['network'], settings['ports']))
+    del out['ports']
+    return out
+
+
 def check_create(rt, sid, settings, replacing=False):
     """Everything create refuses before it touches anything, checked without touching
     anything: a recreate consults it before it deletes, and check mode before it says "would
@@ -357,6 +396,7 @@ def check_create(rt, sid, settings, replacing=False):
     validate_id(sid, 'sandbox')
     _check_boot_files(settings)
     accel, reason = choose_accel(settings['accel'])
+    rt.hv.check_network(network.vm_network(network.record(settings['network'], [])))
     rt.cgroups.resolve(settings['cgroups_path'], sid)  # refuse a bad path before anything exists
     owner = rt.store.get_mapping(sid)
     if owner is not None and owner != sid:
@@ -401,7 +441,7 @@ def create(rt, sid, settings, timeout=None, trace=None, boot=True):
             raise Conflict('sandbox %s already exists' % sid)
         _drop_stale_definition(rt, sid, trace)
         rec = SandboxRecord.new(
-            sid, dict(settings, accel=accel),  # the accel chosen; the one asked is kept next to it
+            sid, record_settings(settings, accel),
             state=SandboxState.CREATING,
             domain=rt.hv.domain_name(sid),
             accel_requested=settings['accel'],

@@ -7,6 +7,7 @@ The options are ``options.SANDBOX_OPTIONS``; the compare step is ``StateManager.
 
 from __future__ import annotations
 
+from ansible_collections.kata.runtime.plugins.module_utils.kata import network
 from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
 from ansible_collections.kata.runtime.plugins.module_utils.kata.common import StateManager
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import CorruptRecord
@@ -93,7 +94,10 @@ class SandboxManager(StateManager):
         if rec is None:
             sbx.check_create(self.rt, self.sid, settings)  # check mode refuses what a run would
             self.planned = dict(settings, id=self.sid)
-            self.diff['after'].update({k: settings[k] for k in ('vcpus', 'memory_mb', 'accel', 'labels')})
+            self.planned['network'] = network.info({'network': network.record(settings['network'],
+                                                                              self.planned.pop('ports'))})
+            self.diff['after'].update({k: settings[k] for k in ('vcpus', 'memory_mb', 'accel', 'labels', 'network',
+                                                                'ports')})
             self.act('create sandbox %s' % self.sid, sbx.create, self.rt, self.sid, settings, timeout=timeout,
                      boot=(want != 'stopped'))
             state = SandboxState.STOPPED if want == SandboxState.STOPPED else SandboxState.RUNNING

@@ -67,7 +67,8 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import con
 from ansible_collections.kata.runtime.plugins.module_utils.kata.hypervisor import libvirt as lv
 from ansible_collections.kata.runtime.plugins.module_utils.kata.store import Store
 
-TEMPLATE_VERSION = 1
+# 2: the shape holds the NIC's network mode
+TEMPLATE_VERSION = 2
 TEMPLATE_FILE = 'template.json'
 RAM_FILE = 'ram'
 STATE_FILE = 'state'
@@ -93,7 +94,10 @@ SAVE_SETTLE = 0.5
 # Host random bytes each clone's RNG is reseeded with (the agent takes 32 to 512).
 SEED_BYTES = 64
 _SHAPE_KEYS = ('version', 'image_digest', 'vcpus', 'memory_mb', 'accel', 'machine', 'arch', 'qemu',
-               'cmdline', 'devices')
+               'cmdline', 'devices', 'network')
+# The network modes a template can have: a clone of a guest that took a DHCP lease (bridge or
+# libvirt network) would come up with the template's address, so those sandboxes boot cold.
+NETWORK_MODES = ('user', 'none')
 _RECORD_KEYS = ('version', 'key', 'shape', 'created_at', 'sizes', 'image_digest', 'kernel', 'initrd')
 _MIB = 1024 * 1024
 TEMPLATES_DIR = 'templates'
@@ -163,7 +167,19 @@ def shape_of(hv, vm, qemu=None, digest=None):
         'qemu': qemu or hv.vmm_version(),
         'cmdline': cmdline,
         'devices': devices_of(vm),
+        'network': network_of(vm),
     }
+
+
+def network_of(vm):
+    """The network mode of a VM spec's NIC (``none`` without one): part of the shape; a clone
+    gets the same NIC model on the same mode, with its own MAC."""
+    net = vm.get('network')
+    if net is None:
+        return 'none'
+    if not isinstance(net, dict) or net.get('mode') not in NETWORK_MODES:
+        raise InvalidArgument('VM templates support network user or none, got %r' % (net,))
+    return net['mode']
 
 
 def key_of(shape):
@@ -203,6 +219,7 @@ def check_shape(shape):
         ('cmdline', lambda v: isinstance(v, str) and len(v) <= MAX_CMDLINE and not lv._BAD_XML_CHARS.search(v)),
         ('devices', lambda v: isinstance(v, list) and len(set(v)) == len(v)
          and all(isinstance(d, str) and d in DEVICES for d in v)),
+        ('network', lambda v: v in NETWORK_MODES),
     )
     for key, ok in checks:
         if not ok(shape[key]):
@@ -480,11 +497,14 @@ def _run(argv, what):
 # ---------------------------------------------------------------------------------------------
 # the agent's post_clone request (its reply is checked where every reply is: agent.py _RESULTS)
 
-def post_clone(client, tags, seed=None, when=None, timeout=None):
-    """Ask a clone's agent to reseed its RNG, set its clock and mount ``tags``; its answer."""
+def post_clone(client, tags, seed=None, when=None, timeout=None, mac=None):
+    """Ask a clone's agent to reseed its RNG, set its clock, mount ``tags`` and give its NIC
+    the clone's own ``mac`` (the template's comes back with the device state); its answer."""
     seed = os.urandom(SEED_BYTES) if seed is None else seed
     params = {'seed': base64.b64encode(seed).decode('ascii'), 'time': time.time() if when is None else when,
               'mounts': list(tags)}
+    if mac is not None:
+        params['mac'] = mac
     return client.request('post_clone', params, timeout=timeout)
 
 
@@ -661,6 +681,8 @@ def build(hv, templates_dir, spec, agent_timeout=120, force=False, progress=None
         'state_root': spec.get('state_root'), 'tb_cache_mb': spec.get('tb_cache_mb'),
         # never a free-page-reporting balloon: it would punch holes in the shared RAM file
         'free_page_reporting': False,
+        # the same NIC as the sandboxes of this shape; libvirt picks the template's own MAC
+        'network': dict(spec['network'], mac=None) if spec.get('network') else None,
     }
     for d in (vm['shared_dir'], vm['output_dir']):
         os.mkdir(d, 0o700)
@@ -840,7 +862,8 @@ def activate(hv, template, vm, agent=None, agent_timeout=30, seed=None):
     with (agent or client_factory(vm, agent_timeout))() as client:
         client.ping(timeout=agent_timeout)
         timings['answered'] = time.monotonic() - t0
-        answer = post_clone(client, tags, seed=seed, timeout=agent_timeout)
+        mac = (vm.get('network') or {}).get('mac')
+        answer = post_clone(client, tags, seed=seed, timeout=agent_timeout, mac=mac)
     if sorted(answer['mounted']) != sorted(tags):
         raise AgentError('the agent of clone %s mounted %s, not %s' % (name, answer['mounted'], tags))
     if not answer['clock_set'] or answer['seeded'] != len(seed):

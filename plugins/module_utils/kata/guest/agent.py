@@ -49,6 +49,14 @@ OUTPUT_MOUNT = '/run/kata-containers/output'
 OUTPUT_OPTIONS = 'nosuid,nodev,noexec'
 TEMPLATE_FLAG = 'kata.template=1'
 DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+NET_PARAM = 'kata.net'
+NET_STATIC_USER = 'user'
+NET_DHCP = 'dhcp'
+NET_IFACE = 'eth0'
+USER_NET_ADDRESS = '10.0.2.15/24'
+USER_NET_GATEWAY = '10.0.2.2'
+USER_NET_DNS = '10.0.2.3'
+NET_RESOLV_CONF = '/run/kata-containers/resolv.conf'
 # -- end of the copy ---------------------------------------------------------------------------
 
 RUN_DIR = '/run/kata-agent'
@@ -66,6 +74,10 @@ CLONE_SEED_MAX = 512
 RNDADDENTROPY = 0x40085203
 RNDRESEEDCRNG = 0x5207
 BASE64_RE = re.compile(r'^[A-Za-z0-9+/]*={0,2}$')
+MAC_RE = re.compile(r'^[0-9a-f]{2}(:[0-9a-f]{2}){5}$')
+# The guest's network (contract NET_*): the DNS servers it was given are written here, and
+# NET_RESOLV_CONF is a read-only view of this file that each container gets at /etc/resolv.conf.
+NET_DIR = '/run/kata-agent-net'
 ID_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$')
 RETRY_DELAY = 0.05
 # virtio-serial delivers the host's data and its "port open" notice on two queues, and the guest
@@ -472,7 +484,7 @@ def parse_post_clone(params):
     Strict: exactly the keys ``seed`` (base64 of CLONE_SEED_MIN..CLONE_SEED_MAX bytes),
     ``time`` (seconds since the epoch, a plausible one) and ``mounts`` (optional, distinct tags
     of CLONE_SHARES)."""
-    unknown = sorted(k for k in params if k not in ('seed', 'time', 'mounts'))
+    unknown = sorted(k for k in params if k not in ('seed', 'time', 'mounts', 'mac'))
     if unknown:
         raise RequestError('post_clone: unknown params %s' % ', '.join(repr(k)[:40] for k in unknown[:5]))
     seed = params.get('seed')
@@ -497,7 +509,63 @@ def parse_post_clone(params):
         if not isinstance(tag, str) or tag not in CLONE_SHARES:
             raise RequestError('post_clone: unknown share tag %r (known: %s)'
                                % (tag if not isinstance(tag, str) else tag[:64], ', '.join(sorted(CLONE_SHARES))))
-    return raw, float(when), list(tags)
+    mac = params.get('mac')
+    if mac is not None and (not isinstance(mac, str) or not MAC_RE.match(mac) or int(mac[:2], 16) & 1):
+        raise RequestError('post_clone: mac must be a unicast aa:bb:cc:dd:ee:ff in lower case, got %r'
+                           % (mac[:64] if isinstance(mac, str) else mac,))
+    return raw, float(when), list(tags), mac
+
+
+def net_mode(cmdline):
+    """The network the host gave the guest (NET_PARAM on the kernel command line): NET_STATIC_USER,
+    NET_DHCP, or None (no NIC to set up)."""
+    for word in cmdline.split():
+        if word.startswith(NET_PARAM + '='):
+            value = word[len(NET_PARAM) + 1:]
+            return value if value in (NET_STATIC_USER, NET_DHCP) else None
+    return None
+
+
+# The udhcpc script (bridge and libvirt networks): busybox udhcpc runs it with the lease in its
+# environment ($ip, $mask as prefix bits, $router, $dns, all space separated lists).
+UDHCPC_SCRIPT = r'''#!/bin/busybox sh
+case "$1" in
+    deconfig) ip -4 addr flush dev "$interface"; ip link set "$interface" up ;;
+    bound|renew)
+        ip -4 addr flush dev "$interface"
+        ip addr add "$ip/${mask:-24}" dev "$interface"
+        for r in $router; do ip route replace default via "$r" dev "$interface"; break; done
+        : > @RESOLV@.new
+        for d in $dns; do echo "nameserver $d" >> @RESOLV@.new; done
+        cat @RESOLV@.new > @RESOLV@
+        echo "kata-net: $interface $ip/${mask:-24} via ${router:-none}" ;;
+esac
+exit 0
+'''
+
+
+def net_script(mode):
+    """The busybox sh script that brings up lo and NET_IFACE for ``mode`` and makes
+    NET_RESOLV_CONF, a read-only view of the guest's resolv.conf."""
+    resolv = NET_DIR + '/resolv.conf'
+    lines = ['set -u', 'ip link set lo up', 'mkdir -p %s %s' % (NET_DIR, os.path.dirname(NET_RESOLV_CONF)),
+             ': > %s' % resolv, ': > %s' % NET_RESOLV_CONF,
+             'mount --bind %s %s && mount -o remount,bind,ro %s' % (resolv, NET_RESOLV_CONF, NET_RESOLV_CONF)]
+    if mode == NET_STATIC_USER:
+        lines += ['ip addr add %s dev %s' % (USER_NET_ADDRESS, NET_IFACE),
+                  'ip link set %s up' % NET_IFACE,
+                  'ip route add default via %s dev %s' % (USER_NET_GATEWAY, NET_IFACE),
+                  'echo "nameserver %s" > %s' % (USER_NET_DNS, resolv)]
+    else:
+        script = NET_DIR + '/udhcpc.sh'
+        lines += ["cat > %s <<'KATA_EOF'\n%sKATA_EOF" % (script, UDHCPC_SCRIPT.replace('@RESOLV@', resolv)),
+                  'chmod 700 %s' % script,
+                  'ip link set %s up' % NET_IFACE,
+                  # a lease within 3 tries a second apart (containers wait for them: a network
+                  # without a DHCP server delays the first container ~3 s), then on in the
+                  # background (-b), where it keeps trying and renews the lease
+                  'udhcpc -i %s -s %s -b -t 3 -T 1 -A 3' % (NET_IFACE, script)]
+    return '\n'.join(lines) + '\n'
 
 
 def reseed_rng(seed):
@@ -549,6 +617,39 @@ class Agent:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
+        self.net_pid = None  # the network set-up (start_network), until it has finished
+        self.resolv_conf = ''  # what containers get at /etc/resolv.conf ('' = nothing)
+
+    # -- the network (contract NET_*) -----------------------------------------------------------
+
+    def start_network(self, mode):
+        """Set up the guest's network for ``mode`` (net_mode) in the background: the agent
+        answers at once, and a container starts only once it is done (wait_network)."""
+        if mode is None:
+            return
+        self.net_pid = os.posix_spawn(self.busybox, [self.busybox, 'sh', '-c', net_script(mode)], dict(os.environ),
+                                      file_actions=[(os.POSIX_SPAWN_OPEN, 0, '/dev/null', os.O_RDONLY, 0)])
+        self.resolv_conf = NET_RESOLV_CONF
+        log('setting up the network (%s)' % mode)
+
+    def wait_network(self):
+        """Wait for the network set-up started by start_network to finish."""
+        pid, self.net_pid = self.net_pid, None
+        if pid is None:
+            return
+        try:
+            status = os.waitpid(pid, 0)[1]
+        except ChildProcessError:
+            return  # reaped already (reap logged it)
+        self._net_done(status)
+
+    @staticmethod
+    def _net_done(status):
+        code = exit_code_of(status)
+        if code:
+            log('the network set-up failed with exit code %s' % code)
+        else:
+            log('network set up')
 
     # -- signals and reaping ------------------------------------------------------------------
 
@@ -591,6 +692,9 @@ class Agent:
             ctr = self.by_wrapper.pop(pid, None)
             if ctr is not None:
                 self._finish(ctr, status)
+            elif pid == self.net_pid:
+                self.net_pid = None
+                self._net_done(status)
 
     def _finish(self, ctr, status):
         ctr.exit_code = exit_code_of(status)
@@ -861,8 +965,9 @@ class Agent:
                 os.close(fd)
             raise RequestError('container %s: cannot create %s: %s' % (ctr.id, fifo, err)) from None
         python = sys.executable or '/usr/bin/python3'
+        self.wait_network()  # the container shares the guest's network: it starts with it up
         argv = ([self.busybox, 'unshare', '-p', '-m', '-u', '-i', '-f', '--']
-                + exec_init_argv(python, spec, fifo, self.busybox, scratch))
+                + exec_init_argv(python, spec, fifo, self.busybox, scratch, self.resolv_conf))
         import subprocess
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fds[0], stderr=fds[1],
@@ -1083,7 +1188,7 @@ class Agent:
         Outside a guest (the agent is not PID 1: host test modes) the request is checked and
         answered but nothing is changed: the host's clock and RNG are not ours to touch.
         """
-        seed, when, tags = parse_post_clone(params)
+        seed, when, tags, mac = parse_post_clone(params)
         real = os.getpid() == 1
         mounted = []
         if real:
@@ -1098,6 +1203,11 @@ class Agent:
                     os.makedirs(path, exist_ok=True)
                     args = ['mount', '-t', '9p', '-o', NINEP_OPTIONS + ',' + options, tag, path]
                     started.append((spawn_busybox(self.busybox, args), args))
+            if mac is not None:
+                # the template's MAC came back with the NIC's device state: this clone has its own
+                self.wait_network()
+                args = ['ip', 'link', 'set', NET_IFACE, 'address', mac]
+                started.append((spawn_busybox(self.busybox, args), args))
             failed = None
             for pid, args in started:
                 try:
@@ -1151,10 +1261,10 @@ class Agent:
 EXEC_INIT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'exec_init.py')
 
 
-def exec_init_argv(python, spec, fifo, busybox, scratch=''):
+def exec_init_argv(python, spec, fifo, busybox, scratch='', resolv=''):
     """The command line that turns into the container process after ``busybox unshare``."""
     return ([python, '-I', '-S', EXEC_INIT_PATH, fifo, busybox, spec['rootfs'],
-             spec.get('rootfs_mode', 'plain'), scratch, spec['hostname'] or '', spec['cwd'], str(spec['uid']), str(spec['gid']),
+             spec.get('rootfs_mode', 'plain'), scratch, resolv, spec['hostname'] or '', spec['cwd'], str(spec['uid']), str(spec['gid']),
              DEFAULT_PATH, str(len(spec['env']))] + list(spec['env']) + list(spec['args']))
 
 
@@ -1189,6 +1299,12 @@ def main(argv=None):
         transport = transport_for(device)
     agent = Agent(transport, shared_dir=opts['shared_dir'], poweroff=opts['poweroff'],
                   run_dir=opts['run_dir'], output_dir=opts['output_dir'])
+    if os.getpid() == 1:  # the guest's network is the guest's alone: never in the host test modes
+        try:
+            with open('/proc/cmdline') as f:
+                agent.start_network(net_mode(f.read()))
+        except OSError as err:
+            log('cannot set up the network: %s' % err)
     while True:
         try:
             agent.serve()

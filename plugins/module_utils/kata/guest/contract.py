@@ -62,6 +62,22 @@ INIT_MARKER = 'kata-init: starting agent'
 # spec's env, the host's hooks, and the guest agent for a container whose env has no PATH.
 DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 
+# The guest's network (docs/networking.md). ``kata.net=`` on the kernel command line says how the
+# agent sets up the NIC (NET_IFACE): ``user`` (QEMU user-mode networking: the static address,
+# gateway and DNS server slirp expects, below) or ``dhcp`` (a bridge or libvirt network: busybox
+# udhcpc). Without it the guest has only its loopback interface. The agent writes the DNS
+# server(s) into NET_RESOLV_CONF, which each container gets bound read-only at /etc/resolv.conf.
+NET_PARAM = 'kata.net'
+NET_STATIC_USER = 'user'
+NET_DHCP = 'dhcp'
+NET_IFACE = 'eth0'
+USER_NET_ADDRESS = '10.0.2.15/24'
+USER_NET_GATEWAY = '10.0.2.2'
+USER_NET_DNS = '10.0.2.3'
+NET_RESOLV_CONF = '/run/kata-containers/resolv.conf'
+
 # The names guest/agent.py copies (the test compares each one with the value above).
 GUEST_NAMES = ('AGENT_PORT_NAME', 'PROTOCOL', 'MAX_LINE', 'NINEP_OPTIONS', 'SHARED_TAG', 'SHARED_MOUNT',
-               'SHARED_OPTIONS', 'OUTPUT_TAG', 'OUTPUT_MOUNT', 'OUTPUT_OPTIONS', 'TEMPLATE_FLAG', 'DEFAULT_PATH')
+               'SHARED_OPTIONS', 'OUTPUT_TAG', 'OUTPUT_MOUNT', 'OUTPUT_OPTIONS', 'TEMPLATE_FLAG', 'DEFAULT_PATH',
+               'NET_PARAM', 'NET_STATIC_USER', 'NET_DHCP', 'NET_IFACE', 'USER_NET_ADDRESS', 'USER_NET_GATEWAY',
+               'USER_NET_DNS', 'NET_RESOLV_CONF')

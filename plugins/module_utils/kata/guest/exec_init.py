@@ -14,9 +14,10 @@ next to the agent (``/opt/kata/exec_init.py`` in the initrd) and, like it, impor
 the collection and does nothing on import.
 
 ARGS (``exec_init_argv`` in guest/agent.py writes them): fifo busybox rootfs mode scratch
-hostname cwd uid gid default_path N env[N] args..., where mode is plain, readonly or overlay
-(scratch: the directory the overlay's writable layer is mounted at) and default_path is the
-PATH used when env sets none.
+resolv hostname cwd uid gid default_path N env[N] args..., where mode is plain, readonly or
+overlay (scratch: the directory the overlay's writable layer is mounted at), resolv is the
+guest file bound at the rootfs' /etc/resolv.conf ('' for none) and default_path is the PATH
+used when env sets none.
 """
 
 # No ``from __future__ import annotations`` here: it would load __future__ at every container start.
@@ -25,9 +26,9 @@ import sys
 
 
 def main(argv):
-    fifo, busybox, rootfs, mode, scratch, hostname, cwd, uid, gid, default_path, nenv = argv[:11]
-    env = argv[11:11 + int(nenv)]
-    args = argv[11 + int(nenv):]
+    fifo, busybox, rootfs, mode, scratch, resolv, hostname, cwd, uid, gid, default_path, nenv = argv[:12]
+    env = argv[12:12 + int(nenv)]
+    args = argv[12 + int(nenv):]
     try:
         fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         os.set_blocking(fd, True)
@@ -92,6 +93,18 @@ def main(argv):
             for name in ('pts', 'shm'):
                 os.mkdir(os.path.join(dev, name))
             os.chmod(os.path.join(dev, 'shm'), 0o1777)
+        if resolv:
+            # the sandbox's DNS servers, read-only (the guest's file is a read-only view): where
+            # the rootfs has an /etc/resolv.conf to cover, or can get one (a writable overlay)
+            etc = os.path.join(rootfs, 'etc')
+            target = os.path.join(etc, 'resolv.conf')
+            if mode == 'overlay' and not os.path.lexists(target):
+                if not os.path.lexists(etc):
+                    os.mkdir(etc, 0o755)
+                if os.path.isdir(etc) and not os.path.islink(etc):
+                    os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+            if not os.path.islink(etc) and not os.path.islink(target) and os.path.isfile(target):
+                mount('--bind', resolv, target)
         if hostname:
             with open('/proc/sys/kernel/hostname', 'w') as fh:
                 fh.write(hostname)

@@ -71,9 +71,9 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.guest.vmlinux im
 BUILDER_VERSION = '2'
 
 # Modules the guest needs: the virtio PCI transport, the agent's virtio-serial port, the
-# 9p shared directory and the balloon's free page reporting. Their dependencies are resolved
+# 9p shared directory, the balloon's free page reporting and the sandbox's NIC. Their dependencies are resolved
 # from modules.dep / .modinfo.
-DEFAULT_MODULES = ('virtio_pci', 'virtio_console', '9pnet_virtio', '9p', 'overlay', 'virtio_balloon')
+DEFAULT_MODULES = ('virtio_pci', 'virtio_console', '9pnet_virtio', '9p', 'overlay', 'virtio_balloon', 'virtio_net')
 # Free page reporting hands back free blocks of 2**order pages. Linux 6.1 sets the order to the
 # pageblock (2 MiB) when the driver registers, overriding the command line, and then reports
 # nothing while a zone has less than 64 MiB free above its watermark: never, in a small guest.

@@ -28,7 +28,9 @@ class Hypervisor:
     ``state_root``: the state root whose record owns the VM, kept with the VM so that two
     state roots sharing a domain prefix never take each other's VMs for orphans; optional
     ``tb_cache_mb``: under TCG, the most memory QEMU may use for translated code (0 or absent:
-    QEMU's default); optional ``free_page_reporting``: the guest returns the pages it frees.
+    QEMU's default); optional ``free_page_reporting``: the guest returns the pages it frees;
+    optional ``network`` (network.vm_network): None for no NIC, else ``mode`` (user, bridge,
+    network), ``source`` (the bridge or libvirt network) and ``mac``.
     """
 
     # The machine type and architecture of every VM: part of a VM template's shape.
@@ -63,6 +65,17 @@ class Hypervisor:
         """Define and start ``vm`` paused on a private mapping of the template RAM file
         ``ram_path`` and load the device state ``state_path`` into it; it stays paused (resume
         it). On failure nothing is left defined."""
+        raise NotImplementedError
+
+    # -- networking (network.py) --------------------------------------------------------------
+
+    def check_network(self, net):
+        """Refuse (InvalidArgument) a NIC spec whose bridge or network is not there."""
+
+    def add_forwards(self, name, rules):
+        """Add user-mode port forwards (``tcp:127.0.0.1:8080-10.0.2.15:80``) to the running VM
+        ``name``; they last as long as its VMM. A rule of the same host address, port and
+        protocol that VM has already is replaced (so adding them again is harmless)."""
         raise NotImplementedError
 
     def create(self, vm):

@@ -115,6 +115,41 @@ def _sub(parent, tag, text=None, **attrs):
     return el
 
 
+def tap_name(domain):
+    """The host tap of our domain ``domain``'s NIC on a bridge or libvirt network: ``kt`` and 13
+    hex digits of the name's sha256 (15 characters, the most a Linux interface name holds), so
+    ``ip link`` shows it as ours; libvirt makes it when the VM starts and deletes it when it
+    stops."""
+    import hashlib
+    return 'kt' + hashlib.sha256(domain.encode('utf-8')).hexdigest()[:13]
+
+
+def _add_nic(devices, net, domain):
+    """The sandbox's virtio NIC (network.vm_network): user-mode, on a bridge or on a libvirt
+    network, with the MAC the host chose and, off user mode, a tap named as ours (tap_name);
+    nothing for None."""
+    if net is None:
+        return
+    if not isinstance(net, dict) or net.get('mode') not in ('user', 'bridge', 'network'):
+        raise InvalidArgument('vm network must be None or a dict with mode user, bridge or network, got %r' % (net,))
+    mode = net['mode']
+    iface = _sub(devices, 'interface', type=mode)
+    mac = net.get('mac')
+    if mac is not None:
+        if not isinstance(mac, str) or not re.fullmatch(r'[0-9a-f]{2}(:[0-9a-f]{2}){5}', mac):
+            raise InvalidArgument('vm network mac must be aa:bb:cc:dd:ee:ff in lower case, got %r' % (mac,))
+        _sub(iface, 'mac', address=mac)
+    if mode == 'bridge':
+        _sub(iface, 'source', bridge=_check_text('network source', net.get('source')))
+    elif mode == 'network':
+        _sub(iface, 'source', network=_check_text('network source', net.get('source')))
+    if mode != 'user':
+        _sub(iface, 'target', dev=tap_name(domain))
+    _sub(iface, 'model', type='virtio')
+    # no option ROM: the guest boots from -kernel, and under TCG every ROM costs boot time
+    _sub(iface, 'rom', enabled='no')
+
+
 def _proc_args(pid):
     try:
         with open('/proc/%d/cmdline' % pid, 'rb') as f:
@@ -371,6 +406,7 @@ class LibvirtHypervisor(Hypervisor):
             fs = _sub(devices, 'filesystem', type='mount', accessmode=mode)
             _sub(fs, 'source', dir=_check_path('output_dir', output_dir))
             _sub(fs, 'target', dir=contract.OUTPUT_TAG)
+        _add_nic(devices, vm.get('network'), name)
         if vm.get('free_page_reporting'):
             # the guest hands pages it freed back to the host (virtio-balloon free page
             # reporting; the balloon itself is never inflated). Never for a VM whose RAM is a
@@ -383,6 +419,62 @@ class LibvirtHypervisor(Hypervisor):
         seclabel = _sub(dom, 'seclabel', type='static', model='dac', relabel='no')
         _sub(seclabel, 'label', '+0:+0')
         return ET.tostring(dom, encoding='unicode')
+
+    # -- networking (network.py) ------------------------------------------------------------
+
+    def check_network(self, net):
+        """Refuse a NIC whose bridge or libvirt network is not there (a clear InvalidArgument
+        before anything is made); user mode and no NIC need nothing."""
+        if not net or net.get('mode') not in ('bridge', 'network'):
+            return
+        source = net.get('source')
+        if net['mode'] == 'network':
+            libvirt = _libvirt()
+            try:
+                lnet = self.conn().networkLookupByName(source)
+                active = lnet.isActive()
+            except libvirt.libvirtError as err:
+                if err.get_error_code() == libvirt.VIR_ERR_NO_NETWORK:
+                    raise InvalidArgument('network network:%s: libvirt %s has no network %s (virsh net-list --all)'
+                                          % (source, self.uri, source))
+                raise HypervisorError('looking up libvirt network %s failed (libvirt %s): %s'
+                                      % (source, self.uri, err.get_error_message()))
+            if not active:
+                raise InvalidArgument('network network:%s: the libvirt network %s is not active (virsh net-start %s)'
+                                      % (source, source, source))
+        elif self._local_qemu_dirs() is not None and not os.path.isdir('/sys/class/net/%s/bridge' % source):
+            raise InvalidArgument('network bridge:%s: there is no bridge %s on this host' % (source, source))
+
+    def add_forwards(self, name, rules):
+        """Add QEMU user-mode ``hostfwd`` rules (``tcp:127.0.0.1:8080-10.0.2.15:80``) to our
+        running domain ``name`` through its monitor, replacing the same host side's rule if the
+        VMM has it already; HypervisorError names a rule QEMU refused (a host port taken)."""
+        netdev = self.user_netdev(name)
+        for rule in rules:
+            # a rule this VMM already has (a create finished after an interruption) is replaced:
+            # the same listener again, never a second one; QEMU answers a missing rule with a
+            # message, which is fine here
+            hmp(self, name, 'hostfwd_remove %s %s' % (netdev, rule.split('-', 1)[0]))
+            out = hmp(self, name, 'hostfwd_add %s %s' % (netdev, rule))
+            if out.strip():
+                raise HypervisorError('forwarding %s to domain %s failed: %s (is the host port free?)'
+                                      % (rule, name, out.strip()[:300]))
+        return True
+
+    def user_netdev(self, name):
+        """The QEMU netdev ID of the user-mode NIC of our running domain ``name``: ``host`` and
+        the device alias libvirt gave it (``hostnet0``), read from the live XML."""
+        libvirt = _libvirt()
+        dom = self._require(name, 'read the network of')
+        try:
+            root = ET.fromstring(dom.XMLDesc(0))
+        except libvirt.libvirtError as err:
+            raise self._error('reading the XML of', name, err)
+        for iface in root.findall('devices/interface'):
+            alias = iface.find('alias')
+            if iface.get('type') == 'user' and alias is not None and alias.get('name'):
+                return 'host' + alias.get('name')
+        raise HypervisorError('domain %s has no running user-mode NIC to forward ports to' % name)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -790,6 +882,18 @@ def create_from_xml(hv, vm, xml, paused=False):
         raise HypervisorError('starting domain %s failed (libvirt %s): %s%s'
                               % (name, hv.uri, err.get_error_message(), hv._log_hint(name, vm.get('console_log'))))
     return dom
+
+
+def hmp(hv, name, command):
+    """Run one human monitor command on our domain ``name`` (libvirt's monitor passthrough);
+    its output text (empty when a command such as hostfwd_add succeeded)."""
+    libvirt = _libvirt()
+    libvirt_qemu = _libvirt_qemu()
+    dom = hv._require(name, 'send %s to' % command.split()[0])
+    try:
+        return libvirt_qemu.qemuMonitorCommand(dom, command, libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP) or ''
+    except libvirt.libvirtError as err:
+        raise hv._error('monitor command %s on' % command.split()[0], name, err)
 
 
 def qmp(hv, name, command, arguments=None, fds=()):

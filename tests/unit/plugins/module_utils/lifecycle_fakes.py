@@ -161,6 +161,7 @@ class Domain:
         self.agent_alive = True
         self.boots = 0
         self.foreign = False
+        self.forwards = []  # user-mode port forwards of the running VMM (gone when it stops)
 
 
 class FakeHypervisor(base.Hypervisor):
@@ -178,7 +179,7 @@ class FakeHypervisor(base.Hypervisor):
     """
 
     MUTATING = ('create', 'start', 'shutdown', 'destroy', 'suspend', 'resume', 'undefine',
-                'create_template_vm', 'save_state', 'create_clone')
+                'create_template_vm', 'save_state', 'create_clone', 'add_forwards')
     VMM_VERSION = '7.2.0'
 
     def __init__(self, prefix='kata-unit-', uri='test:///fake'):
@@ -235,6 +236,7 @@ class FakeHypervisor(base.Hypervisor):
         with self._lock:
             dom = self.domains[name]
             dom.guest = {}
+            dom.forwards = []  # the VMM held them
             if state == base.MISSING:
                 del self.domains[name]
             else:
@@ -311,11 +313,13 @@ class FakeHypervisor(base.Hypervisor):
         dom.guest = {}
         dom.agent_alive = True
         dom.boots += 1
+        dom.forwards = []
 
     def _stop(self, dom, state=base.SHUTOFF):
         """A clean stop: qemu exits and removes its socket."""
         dom.state = state
         dom.guest = {}
+        dom.forwards = []
         sock = dom.vm.get('agent_socket')
         if sock and os.path.lexists(sock) and stat.S_ISSOCK(os.lstat(sock).st_mode):
             os.unlink(sock)
@@ -324,6 +328,25 @@ class FakeHypervisor(base.Hypervisor):
 
     def domain_name(self, sandbox_id):
         return self.prefix + validate_id(sandbox_id, 'sandbox')
+
+    def add_forwards(self, name, rules):
+        """Forwards live in the running VMM: a second VMM taking a host port is refused."""
+        self._call('add_forwards', name)
+        with self._lock:
+            dom = self._require(name, 'forward ports to')
+            if dom.state not in (base.RUNNING, base.PAUSED):
+                raise HypervisorError('domain %s is not running' % name)
+            if not dom.vm.get('network') or dom.vm['network'].get('mode') != 'user':
+                raise HypervisorError('domain %s has no running user-mode NIC to forward ports to' % name)
+            taken = set(rule.split('-')[0] for d in self.domains.values() if d is not dom for rule in d.forwards)
+            for rule in rules:
+                # a rule of the same host side on this VMM is replaced, as hostfwd_remove + add do
+                dom.forwards = [r for r in dom.forwards if r.split('-')[0] != rule.split('-')[0]]
+                if rule.split('-')[0] in taken:
+                    raise HypervisorError('forwarding %s to domain %s failed: Could not set up host forwarding rule'
+                                          % (rule, name))
+                dom.forwards.append(rule)
+        return True
 
     def create(self, vm):
         late = self._call('create', vm.get('name') if isinstance(vm, dict) else None)

@@ -336,7 +336,7 @@ class Host:
         """A sandbox record as sandbox.create leaves it, and its domain in state ``vm``."""
         hv = self.rt.hv
         settings = sbx.settings_from(self.cfg, opts)
-        rec = SandboxRecord.new(sid, dict(settings, accel='tcg'), state='running', domain=hv.domain_name(sid),
+        rec = SandboxRecord.new(sid, sbx.record_settings(settings, 'tcg'), state='running', domain=hv.domain_name(sid),
                                 accel_requested=settings['accel'], accel_reason='unit test',
                                 created_at='2026-01-01T00:00:00Z', libvirt_uri='test:///default')
         self.rt.store.ensure()

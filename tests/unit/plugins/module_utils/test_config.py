@@ -53,6 +53,7 @@ def test_defaults_table():
         'template': False,
         'template_pool_size': 0,
         'template_tmpfs_mb': 2048,
+        'network': 'user',
     }
     assert set(cfg.as_dict()) == set(DEFAULTS)
 

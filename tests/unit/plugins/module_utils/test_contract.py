@@ -8,7 +8,7 @@ from __future__ import annotations
 import ast
 import inspect
 
-from ansible_collections.kata.runtime.plugins.module_utils.kata import oci, sandbox
+from ansible_collections.kata.runtime.plugins.module_utils.kata import network, oci, sandbox
 from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import agent as guest_agent
 from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import contract, image
 
@@ -71,6 +71,12 @@ def test_init_is_rendered_from_the_contract():
 
 
 def test_the_host_side_takes_the_contracts_values():
-    assert sandbox._cmdline('quiet=1') == contract.KERNEL_PARAMS + ' quiet=1'
-    assert sandbox._cmdline({}) == contract.KERNEL_PARAMS
+    none = network.record('none', [])
+    assert sandbox._cmdline('quiet=1', none) == contract.KERNEL_PARAMS + ' quiet=1'
+    assert sandbox._cmdline('', none) == contract.KERNEL_PARAMS
+    user = network.record('user', [])
+    assert sandbox._cmdline('quiet=1', user) == '%s %s=%s quiet=1' % (
+        contract.KERNEL_PARAMS, contract.NET_PARAM, contract.NET_STATIC_USER)
+    assert sandbox._cmdline('', network.record('bridge:br0', [])).endswith(
+        ' %s=%s' % (contract.NET_PARAM, contract.NET_DHCP))
     assert oci.DEFAULT_PATH_ENV == 'PATH=' + contract.DEFAULT_PATH

@@ -181,6 +181,10 @@ kernel/drivers/virtio/virtio.ko
 kernel/fs/9p/9p.ko: kernel/fs/fscache/fscache.ko.xz kernel/net/9p/9pnet.ko kernel/fs/netfs/netfs.ko.xz
 kernel/fs/overlayfs/overlay.ko:
 kernel/drivers/virtio/virtio_balloon.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko
+kernel/net/core/failover.ko:
+kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko
+kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko \
+kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko
 kernel/sound/unrelated.ko: kernel/drivers/virtio/virtio.ko
 '''
 
@@ -199,12 +203,12 @@ def test_modules_dep_closure_and_order():
     assert sorted(names) == sorted(['virtio', 'virtio_ring', 'virtio_pci_modern_dev',
                                     'virtio_pci_legacy_dev', 'virtio_pci', 'virtio_console',
                                     'netfs', 'fscache', '9pnet', '9pnet_virtio', '9p', 'overlay',
-                                    'virtio_balloon'])
+                                    'virtio_balloon', 'failover', 'net_failover', 'virtio_net'])
     assert 'unrelated' not in names
     assert len(set(order)) == len(order)
     _assert_deps_first(order, deps)
-    # the order follows the request: the balloon (asked last) is loaded last
-    assert names[-1] == 'virtio_balloon'
+    # the order follows the request: the NIC (asked last) is loaded last
+    assert names[-1] == 'virtio_net'
 
 
 def test_modules_dep_names_fold_dashes_and_skip_builtins():
@@ -258,6 +262,9 @@ def make_modules_dir(root, with_dep_file=False):
         'kernel/fs/9p/9p.ko': 'netfs,9pnet,fscache',
         'kernel/fs/overlayfs/overlay.ko': '',
         'kernel/drivers/virtio/virtio_balloon.ko': 'virtio_ring,virtio',
+        'kernel/net/core/failover.ko': '',
+        'kernel/drivers/net/net_failover.ko': 'failover',
+        'kernel/drivers/net/virtio_net.ko.xz': 'net_failover,failover,virtio_ring,virtio',
         'kernel/sound/unrelated.ko': 'virtio',
     }
     for rel, depends in mods.items():
@@ -294,7 +301,7 @@ def test_module_deps_from_modinfo_or_modules_dep(tmp_path, with_dep_file):
     order = kmod.module_load_order(deps, image.DEFAULT_MODULES + ('ext4',),
                                    kmod.module_builtins(mdir))
     names = [kmod.module_name(p) for p in order]
-    assert len(names) == 13 and 'unrelated' not in names
+    assert len(names) == 16 and 'unrelated' not in names
     _assert_deps_first(order, deps)
     assert kmod.read_module(os.path.join(mdir, 'kernel/fs/netfs/netfs.ko.xz'))[:4] == b'\x7fELF'
 

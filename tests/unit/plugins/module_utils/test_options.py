@@ -39,6 +39,8 @@ SANDBOX_SPEC = dict(
     recreate=dict(type='bool', default=False),
     timeout=dict(type='int'),
     template=dict(type='bool'),
+    network=dict(type='str'),
+    ports=dict(type='list', elements='raw'),
 )
 
 CONTAINER_SPEC = dict(
@@ -69,6 +71,7 @@ TEMPLATE_SPEC = dict(
     accel=dict(type='str', choices=['auto', 'kvm', 'tcg']),
     kernel=dict(type='path'),
     initrd=dict(type='path'),
+    network=dict(type='str'),
     force=dict(type='bool', default=False),
     timeout=dict(type='int'),
 )
@@ -89,7 +92,7 @@ def test_argument_spec_is_fresh_each_time():
 
 def test_kinds_are_the_recreate_rules():
     assert SANDBOX_OPTIONS.keys(IMMUTABLE) == ('vcpus', 'memory_mb', 'kernel', 'initrd', 'kernel_params', 'accel',
-                                               'cgroups_path', 'hooks')
+                                               'cgroups_path', 'hooks', 'network', 'ports')
     assert SANDBOX_OPTIONS.keys(MUTABLE) == ('labels', 'annotations') == sbx.MUTABLE
     assert CONTAINER_OPTIONS.keys(IMMUTABLE) == ('bundle', 'rootfs', 'readonly_rootfs', 'args', 'env', 'cwd', 'user',
                                                  'hooks', 'cgroups_path', 'annotations')
@@ -103,7 +106,7 @@ def test_request_takes_the_setting_options_and_coerces_string_dicts():
                   state='running', force=True)
     request = SANDBOX_OPTIONS.request(params)
     assert sorted(request) == sorted(['vcpus', 'memory_mb', 'kernel', 'initrd', 'kernel_params', 'accel', 'labels',
-                                      'annotations', 'hooks', 'cgroups_path', 'template'])
+                                      'annotations', 'hooks', 'cgroups_path', 'template', 'network', 'ports'])
     assert request['labels'] == {'tier': '1', 'on': 'true'} and request['annotations'] is None
     assert request['template'] is True
 
@@ -121,7 +124,7 @@ def test_given_is_by_option_name():
 def test_compare_only_what_is_given_immutable_first_and_by_record_key():
     record = SandboxRecord(id='sb', vcpus=1, accel_requested='auto')
     settings = {'vcpus': 2, 'accel': 'tcg', 'labels': {'a': 'b'}, 'annotations': {}, 'kernel_params': 'x',
-                'template': True, 'hooks': {}, 'cgroups_path': ''}
+                'template': True, 'hooks': {}, 'cgroups_path': '', 'network': 'none', 'ports': []}
     diffs = SANDBOX_OPTIONS.compare(record, settings, given=['labels', 'vcpus', 'accel', 'template'])
     assert diffs.names() == ['vcpus', 'accel', 'labels']
     assert diffs.get_before_after() == ({'vcpus': 1, 'accel': 'auto', 'labels': {}},

@@ -161,12 +161,14 @@ def _bad_records(shape):
     yield 'too large', b' ' * (template.MAX_RECORD_BYTES + 1)
     yield 'extra key', json.dumps(dict(good, extra=1)).encode()
     yield 'missing key', json.dumps({k: v for k, v in good.items() if k != 'sizes'}).encode()
-    yield 'other version', json.dumps(dict(good, version=2)).encode()
+    yield 'other version', json.dumps(dict(good, version=template.TEMPLATE_VERSION + 1)).encode()
+    yield 'version 1 (no network in its shape)', json.dumps(dict(good, version=1)).encode()
     yield 'key not of the shape', json.dumps(dict(good, key='0' * 16)).encode()
     yield 'shape edited', json.dumps(dict(good, shape=dict(shape, vcpus=2))).encode()
     for key, value in (('vcpus', '1'), ('vcpus', True), ('memory_mb', 1), ('accel', 'xen'), ('machine', 'pc;rm'),
                        ('qemu', '7.2'), ('cmdline', 'a\x01b'), ('devices', ['console', 'console']),
-                       ('devices', ['disk']), ('image_digest', 'X' * 64)):
+                       ('devices', ['disk']), ('image_digest', 'X' * 64), ('network', 'bridge'),
+                       ('network', None)):
         bad = dict(shape, **{key: value})
         yield 'shape %s=%r' % (key, value), json.dumps(dict(good, shape=bad, key=template.key_of(bad))).encode()
     yield 'extra shape key', json.dumps(dict(good, shape=dict(shape, more=1))).encode()
@@ -305,9 +307,10 @@ def _params(**over):
 
 
 def test_post_clone_params_are_checked():
-    seed, when, tags = guest_agent.parse_post_clone(_params())
-    assert seed == b'k' * 64 and isinstance(when, float) and tags == ['kataShared']
+    seed, when, tags, mac = guest_agent.parse_post_clone(_params())
+    assert seed == b'k' * 64 and isinstance(when, float) and tags == ['kataShared'] and mac is None
     assert guest_agent.parse_post_clone(_params(mounts=None))[2] == []
+    assert guest_agent.parse_post_clone(_params(mac='52:54:00:0a:0b:0c'))[3] == '52:54:00:0a:0b:0c'
     bad = [
         _params(extra=1), _params(seed=None), _params(seed=1), _params(seed='***'), _params(seed='abc'),
         _params(seed=base64.b64encode(b'k' * 8).decode()),
@@ -317,6 +320,8 @@ def test_post_clone_params_are_checked():
         _params(time=float('nan')), _params(time=float('inf')),
         _params(mounts='kataShared'), _params(mounts=['kataShared', 'kataShared']), _params(mounts=['root']),
         _params(mounts=[{'tag': 'x'}]), _params(mounts=['kataShared', 'kataOutput', 'x']), _params(mounts=[['a']]),
+        _params(mac='52:54:00:0A:0B:0C'), _params(mac='01:00:5e:00:00:01'), _params(mac='eth0 up'), _params(mac=1),
+        _params(mac='52:54:00:0a:0b:0c; reboot'),
     ]
     for params in bad:
         with pytest.raises(guest_agent.RequestError):

@@ -88,7 +88,7 @@ class Host:
     def plant_sandbox(self, sid, state='running', hooks=None, **opts):
         """A sandbox record as sandbox.create leaves it, whose VM is gone."""
         settings = sbx.settings_from(self.cfg, dict(opts, hooks=hooks))
-        rec = SandboxRecord.new(sid, dict(settings, accel='tcg'), state=state, domain=self.rt.hv.domain_name(sid),
+        rec = SandboxRecord.new(sid, sbx.record_settings(settings, 'tcg'), state=state, domain=self.rt.hv.domain_name(sid),
                                 accel_requested=settings['accel'], accel_reason='unit test',
                                 created_at='2026-01-01T00:00:00Z', libvirt_uri='test:///default')
         self.rt.store.ensure()
@@ -279,6 +279,31 @@ def test_changed_immutable_setting_fails_naming_it_and_changes_nothing(capsys, h
     assert out['failed'] and out['changed'] is False
     assert 'vcpus' in out['msg'] and 'memory_mb' in out['msg'] and 'recreate' in out['msg']
     assert {p: open(p, 'rb').read() for p in host.files()} == before
+
+
+def test_network_and_ports_are_planned_checked_and_immutable(capsys, host):
+    udp = {'host_port': 53, 'container_port': 53, 'protocol': 'udp'}
+    out = run(capsys, kata_sandbox, host.args(name='sb', ports=['8080:80', udp]), check_mode=True, diff=True)
+    assert out['changed'] is True and out['actions'] == ['would create sandbox sb']
+    net = out['sandbox']['network']
+    assert net['mode'] == 'user' and net['addresses'] == ['10.0.2.15/24'] and len(net['ports']) == 2
+    assert out['diff']['after']['network'] == 'user'
+    assert not host.state_root.exists() and host.cgroup_dirs() == []
+    # refused before anything is made, naming the value
+    for args, named in ((dict(network='bridge:br0', ports=['8080:80']), 'network bridge:br0'),
+                        (dict(network='network:nope'), 'network:nope'), (dict(network='slirp'), "'slirp'"),
+                        (dict(ports=['8080']), "'8080'")):
+        out = run(capsys, kata_sandbox, host.args(name='sb', **args))
+        assert out['failed'] and out['changed'] is False and named in out['msg'], (args, out['msg'])
+        assert not host.state_root.exists() and host.cgroup_dirs() == []
+    host.plant_sandbox('sb', state='stopped', ports=['8080:80'])
+    before = {p: open(p, 'rb').read() for p in host.files()}
+    out = run(capsys, kata_sandbox, host.args(name='sb', state='stopped', network='user', ports=['127.0.0.1:8080:80']))
+    assert out['changed'] is False and out['sandbox']['network']['ports'][0]['host_port'] == 8080
+    for args, named in ((dict(network='none', ports=[]), 'network'), (dict(ports=['8081:80']), 'ports')):
+        out = run(capsys, kata_sandbox, host.args(name='sb', state='stopped', **args))
+        assert out['failed'] and named in out['msg'] and 'recreate' in out['msg'], out['msg']
+        assert {p: open(p, 'rb').read() for p in host.files()} == before
 
 
 def test_labels_update_in_place_with_diff(capsys, host):
