@@ -14,6 +14,7 @@ import signal as signals
 import time
 
 from ansible_collections.kata.runtime.plugins.module_utils.kata import hooks as oci_hooks
+from ansible_collections.kata.runtime.plugins.module_utils.kata import limits as guest
 from ansible_collections.kata.runtime.plugins.module_utils.kata import oci, share
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
     AgentError,
@@ -71,7 +72,7 @@ def settings_from(opts):
     readonly = bool(spec['root'].get('readonly'))
     if opts.get('readonly_rootfs') is not None:
         readonly = bool(opts['readonly_rootfs'])  # next to a bundle, the option overrides
-    return {
+    out = {
         'bundle': bundle,
         'rootfs': os.path.realpath(rootfs),
         'readonly_rootfs': readonly,
@@ -85,10 +86,14 @@ def settings_from(opts):
         'labels': dict(labels),
         'type': oci.container_type(annotations),
     }
+    out.update(guest.guest_settings(spec, opts))  # refuses what the guest cannot honour
+    return out
 
 
 def recorded_setting(record, key):
     """A setting as the record holds it; records older than the setting mean its default."""
+    if key in guest.RECORD_DEFAULTS:
+        return guest.recorded(record, key)
     return record.get(key, _RECORD_DEFAULTS.get(key))
 
 
@@ -169,6 +174,7 @@ def info(rt, rec, vm=None, live=None, observed=True, agent_error=None):
         'labels': rec.get('labels') or {},
         'cgroups_path': rec.get('cgroups_path') or '',
         'cgroups_paths': rec.get('cgroups_paths') or [],
+        'limits': dict(guest.recorded(rec, 'limits') or {}),
         'stdout_path': stdout_path,
         'stderr_path': stderr_path,
         'created_at': rec.get('created_at'),
@@ -265,6 +271,7 @@ def check_create(rt, sid, cid, settings, replacing=False):
                               'kata.runtime.kata_sandbox' % cid)
     rt.cgroups.resolve(settings['cgroups_path'], cid)
     srec = _sandbox_running(rt, sid)
+    guest.check_fits(settings, srec)
     owner = rt.store.get_mapping(cid)
     if owner is not None and not (replacing and owner == sid):
         raise Conflict('ID %s is already used in sandbox %s' % (cid, owner))
@@ -298,7 +305,7 @@ def create(rt, sid, cid, settings, trace=None):
             uid, gid = (int(x) for x in rec['user'].split(':'))
             asked_guest = True
             params = dict(id=cid, args=rec['args'], env=rec['env'], cwd=rec['cwd'], uid=uid, gid=gid,
-                          hostname=cid[:63], readonly=bool(rec['readonly_rootfs']))
+                          readonly=bool(rec['readonly_rootfs']), **guest.agent_params(rec))
             with rt.agent(sid) as client:
                 try:
                     client.call('create_container', **params)
@@ -311,6 +318,8 @@ def create(rt, sid, cid, settings, trace=None):
                     _drop_stale_in_guest(rt, sid, cid, trace)
                     client.call('create_container', **params)
             trace.step('created container %s in the guest' % cid)
+            for warning in guest.recorded(rec, 'oci_warnings'):
+                trace.warn('container %s: %s' % (cid, warning))
             _run_hooks(rt, rec, 'createContainer', 'created', trace)
             rec['status'] = 'created'
             rt.store.save_container(rec)

@@ -8,6 +8,7 @@ The options are ``options.CONTAINER_OPTIONS``; the compare step is ``StateManage
 from __future__ import annotations
 
 from ansible_collections.kata.runtime.plugins.module_utils.kata import container as ctr
+from ansible_collections.kata.runtime.plugins.module_utils.kata import limits
 from ansible_collections.kata.runtime.plugins.module_utils.kata import options
 from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
 from ansible_collections.kata.runtime.plugins.module_utils.kata.common import StateManager
@@ -20,7 +21,7 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.ids import valid
 
 OPTIONS = options.CONTAINER_OPTIONS
 # Every setting a container record holds (what a request by name alone takes from it).
-SETTING_KEYS = OPTIONS.keys(options.IMMUTABLE) + OPTIONS.keys(options.MUTABLE)
+SETTING_KEYS = OPTIONS.keys(options.IMMUTABLE) + OPTIONS.keys(options.MUTABLE) + limits.GUEST_KEYS
 
 
 class ContainerManager(StateManager):
@@ -100,6 +101,8 @@ class ContainerManager(StateManager):
                 settings['labels'] = opts['labels']
         else:
             settings = ctr.settings_from(opts)
+        if rec is not None and not opts['bundle']:
+            settings = limits.keep_recorded(settings, rec, self.p)
         want = self.p['state']
         status = cur['status'] if cur else 'absent'
         replacing = False
@@ -118,8 +121,10 @@ class ContainerManager(StateManager):
                 self.act('delete container %s to recreate it (%s)' % (self.cid, why), ctr.delete, self.rt,
                          self.cid, force=True)
                 status = 'absent'
-            elif 'labels' in diffs.names():
-                self.act('update labels of container %s' % self.cid, self.update_labels, sid, settings['labels'])
+            else:
+                if 'labels' in diffs.names():
+                    self.act('update labels of container %s' % self.cid, self.update_labels, sid, settings['labels'])
+                self.update_limits(sid, rec, settings, status)
         self.diff['after']['status'] = want
         if status == 'absent':
             sandbox = self.p['sandbox'] or sid
@@ -142,6 +147,20 @@ class ContainerManager(StateManager):
         elif want == 'created' and status == 'running':
             raise Conflict('container %s is running: it cannot go back to created (use recreate or state=stopped)'
                            % self.cid)
+
+    def update_limits(self, sid, rec, settings, status):
+        """A changed limit is applied in place: the cgroup in the guest, then the record."""
+        writes = limits.changes(rec, settings)
+        options_changed = any(limits.recorded(rec, k) != settings.get(k) for k in limits.LIMIT_OPTIONS)
+        if not writes and not options_changed:
+            return
+        limits.check_fits(settings, self.rt.store.load_sandbox(sid) or {})
+        if writes:
+            self.diff['before']['limits'] = dict(limits.recorded(rec, 'limits') or {})
+            self.diff['after']['limits'] = dict(settings.get('limits') or {})
+        live = status in ('created', 'running')
+        self.act('update limits of container %s%s' % (self.cid, ' in place' if live and writes else ''),
+                 limits.update, self.rt, sid, self.cid, settings, live and bool(writes))
 
     def update_labels(self, sid, labels, trace):
         with self.rt.store.lock(sid):

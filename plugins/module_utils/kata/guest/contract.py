@@ -62,6 +62,14 @@ INIT_MARKER = 'kata-init: starting agent'
 # spec's env, the host's hooks, and the guest agent for a container whose env has no PATH.
 DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 
+# Each container's cgroup in the guest (cgroup v2, mounted by /init): <root>/<CGROUP_PARENT>/<cid>,
+# with the memory, cpu, cpuset and pids controllers enabled; the files a limit may set there.
+CGROUP_PARENT = 'kata'
+CGROUP_CONTROLLERS = ('cpu', 'cpuset', 'memory', 'pids')
+LIMIT_FILES = ('cpuset.cpus', 'cpuset.mems', 'cpu.weight', 'cpu.max', 'cpu.max.burst', 'cpu.idle',
+               'memory.low', 'memory.max', 'memory.swap.max', 'pids.max')
+
 # The names guest/agent.py copies (the test compares each one with the value above).
 GUEST_NAMES = ('AGENT_PORT_NAME', 'PROTOCOL', 'MAX_LINE', 'NINEP_OPTIONS', 'SHARED_TAG', 'SHARED_MOUNT',
-               'SHARED_OPTIONS', 'OUTPUT_TAG', 'OUTPUT_MOUNT', 'OUTPUT_OPTIONS', 'TEMPLATE_FLAG', 'DEFAULT_PATH')
+               'SHARED_OPTIONS', 'OUTPUT_TAG', 'OUTPUT_MOUNT', 'OUTPUT_OPTIONS', 'TEMPLATE_FLAG', 'DEFAULT_PATH',
+               'CGROUP_PARENT', 'CGROUP_CONTROLLERS', 'LIMIT_FILES')
