@@ -27,7 +27,7 @@ def guest_settings(spec, opts):
     guest cannot honour (naming the field) and lists what it ignores (``oci_warnings``)."""
     warnings = oci_support.check_fields(spec)
     hostname, domainname = oci_support.names_from(spec, None)
-    process = oci_support.process_from(spec)
+    process = oci_support.process_from(spec, warnings)
     process['domainname'] = domainname
     out = {
         'hostname': hostname,

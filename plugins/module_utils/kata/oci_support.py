@@ -370,8 +370,9 @@ def caps_names(mask):
     return [name for bit, name in enumerate(CAPABILITIES) if mask >> bit & 1]
 
 
-def process_from(spec):
-    """The process settings the guest applies before exec (a JSON-able dict)."""
+def process_from(spec, warnings=None):
+    """The process settings the guest applies before exec (a JSON-able dict); what is not
+    applied is appended to ``warnings``."""
     process = spec.get('process') or {}
     out = {'no_new_privileges': False, 'capabilities': None, 'rlimits': [], 'umask': None,
            'additional_gids': [], 'oom_score_adj': None}
@@ -390,8 +391,13 @@ def process_from(spec):
         masks = {name: _caps_mask('process.capabilities.' + name, caps.get(name)) for name in CAP_SETS}
         ambient = masks['ambient'] & ~(masks['permitted'] & masks['inheritable'])
         if ambient:
-            raise InvalidArgument('invalid OCI config field process.capabilities.ambient: %s must also be permitted '
-                                  'and inheritable' % ', '.join(caps_names(ambient)))
+            # The kernel raises an ambient capability only when it is permitted and inheritable;
+            # like runc (whose `runc spec` lists ambient capabilities and no inheritable set),
+            # the others are not raised, with a warning.
+            masks['ambient'] &= ~ambient
+            if warnings is not None:
+                warnings.append('OCI config field process.capabilities.ambient: %s not raised (an ambient '
+                                'capability must also be permitted and inheritable)' % ', '.join(caps_names(ambient)))
         if masks['effective'] & ~masks['permitted']:
             raise InvalidArgument('invalid OCI config field process.capabilities.effective: %s not permitted'
                                   % ', '.join(caps_names(masks['effective'] & ~masks['permitted'])))
