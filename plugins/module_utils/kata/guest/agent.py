@@ -566,7 +566,7 @@ def parse_limits(value, what='limits'):
 
 
 def _write_file(path, value):
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
     try:
         os.write(fd, (value or '\n').encode('ascii'))
     finally:
@@ -636,7 +636,7 @@ def cgroup_remove(path, tries=20):
         except FileNotFoundError:
             return True
         except OSError as err:
-            if err.errno == errno.ENOTEMPTY and not os.path.exists(os.path.join(path, 'cgroup.procs')):
+            if err.errno == errno.ENOTEMPTY and not os.path.exists(os.path.join(path, 'cgroup.controllers')):
                 # host test modes (plain directory): the files written there
                 for name in os.listdir(path):
                     os.unlink(os.path.join(path, name))
