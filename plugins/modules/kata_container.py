@@ -134,7 +134,7 @@ options:
     type: int
   cpus:
     description:
-      - CPU limit of the container as a number of CPUs (V(0.5) is half a CPU): C(cpu.max) of its
+      - CPU limit of the container as a number of CPUs (V(0.5) is half a CPU), written to C(cpu.max) of its
         cgroup inside the guest, over a 100 ms period.
       - Next to O(bundle), overrides C(linux.resources.cpu.quota)/C(period). More than the
         sandbox's C(vcpus) fails. A change is applied in place.

@@ -17,8 +17,7 @@ import time
 
 import pytest
 from ansible_collections.kata.runtime.plugins.module_utils.kata import container as ctr
-from ansible_collections.kata.runtime.plugins.module_utils.kata import limits
-from ansible_collections.kata.runtime.plugins.module_utils.kata import oci_support
+from ansible_collections.kata.runtime.plugins.module_utils.kata import limits, oci_support
 from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
 from ansible_collections.kata.runtime.plugins.module_utils.kata.config import load_config
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import InvalidArgument
@@ -121,6 +120,39 @@ def test_limits_and_process_settings_in_the_guest(env, busybox_rootfs, tmp_path)
     assert not int(fields['CapEff'], 16) & (1 << 21)  # CAP_SYS_ADMIN
     assert fields['NoNewPrivs'].strip() == '1'
     assert 'nofile=321/456' in text and 'host=limits-host' in text and 'domain=example.test' in text
+
+    # The config `runc spec` writes (runc 1.1; its mounts left to the volumes tests): before,
+    # it ran with every capability (CapEff 000001ffffffffff) and a writable root.
+    runc = bundle.parent / 'runc'
+    runc.mkdir()
+    os.symlink(busybox_rootfs, str(runc / 'rootfs'))
+    three = ['CAP_AUDIT_WRITE', 'CAP_KILL', 'CAP_NET_BIND_SERVICE']
+    (runc / 'config.json').write_text(json.dumps({
+        'ociVersion': '1.0.2-dev',
+        'process': {'terminal': True, 'user': {'uid': 0, 'gid': 0},
+                    'args': ['sh', '-c', script + '; touch /written || echo read-only-root'],
+                    'env': ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', 'TERM=xterm'],
+                    'cwd': '/', 'capabilities': {k: three for k in ('bounding', 'effective', 'permitted', 'ambient')},
+                    'rlimits': [{'type': 'RLIMIT_NOFILE', 'hard': 1024, 'soft': 1024}], 'noNewPrivileges': True},
+        'root': {'path': 'rootfs', 'readonly': True},
+        'hostname': 'runc',
+        'linux': {'resources': {'devices': [{'allow': False, 'access': 'rwm'}]},
+                  'namespaces': [{'type': t} for t in ('pid', 'network', 'ipc', 'uts', 'mount', 'cgroup')],
+                  'maskedPaths': ['/proc/acpi', '/proc/kcore', '/proc/keys'],
+                  'readonlyPaths': ['/proc/bus', '/proc/fs', '/proc/sys']},
+    }))
+    warned = rt.trace()
+    ctr.create(rt, SID, 'runc', ctr.settings_from({'bundle': str(runc)}), trace=warned)
+    ctr.start(rt, 'runc', trace=warned)
+    for field in ('process.terminal', 'process.capabilities.ambient', 'linux.resources.devices', 'linux.maskedPaths',
+                  'linux.readonlyPaths', 'linux.namespaces[5]'):
+        assert any(field in w for w in warned.warnings), (field, warned.warnings)
+    done = ctr.wait_for(rt, 'runc', 60)
+    text = output(done)
+    fields = status_fields(text)
+    assert fields['CapEff'].strip() == fields['CapBnd'].strip() == '0000000020000420', text
+    assert fields['NoNewPrivs'].strip() == '1' and 'host=runc' in text and 'nofile=1024/1024' in text
+    assert 'read-only-root' in text
 
     # kata_container changes keep's memory limit in place: changed, diff, same process.
     before = ctr.info(rt, rt.store.load_container(SID, 'keep'))

@@ -8,8 +8,7 @@ The options are ``options.CONTAINER_OPTIONS``; the compare step is ``StateManage
 from __future__ import annotations
 
 from ansible_collections.kata.runtime.plugins.module_utils.kata import container as ctr
-from ansible_collections.kata.runtime.plugins.module_utils.kata import limits
-from ansible_collections.kata.runtime.plugins.module_utils.kata import options
+from ansible_collections.kata.runtime.plugins.module_utils.kata import limits, options
 from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
 from ansible_collections.kata.runtime.plugins.module_utils.kata.common import StateManager
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (

@@ -685,8 +685,8 @@ def parse_process(value):
         raise RequestError('process.no_new_privileges must be true or false')
     caps = out['capabilities']
     if caps is not None:
-        if not isinstance(caps, dict) or sorted(caps) != sorted(('bounding', 'effective', 'permitted',
-                                                                    'inheritable', 'ambient')):
+        sets = ('ambient', 'bounding', 'effective', 'inheritable', 'permitted')
+        if not isinstance(caps, dict) or sorted(caps) != list(sets):
             raise RequestError('process.capabilities must hold the five sets as bit masks')
         for key, mask in caps.items():
             if isinstance(mask, bool) or not isinstance(mask, int) or not 0 <= mask < 2 ** (MAX_CAP + 1):

@@ -32,7 +32,6 @@ no_new_privs, exec.
 import os
 import sys
 
-
 # <linux/prctl.h>, <linux/capability.h>
 PR_SET_KEEPCAPS = 8
 PR_CAPBSET_DROP = 24
@@ -95,12 +94,16 @@ def main(argv):
         except OSError as err:
             fail(1, 'cannot set oom_score_adj %s: %s' % (extra['oom'], err.strerror))
     libc = None
+    last_cap = -1
     if 'caps' in extra or 'nnp' in extra:
         # here, before the chroot: the container's rootfs has no Python library
         import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        with open('/proc/sys/kernel/cap_last_cap') as fh:
-            last_cap = int(fh.read())
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            with open('/proc/sys/kernel/cap_last_cap') as fh:
+                last_cap = int(fh.read())
+        except (OSError, ValueError) as err:
+            fail(1, 'cannot prepare to set capabilities: %s' % err)
     if 'rl' in extra:
         import resource
     # The mounts below live in this new mount namespace only: they vanish with the container.

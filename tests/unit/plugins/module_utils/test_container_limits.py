@@ -10,9 +10,8 @@ import json
 import os
 
 import pytest
-from ansible_collections.kata.runtime.plugins.module_utils.kata import common
+from ansible_collections.kata.runtime.plugins.module_utils.kata import common, limits
 from ansible_collections.kata.runtime.plugins.module_utils.kata import container as ctr
-from ansible_collections.kata.runtime.plugins.module_utils.kata import limits
 from ansible_collections.kata.runtime.plugins.module_utils.kata import runtime as runtime_mod
 from ansible_collections.kata.runtime.plugins.module_utils.kata.container_manager import ContainerManager
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import InvalidArgument
