@@ -197,7 +197,7 @@ def sandbox_as_container(rt, srec, vm):
         'bundle': None, 'rootfs': None, 'args': None,
         'annotations': srec.get('annotations') or {}, 'labels': srec.get('labels') or {},
         'cgroups_path': srec.get('cgroups_path') or '', 'cgroups_paths': srec.get('cgroups_paths') or [],
-        'stdout_path': None, 'stderr_path': None, 'created_at': srec.get('created_at'),
+        'limits': {}, 'stdout_path': None, 'stderr_path': None, 'created_at': srec.get('created_at'),
         'started_at': srec.get('created_at'), 'finished_at': None,
     }
 

@@ -110,6 +110,8 @@ class ContainerManager(StateManager):
             given = None if self.p['bundle'] else OPTIONS.given(self.p)
             diffs, immutable = self.compare('container', self.cid, OPTIONS, rec, settings, given=given,
                                             recorded=ctr.recorded_setting)
+            if opts['bundle']:
+                immutable = list(immutable) + self.compare_guest(rec, settings)
             if immutable or (want == 'running' and status == 'stopped'):
                 why = 'its settings changed' if immutable else 'it has stopped'
                 if status == 'running' and not self.p['force']:
@@ -146,6 +148,18 @@ class ContainerManager(StateManager):
         elif want == 'created' and status == 'running':
             raise Conflict('container %s is running: it cannot go back to created (use recreate or state=stopped)'
                            % self.cid)
+
+    def compare_guest(self, rec, settings):
+        """A bundle's hostname, domainname or process settings changed: like an immutable
+        option, they need recreate (named, with before and after in --diff)."""
+        changed = limits.immutable_changes(rec, settings)
+        for key in changed:
+            self.diff['before'][key] = rec.get(key)
+            self.diff['after'][key] = settings.get(key)
+        if changed and not self.p['recreate']:
+            raise InvalidArgument('container %s exists with different %s (from the bundle\'s config.json); set '
+                                  'recreate=true to delete and create it again' % (self.cid, ', '.join(changed)))
+        return changed
 
     def update_limits(self, sid, rec, settings, status):
         """A changed limit is applied in place: the cgroup in the guest, then the record."""

@@ -54,6 +54,16 @@ def keep_recorded(settings, rec, params):
     return out
 
 
+# Fixed at creation, like the command: a bundle that changes them needs recreate.
+IMMUTABLE_KEYS = ('hostname', 'domainname', 'process')
+
+
+def immutable_changes(rec, settings):
+    """The guest settings fixed at creation that a bundle changed (a record older than them,
+    which has none, is not a change)."""
+    return [key for key in IMMUTABLE_KEYS if key in rec and rec[key] != settings.get(key)]
+
+
 def recorded(rec, key):
     return rec.get(key, RECORD_DEFAULTS.get(key))
 

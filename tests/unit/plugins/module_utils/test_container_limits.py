@@ -135,3 +135,24 @@ def test_a_record_older_than_limits_reads_as_unlimited(env):
         rec.pop(key, None)
     assert ctr.recorded_setting(rec, 'limits') == {} and limits.agent_params(rec)['hostname'] == 'c1'
     assert ctr.info(env.rt, rec)['limits'] == {}
+
+
+def test_a_bundle_that_changes_capabilities_or_hostname_needs_recreate(env, monkeypatch, tmp_path):
+    env.sandbox('sb')
+    bundle = tmp_path / 'b'
+    bundle.mkdir()
+    config = {'ociVersion': '1.0.2', 'root': {'path': env.rootfs}, 'hostname': 'one',
+              'process': {'args': ['sleep', '100'], 'cwd': '/', 'capabilities': {'bounding': ['CAP_KILL']}}}
+    (bundle / 'config.json').write_text(json.dumps(config))
+    manage(env, monkeypatch, name='c1', sandbox='sb', bundle=str(bundle))
+    assert guest_container(env)['params']['hostname'] == 'one'
+    assert manage(env, monkeypatch, name='c1', sandbox='sb', bundle=str(bundle)).result['changed'] is False
+    config['hostname'] = 'two'
+    config['process']['capabilities']['bounding'] = ['CAP_CHOWN']
+    (bundle / 'config.json').write_text(json.dumps(config))
+    with pytest.raises(InvalidArgument, match='container c1 exists with different hostname, process'):
+        manage(env, monkeypatch, name='c1', sandbox='sb', bundle=str(bundle))
+    result = manage(env, monkeypatch, name='c1', sandbox='sb', bundle=str(bundle), recreate=True, force=True).result
+    assert result['changed'] is True and result['diff']['after']['hostname'] == 'two'
+    assert guest_container(env)['params']['hostname'] == 'two'
+    assert guest_container(env)['params']['process']['capabilities']['bounding'] == 1
