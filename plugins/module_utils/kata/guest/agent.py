@@ -614,9 +614,13 @@ def cgroup_create(root, cid, limits):
     """The container's own cgroup, limits written; its path (the container joins it first)."""
     path = os.path.join(cgroup_enable(root), cid)
     try:
-        os.mkdir(path, 0o755)
-    except FileExistsError:
-        pass  # left by an earlier container of this ID: its limits are rewritten below
+        try:
+            os.mkdir(path, 0o755)
+        except FileExistsError:
+            # left by an earlier container of this ID: a fresh one, so none of its limits stays
+            if not cgroup_remove(path, tries=10):
+                raise RequestError('the guest cgroup %s of an earlier container %s is still in use' % (path, cid)) from None
+            os.mkdir(path, 0o755)
     except OSError as err:
         raise RequestError('cannot create the guest cgroup %s: %s' % (path, os.strerror(err.errno))) from None
     try:
