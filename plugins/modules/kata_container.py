@@ -25,6 +25,10 @@ description:
     deletes the whole sandbox. Then the poststop hooks run (a failure is a warning), the
     cgroup paths are removed and the container-to-sandbox mapping is removed.
   - A changed immutable setting fails with a message naming the fields, unless O(recreate=true).
+    A changed limit (O(memory_mb), O(cpus), O(pids_limit), or C(linux.resources) of a bundle)
+    is applied in place to the container's cgroup in the guest, without a restart.
+  - Every field of a bundle's C(config.json) is honoured, refused (the create fails naming the
+    field) or ignored with a warning naming it; the collection's C(docs/oci.md) lists them.
 version_added: 0.1.0
 author:
   - kata.runtime contributors (@kata)
@@ -120,6 +124,26 @@ options:
     description:
       - Labels for selecting containers with M(kata.runtime.kata_container_info). Updated in place.
     type: dict
+  memory_mb:
+    description:
+      - Memory limit of the container in MiB (C(memory.max) of its cgroup inside the guest); the
+        container is OOM-killed beyond it, the sandbox and its other containers keep running.
+      - Next to O(bundle), overrides C(linux.resources.memory.limit). More than the sandbox's
+        C(memory_mb) fails.
+      - A change on an existing container is applied in place (no restart).
+    type: int
+  cpus:
+    description:
+      - CPU limit of the container as a number of CPUs (V(0.5) is half a CPU), written to C(cpu.max) of its
+        cgroup inside the guest, over a 100 ms period.
+      - Next to O(bundle), overrides C(linux.resources.cpu.quota)/C(period). More than the
+        sandbox's C(vcpus) fails. A change is applied in place.
+    type: float
+  pids_limit:
+    description:
+      - Most processes (and threads) the container may have at once (C(pids.max) in the guest).
+      - Next to O(bundle), overrides C(linux.resources.pids.limit). A change is applied in place.
+    type: int
   signal:
     description:
       - Signal that stops the container (name or number).
@@ -225,6 +249,12 @@ container:
       description: The cgroup directories created for the container on the host.
       type: list
       elements: str
+    limits:
+      description:
+        - The limits of the container's cgroup inside the guest, as cgroup v2 file names and
+          values (C(memory.max), C(cpu.max), C(cpu.weight), C(cpuset.cpus), C(pids.max), ...).
+      type: dict
+      sample: {"memory.max": "67108864", "cpu.max": "50000 100000", "pids.max": "64"}
     stdout_path:
       description: Host path of the process's standard output.
       type: str

@@ -503,3 +503,17 @@ def wait_until(predicate, timeout, what, interval=0.1):
         if time.monotonic() >= deadline:
             raise AssertionError('timed out after %ss waiting for %s' % (timeout, what))
         time.sleep(interval)
+
+
+def privileged_bundle(rootfs, command):
+    """A bundle (in a new temp directory) running ``command`` in ``rootfs`` with every
+    capability: for tests whose container must do what only a privileged one can (mount,
+    sysrq). The inline form gets the default capability set, without CAP_SYS_ADMIN."""
+    from ansible_collections.kata.runtime.plugins.module_utils.kata import oci_support
+    bundle = tempfile.mkdtemp(prefix='bundle-', dir=os.path.dirname(rootfs))  # pytest's own temp tree
+    caps = list(oci_support.CAPABILITIES)
+    with open(os.path.join(bundle, 'config.json'), 'w') as f:
+        json.dump({'ociVersion': '1.0.2', 'root': {'path': rootfs},
+                   'process': {'args': list(command), 'cwd': '/', 'env': ['PATH=/usr/sbin:/usr/bin:/sbin:/bin'],
+                               'capabilities': {k: caps for k in ('bounding', 'effective', 'permitted')}}}, f)
+    return bundle

@@ -37,6 +37,7 @@ from conftest import (
     assert_clear_error,
     crash_of,
     libvirt_problem,
+    privileged_bundle,
     residue,
     side,
     virsh,
@@ -879,10 +880,11 @@ def test_agent_stops_answering_frozen_guest_and_kernel_panic(make_env, busybox_r
         if _alive(frozen['pid']):
             os.kill(frozen['pid'], signal.SIGCONT)
 
-    # panic: a container (root in the guest) crashes the guest kernel through sysrq
+    # panic: a privileged container (root in the guest, every capability) crashes the guest
+    # kernel through sysrq
     run = env.playbook([{'name': 'boom', 'kata.runtime.kata_container': {
-        'name': 'pn-boom', 'sandbox': 'pn', 'rootfs': busybox_rootfs,
-        'command': ['sh', '-c', 'mount -t proc proc /proc && sleep 2 && echo c > /proc/sysrq-trigger']}}])
+        'name': 'pn-boom', 'sandbox': 'pn', 'bundle': privileged_bundle(
+            busybox_rootfs, ['sh', '-c', 'mount -t proc proc /proc && sleep 2 && echo c > /proc/sysrq-trigger'])}}])
     run.ok('boom')
     domain = env.domain_prefix + 'pn'
     wait_until(lambda: 'running' not in vm_as_virsh_says(domain), 60, 'the panicked guest to end')

@@ -31,7 +31,7 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.config import lo
 from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import agent as guest_agent
 from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import image
 from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import Runtime
-from conftest import virsh
+from conftest import privileged_bundle, virsh
 
 READ_ORDER = ('mkdir -p /tmp/sys && mount -t sysfs sysfs /tmp/sys && '
               'cat /tmp/sys/module/page_reporting/parameters/page_reporting_order')
@@ -78,7 +78,8 @@ def resident_boot_files(pid, rec):
 
 
 def run(rt, cid, script, busybox_rootfs):
-    settings = ctr.settings_from({'rootfs': busybox_rootfs, 'command': ['/bin/sh', '-c', script]})
+    # mounting sysfs needs CAP_SYS_ADMIN, which the inline form's default set leaves out
+    settings = ctr.settings_from({'bundle': privileged_bundle(busybox_rootfs, ['/bin/sh', '-c', script])})
     ctr.create(rt, 'lean', cid, settings)
     ctr.start(rt, cid)
     done = ctr.wait_for(rt, cid, 120)

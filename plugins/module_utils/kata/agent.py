@@ -644,6 +644,18 @@ def _post_clone(result, params):
     return {'seeded': seeded, 'clock_set': clock_set, 'mounted': list(mounted)}
 
 
+_CGROUP_VALUE_RE = re.compile(r'^[0-9a-z ,-]{0,64}$')
+_CGROUP_KEY_RE = re.compile(r'^[a-z_]{1,16}(\.[a-z_]{1,16}){1,2}$')
+
+
+def _is_cgroup(value):
+    """What a container's cgroup holds (guest/agent.py cgroup_read): a small flat object of
+    cgroup file names and their plain values."""
+    return (isinstance(value, dict) and len(value) <= 32
+            and all(isinstance(k, str) and _CGROUP_KEY_RE.match(k) and isinstance(v, str)
+                    and _CGROUP_VALUE_RE.match(v) for k, v in value.items()))
+
+
 _ID_FIELD = ('id', _is_id, 'a container ID')
 _SIGNAL_FIELD = ('signal', lambda v: _is_int(v, 0, 64), 'a signal number')
 
@@ -662,4 +674,6 @@ _RESULTS = {
     'kill_all': _fields(_SIGNAL_FIELD, ('count', lambda v: _is_int(v, 0), 'a count')),
     'shutdown': _fields(('poweroff', lambda v: isinstance(v, bool), 'a boolean')),
     'post_clone': _post_clone,
+    'update_container': _fields(_ID_FIELD, ('cgroup', _is_cgroup, 'an object of cgroup files')),
+    'container_stats': _fields(_ID_FIELD, ('cgroup', _is_cgroup, 'an object of cgroup files')),
 }

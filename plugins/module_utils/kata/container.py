@@ -14,6 +14,7 @@ import signal as signals
 import time
 
 from ansible_collections.kata.runtime.plugins.module_utils.kata import hooks as oci_hooks
+from ansible_collections.kata.runtime.plugins.module_utils.kata import limits as guest
 from ansible_collections.kata.runtime.plugins.module_utils.kata import oci, share
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
     AgentError,
@@ -73,7 +74,7 @@ def settings_from(opts):
     readonly = bool(spec['root'].get('readonly'))
     if opts.get('readonly_rootfs') is not None:
         readonly = bool(opts['readonly_rootfs'])  # next to a bundle, the option overrides
-    return {
+    out = {
         'bundle': bundle,
         'rootfs': os.path.realpath(rootfs),
         'readonly_rootfs': readonly,
@@ -87,6 +88,8 @@ def settings_from(opts):
         'labels': dict(labels),
         'type': oci.container_type(annotations),
     }
+    out.update(guest.guest_settings(spec, opts))  # refuses what the guest cannot honour
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,6 +169,7 @@ def info(rt, rec, vm=None, live=None, observed=True, agent_error=None):
         'labels': rec.labels or {},
         'cgroups_path': rec.cgroups_path or '',
         'cgroups_paths': rec.cgroups_paths or [],
+        'limits': dict(rec.limits or {}),
         'stdout_path': stdout_path,
         'stderr_path': stderr_path,
         'created_at': rec.created_at,
@@ -188,7 +192,7 @@ def sandbox_as_container(rt, srec, vm):
         'bundle': None, 'rootfs': None, 'args': None,
         'annotations': srec.annotations or {}, 'labels': srec.labels or {},
         'cgroups_path': srec.cgroups_path or '', 'cgroups_paths': srec.cgroups_paths or [],
-        'stdout_path': None, 'stderr_path': None, 'created_at': srec.created_at,
+        'limits': {}, 'stdout_path': None, 'stderr_path': None, 'created_at': srec.created_at,
         'started_at': srec.created_at, 'finished_at': None,
     }
 
@@ -262,6 +266,7 @@ def check_create(rt, sid, cid, settings, replacing=False):
                               'kata.runtime.kata_sandbox' % cid)
     rt.cgroups.resolve(settings['cgroups_path'], cid)
     srec = _sandbox_running(rt, sid)
+    guest.check_fits(settings, srec)
     owner = rt.store.get_mapping(cid)
     if owner is not None and not (replacing and owner == sid):
         raise Conflict('ID %s is already used in sandbox %s' % (cid, owner))
@@ -293,7 +298,7 @@ def create(rt, sid, cid, settings, trace=None):
             uid, gid = (int(x) for x in rec.user.split(':'))
             asked_guest = True
             params = dict(id=cid, args=rec.args, env=rec.env, cwd=rec.cwd, uid=uid, gid=gid,
-                          hostname=cid[:63], readonly=bool(rec.readonly_rootfs))
+                          readonly=bool(rec.readonly_rootfs), **guest.agent_params(rec))
             with rt.agent(sid) as client:
                 try:
                     client.call('create_container', **params)
@@ -306,6 +311,8 @@ def create(rt, sid, cid, settings, trace=None):
                     _drop_stale_in_guest(rt, sid, cid, trace)
                     client.call('create_container', **params)
             trace.step('created container %s in the guest' % cid)
+            for warning in rec.oci_warnings:
+                trace.warn('container %s: %s' % (cid, warning))
             _run_hooks(rt, rec, 'createContainer', ContainerStatus.CREATED, trace)
             rec.status = ContainerStatus.CREATED
             rt.store.save_container(rec)

@@ -8,7 +8,7 @@ The options are ``options.CONTAINER_OPTIONS``; the compare step is ``StateManage
 from __future__ import annotations
 
 from ansible_collections.kata.runtime.plugins.module_utils.kata import container as ctr
-from ansible_collections.kata.runtime.plugins.module_utils.kata import options
+from ansible_collections.kata.runtime.plugins.module_utils.kata import limits, options
 from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
 from ansible_collections.kata.runtime.plugins.module_utils.kata.common import StateManager
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
@@ -20,7 +20,7 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.ids import valid
 
 OPTIONS = options.CONTAINER_OPTIONS
 # Every setting a container record holds (what a request by name alone takes from it).
-SETTING_KEYS = OPTIONS.keys(options.IMMUTABLE) + OPTIONS.keys(options.MUTABLE)
+SETTING_KEYS = OPTIONS.keys(options.IMMUTABLE) + OPTIONS.keys(options.MUTABLE) + limits.GUEST_KEYS
 
 
 class ContainerManager(StateManager):
@@ -100,6 +100,8 @@ class ContainerManager(StateManager):
                 settings['labels'] = opts['labels']
         else:
             settings = ctr.settings_from(opts)
+        if rec is not None and not opts['bundle']:
+            settings = limits.keep_recorded(settings, rec, self.p)
         want = self.p['state']
         status = cur['status'] if cur else 'absent'
         replacing = False
@@ -107,6 +109,8 @@ class ContainerManager(StateManager):
             # With a bundle its whole config.json is the request; inline, only what is given.
             given = None if self.p['bundle'] else OPTIONS.given(self.p)
             diffs, immutable = self.compare('container', self.cid, OPTIONS, rec, settings, given=given)
+            if opts['bundle']:
+                immutable = list(immutable) + self.compare_guest(rec, settings)
             if immutable or (want == 'running' and status == 'stopped'):
                 why = 'its settings changed' if immutable else 'it has stopped'
                 if status == 'running' and not self.p['force']:
@@ -117,8 +121,10 @@ class ContainerManager(StateManager):
                 self.act('delete container %s to recreate it (%s)' % (self.cid, why), ctr.delete, self.rt,
                          self.cid, force=True)
                 status = 'absent'
-            elif 'labels' in diffs.names():
-                self.act('update labels of container %s' % self.cid, self.update_labels, sid, settings['labels'])
+            else:
+                if 'labels' in diffs.names():
+                    self.act('update labels of container %s' % self.cid, self.update_labels, sid, settings['labels'])
+                self.update_limits(sid, rec, settings, status)
         self.diff['after']['status'] = want
         if status == 'absent':
             sandbox = self.p['sandbox'] or sid
@@ -141,6 +147,32 @@ class ContainerManager(StateManager):
         elif want == 'created' and status == 'running':
             raise Conflict('container %s is running: it cannot go back to created (use recreate or state=stopped)'
                            % self.cid)
+
+    def compare_guest(self, rec, settings):
+        """A bundle's hostname, domainname or process settings changed: like an immutable
+        option, they need recreate (named, with before and after in --diff)."""
+        changed = limits.immutable_changes(rec, settings)
+        for key in changed:
+            self.diff['before'][key] = getattr(rec, key)
+            self.diff['after'][key] = settings.get(key)
+        if changed and not self.p['recreate']:
+            raise InvalidArgument('container %s exists with different %s (from the bundle\'s config.json); set '
+                                  'recreate=true to delete and create it again' % (self.cid, ', '.join(changed)))
+        return changed
+
+    def update_limits(self, sid, rec, settings, status):
+        """A changed limit is applied in place: the cgroup in the guest, then the record."""
+        writes = limits.changes(rec, settings)
+        options_changed = any(getattr(rec, k) != settings.get(k) for k in limits.LIMIT_OPTIONS)
+        if not writes and not options_changed:
+            return
+        limits.check_fits(settings, self.rt.store.load_sandbox(sid) or {})
+        if writes:
+            self.diff['before']['limits'] = dict(rec.limits)
+            self.diff['after']['limits'] = dict(settings.get('limits') or {})
+        live = status in ('created', 'running')
+        self.act('update limits of container %s%s' % (self.cid, ' in place' if live and writes else ''),
+                 limits.update, self.rt, sid, self.cid, settings, live and bool(writes))
 
     def update_labels(self, sid, labels, trace):
         with self.rt.store.lock(sid, owner='update container %s' % self.cid):

@@ -166,6 +166,10 @@ def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _is_bool(value):
     return isinstance(value, bool)
 
@@ -192,6 +196,7 @@ def _optional(check):
 _is_str.what = 'a string'
 _is_int.what = 'an integer'
 _is_bool.what = 'true or false'
+_is_number.what = 'a number'
 _is_str_dict.what = 'an object of strings'
 _is_str_list.what = 'a list of strings'
 _is_dict.what = 'an object'
@@ -345,6 +350,18 @@ class ContainerRecord(_Record):
     started_at: Optional[str] = dataclasses.field(default=None, metadata=_m(_optional(_is_str)))
     finished_at: Optional[str] = dataclasses.field(default=None, metadata=_m(_optional(_is_str)))
     poststop_done: bool = dataclasses.field(default=False, metadata=_m(_is_bool))
+    # in the guest (limits.py, oci_support.py): UTS names (hostname null: the container ID),
+    # process settings (capabilities, rlimits, no_new_privileges, ...), the cgroup v2 files of
+    # its limits, what the OCI config asked that is ignored; absent in older records: none
+    hostname: Optional[str] = dataclasses.field(default=None, metadata=_m(_optional(_is_str)))
+    domainname: Optional[str] = dataclasses.field(default=None, metadata=_m(_optional(_is_str)))
+    process: Optional[Dict[str, Any]] = dataclasses.field(default=None, metadata=_m(_optional(_is_dict)))
+    limits: Dict[str, str] = dataclasses.field(default_factory=dict, metadata=_m(_is_str_dict))
+    oci_warnings: List[str] = dataclasses.field(default_factory=list, metadata=_m(_is_str_list))
+    # the inline limit options as given (kata_container memory_mb, cpus, pids_limit)
+    memory_mb: Optional[int] = dataclasses.field(default=None, metadata=_m(_optional(_is_int)))
+    cpus: Optional[float] = dataclasses.field(default=None, metadata=_m(_optional(_is_number)))
+    pids_limit: Optional[int] = dataclasses.field(default=None, metadata=_m(_optional(_is_int)))
 
     @classmethod
     def by_name(cls, sandbox, cid):

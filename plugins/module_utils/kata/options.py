@@ -241,6 +241,10 @@ CONTAINER_OPTIONS = OptionTable(
     CGROUPS_PATH,
     LABELS,
     Option('annotations', IMMUTABLE, dict(type='dict'), str_dict=True),
+    # limits inside the guest: a change is applied in place (limits.update)
+    Option('memory_mb', MUTABLE, dict(type='int')),
+    Option('cpus', MUTABLE, dict(type='float')),
+    Option('pids_limit', MUTABLE, dict(type='int')),
     Option('signal', CONTROL, dict(type='str', default='SIGTERM')),
     Option('stop_timeout', CONTROL, dict(type='int', default=10)),
     RECREATE,

@@ -14,6 +14,8 @@ does nothing on import. Host-side test modes:
   --connect PATH    connect to a unix socket and reconnect whenever it drops
   --device PATH     a character device (virtio-serial semantics) or a unix socket
   --no-poweroff     ``shutdown`` exits the agent instead of powering the machine off
+  --cgroup-root DIR where containers' cgroups go (default: /sys/fs/cgroup as PID 1 of a
+                    guest, none otherwise: a host test never touches the host's cgroups)
 """
 
 from __future__ import annotations
@@ -57,6 +59,10 @@ USER_NET_ADDRESS = '10.0.2.15/24'
 USER_NET_GATEWAY = '10.0.2.2'
 USER_NET_DNS = '10.0.2.3'
 NET_RESOLV_CONF = '/run/kata-containers/resolv.conf'
+CGROUP_PARENT = 'kata'
+CGROUP_CONTROLLERS = ('cpu', 'cpuset', 'memory', 'pids')
+LIMIT_FILES = ('cpuset.cpus', 'cpuset.mems', 'cpu.weight', 'cpu.max', 'cpu.max.burst', 'cpu.idle',
+               'memory.low', 'memory.max', 'memory.swap.max', 'pids.max')
 # -- end of the copy ---------------------------------------------------------------------------
 
 RUN_DIR = '/run/kata-agent'
@@ -595,10 +601,218 @@ def wait_busybox(pid, args):
         raise RequestError('busybox %s failed with exit code %s' % (' '.join(args), code))
 
 
+# ---------------------------------------------------------------------------------------------
+# Limits: each container's cgroup in the guest (cgroup v2, mounted by /init at CGROUP_ROOT)
+# ---------------------------------------------------------------------------------------------
+
+CGROUP_ROOT = '/sys/fs/cgroup'
+LIMIT_VALUE_RE = re.compile(r'^[0-9a-z ,-]{0,64}$')
+# cpuset first (a cgroup without CPUs refuses tasks), memory.max before memory.swap.max.
+LIMIT_ORDER = ('cpuset.cpus', 'cpuset.mems', 'cpu.weight', 'cpu.max', 'cpu.max.burst', 'cpu.idle',
+               'memory.low', 'memory.max', 'memory.swap.max', 'pids.max')
+STAT_FILES = ('memory.current', 'memory.peak', 'pids.current')
+STAT_KEYED = (('cpu.stat', ('usage_usec', 'user_usec', 'system_usec', 'nr_throttled', 'throttled_usec')),
+              ('memory.events', ('oom', 'oom_kill')))
+# exec_init's process settings: the extra argument it parses (see exec_init_extra)
+MAX_CAP = 63
+RLIMIT_MAX = 15
+NAME_RE = re.compile(r'^[A-Za-z0-9.-]{1,64}$')
+
+
+def parse_limits(value, what='limits'):
+    """``{cgroup file: value}``: only LIMIT_FILES, short plain values (no path, no newline)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise RequestError('%s must be an object of cgroup files, got %r' % (what, value))
+    for key, val in value.items():
+        if key not in LIMIT_FILES:
+            raise RequestError('%s: %r is not a limit file (allowed: %s)' % (what, key, ', '.join(LIMIT_FILES)))
+        if not isinstance(val, str) or not LIMIT_VALUE_RE.match(val):
+            raise RequestError('%s: invalid value %r for %s' % (what, val, key))
+    return dict(value)
+
+
+def _write_file(path, value):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    try:
+        os.write(fd, (value or '\n').encode('ascii'))
+    finally:
+        os.close(fd)
+
+
+def cgroup_enable(root):
+    """Make <root>/CGROUP_PARENT with the controllers enabled for its children; return it.
+    A controller the kernel lacks is left out (a limit that needs it then fails, naming it)."""
+    try:
+        with open(os.path.join(root, 'cgroup.controllers')) as fh:
+            available = set(fh.read().split())
+    except OSError:
+        available = set(CGROUP_CONTROLLERS)  # not cgroupfs (host test modes): plain files
+    wanted = [c for c in CGROUP_CONTROLLERS if c in available]
+    parent = os.path.join(root, CGROUP_PARENT)
+    for path in (root, parent):
+        if path == parent:
+            try:
+                os.mkdir(parent, 0o755)
+            except FileExistsError:
+                pass
+        for name in wanted:
+            try:
+                _write_file(os.path.join(path, 'cgroup.subtree_control'), '+' + name)
+            except OSError as err:
+                log('cannot enable the %s controller in %s: %s' % (name, path, err))
+    return parent
+
+
+def cgroup_write(path, limits):
+    """Write limit files into the cgroup at ``path`` (LIMIT_ORDER); RequestError naming a file
+    that cannot be written."""
+    for name in LIMIT_ORDER:
+        if name not in limits:
+            continue
+        try:
+            _write_file(os.path.join(path, name), limits[name])
+        except OSError as err:
+            raise RequestError('cannot set %s to %r in the guest cgroup %s: %s'
+                               % (name, limits[name], path, os.strerror(err.errno))) from None
+
+
+def cgroup_create(root, cid, limits):
+    """The container's own cgroup, limits written; its path (the container joins it first)."""
+    path = os.path.join(cgroup_enable(root), cid)
+    try:
+        try:
+            os.mkdir(path, 0o755)
+        except FileExistsError:
+            # left by an earlier container of this ID: a fresh one, so none of its limits stays
+            if not cgroup_remove(path, tries=10):
+                raise RequestError('the guest cgroup %s of an earlier container %s is still in use' % (path, cid)) from None
+            os.mkdir(path, 0o755)
+    except OSError as err:
+        raise RequestError('cannot create the guest cgroup %s: %s' % (path, os.strerror(err.errno))) from None
+    try:
+        cgroup_write(path, limits)
+    except RequestError:
+        cgroup_remove(path)
+        raise
+    return path
+
+
+def cgroup_remove(path, tries=20):
+    """Remove a container's cgroup once its processes are gone (EBUSY while they exit)."""
+    for _n in range(tries):
+        try:
+            os.rmdir(path)
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError as err:
+            if err.errno == errno.ENOTEMPTY and not os.path.exists(os.path.join(path, 'cgroup.controllers')):
+                # host test modes (plain directory): the files written there
+                for name in os.listdir(path):
+                    os.unlink(os.path.join(path, name))
+                continue
+            if err.errno != errno.EBUSY:
+                log('cannot remove cgroup %s: %s' % (path, err))
+                return False
+        time.sleep(0.05)
+    log('cgroup %s still busy; left in place' % path)
+    return False
+
+
+def cgroup_read(path):
+    """The limit and usage files of a cgroup as a flat {name: value} (strings; a missing
+    file is left out)."""
+    out = {}
+    for name in LIMIT_FILES + STAT_FILES:
+        try:
+            with open(os.path.join(path, name)) as fh:
+                out[name] = fh.read(256).strip()
+        except OSError:
+            pass
+    for name, keys in STAT_KEYED:
+        try:
+            with open(os.path.join(path, name)) as fh:
+                for line in fh.read(4096).splitlines():
+                    key, _sep, value = line.partition(' ')
+                    if key in keys:
+                        out['%s.%s' % (name, key)] = value.strip()
+        except OSError:
+            pass
+    return out
+
+
+def parse_process(value):
+    """The process settings exec_init applies (see exec_init_extra); RequestError if bad."""
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise RequestError('process must be an object, got %r' % (value,))
+    out = {'no_new_privileges': value.get('no_new_privileges', False), 'capabilities': value.get('capabilities'),
+           'rlimits': value.get('rlimits') or [], 'umask': value.get('umask'),
+           'additional_gids': value.get('additional_gids') or [], 'oom_score_adj': value.get('oom_score_adj'),
+           'domainname': value.get('domainname')}
+    if not isinstance(out['no_new_privileges'], bool):
+        raise RequestError('process.no_new_privileges must be true or false')
+    caps = out['capabilities']
+    if caps is not None:
+        sets = ('ambient', 'bounding', 'effective', 'inheritable', 'permitted')
+        if not isinstance(caps, dict) or sorted(caps) != list(sets):
+            raise RequestError('process.capabilities must hold the five sets as bit masks')
+        for key, mask in caps.items():
+            if isinstance(mask, bool) or not isinstance(mask, int) or not 0 <= mask < 2 ** (MAX_CAP + 1):
+                raise RequestError('process.capabilities.%s must be a bit mask, got %r' % (key, mask))
+    if not isinstance(out['rlimits'], list) or len(out['rlimits']) > RLIMIT_MAX + 1:
+        raise RequestError('process.rlimits must be a list of [resource, soft, hard]')
+    for item in out['rlimits']:
+        if (not isinstance(item, list) or len(item) != 3 or any(isinstance(v, bool) or not isinstance(v, int) for v in item)
+                or not 0 <= item[0] <= RLIMIT_MAX or not all(-1 <= v < 2 ** 63 for v in item[1:])):
+            raise RequestError('process.rlimits: invalid entry %r' % (item,))
+    for key, low, high in (('umask', 0, 0o777), ('oom_score_adj', -1000, 1000)):
+        val = out[key]
+        if val is not None and (isinstance(val, bool) or not isinstance(val, int) or not low <= val <= high):
+            raise RequestError('process.%s must be an integer from %d to %d, got %r' % (key, low, high, val))
+    gids = out['additional_gids']
+    if not isinstance(gids, list) or len(gids) > 64 or any(
+            isinstance(g, bool) or not isinstance(g, int) or not 0 <= g < 2 ** 32 - 1 for g in gids):
+        raise RequestError('process.additional_gids must be a list of at most 64 gids')
+    name = out['domainname']
+    if name is not None and (not isinstance(name, str) or not NAME_RE.match(name)):
+        raise RequestError('invalid domainname %r' % (name,))
+    return out
+
+
+def exec_init_extra(process, cgroup):
+    """exec_init's settings argument: ``key=value`` pairs joined by ``;`` (every value is a
+    number, a list of numbers, or a name checked by parse_process / an agent-made path)."""
+    items = []
+    if cgroup:
+        items.append('cg=' + cgroup)
+    if process.get('domainname'):
+        items.append('dn=' + process['domainname'])
+    if process.get('oom_score_adj') is not None:
+        items.append('oom=%d' % process['oom_score_adj'])
+    if process.get('rlimits'):
+        items.append('rl=' + ','.join('%d:%d:%d' % tuple(r) for r in process['rlimits']))
+    if process.get('additional_gids'):
+        items.append('gids=' + ','.join(str(g) for g in process['additional_gids']))
+    caps = process.get('capabilities')
+    if caps is not None:
+        items.append('caps=' + ','.join('%x' % caps[k] for k in ('bounding', 'effective', 'permitted',
+                                                                 'inheritable', 'ambient')))
+    if process.get('umask') is not None:
+        items.append('umask=%d' % process['umask'])
+    if process.get('no_new_privileges'):
+        items.append('nnp=1')
+    return ';'.join(items)
+
+
 class Agent:
     def __init__(self, transport, shared_dir=SHARED_MOUNT, poweroff=True, busybox=None,
-                 run_dir=RUN_DIR, output_dir=OUTPUT_MOUNT):
+                 run_dir=RUN_DIR, output_dir=OUTPUT_MOUNT, cgroup_root=''):
         self.transport = transport
+        self.cgroup_root = cgroup_root
         self.run_dir = run_dir
         self._seq = 0
         self.shared_dir = shared_dir
@@ -921,11 +1135,25 @@ class Agent:
             if not isinstance(path, str) or not path.startswith('/'):
                 raise RequestError('%s must be an absolute guest path, got %r' % (key, path))
             streams[key] = path
+        process = parse_process(params.get('process'))
+        limits = parse_limits(params.get('limits'))
         spec = {
             'id': cid, 'rootfs': rootfs, 'rootfs_mode': mode, 'args': args, 'env': env, 'cwd': cwd,
             'uid': _int_param(params, 'uid', 0), 'gid': _int_param(params, 'gid', 0),
             'hostname': hostname, 'stdout': streams['stdout'], 'stderr': streams['stderr'],
+            'process': process,
         }
+        # Its own cgroup, limits written, before anything of it runs: exec_init joins it first.
+        # (No cgroup root: the host test modes, where no limit can be asked for.)
+        if limits and not self.cgroup_root:
+            raise RequestError('container %s: limits asked for, but this agent has no cgroup root' % cid)
+        try:
+            spec['cgroup'] = cgroup_create(self.cgroup_root, cid, limits) if self.cgroup_root else ''
+        except RequestError as err:
+            if limits:
+                raise
+            log('container %s runs without a cgroup of its own: %s' % (cid, err))
+            spec['cgroup'] = ''
         ctr = Container(spec)
         self.containers[cid] = ctr
         log('created container %s' % cid)
@@ -1157,12 +1385,30 @@ class Agent:
             raise RequestError('container %s is still running (pid %s): stop it before removing'
                                % (cid, ctr.pid))
         del self.containers[cid]
+        if ctr.spec.get('cgroup'):
+            cgroup_remove(ctr.spec['cgroup'])
         if ctr.scratch:
             try:
                 os.rmdir(ctr.scratch)
             except OSError:
                 pass
         return {'id': cid, 'removed': True}
+
+    def m_update_container(self, params):
+        """Write new limits into a container's cgroup, in place (no restart); returns what
+        its cgroup holds afterwards."""
+        ctr = self._get(params)
+        limits = parse_limits(params.get('limits'))
+        if not ctr.spec.get('cgroup'):
+            raise RequestError('container %s has no cgroup in the guest' % ctr.id)
+        cgroup_write(ctr.spec['cgroup'], limits)
+        log('updated limits of container %s: %s' % (ctr.id, ', '.join(sorted(limits))))
+        return {'id': ctr.id, 'cgroup': cgroup_read(ctr.spec['cgroup'])}
+
+    def m_container_stats(self, params):
+        """A container's cgroup in the guest: its limits and usage (cpu.stat, memory, pids)."""
+        ctr = self._get(params)
+        return {'id': ctr.id, 'cgroup': cgroup_read(ctr.spec['cgroup']) if ctr.spec.get('cgroup') else {}}
 
     def m_list_containers(self, params):
         self.reap()
@@ -1263,9 +1509,10 @@ EXEC_INIT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'exec_
 
 def exec_init_argv(python, spec, fifo, busybox, scratch='', resolv=''):
     """The command line that turns into the container process after ``busybox unshare``."""
+    extra = exec_init_extra(spec.get('process') or {}, spec.get('cgroup'))
     return ([python, '-I', '-S', EXEC_INIT_PATH, fifo, busybox, spec['rootfs'],
              spec.get('rootfs_mode', 'plain'), scratch, resolv, spec['hostname'] or '', spec['cwd'], str(spec['uid']), str(spec['gid']),
-             DEFAULT_PATH, str(len(spec['env']))] + list(spec['env']) + list(spec['args']))
+             DEFAULT_PATH, extra, str(len(spec['env']))] + list(spec['env']) + list(spec['args']))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1273,10 +1520,11 @@ def exec_init_argv(python, spec, fifo, busybox, scratch='', resolv=''):
 
 def parse_args(argv):
     opts = {'listen': None, 'connect': None, 'device': None, 'poweroff': True,
-            'shared_dir': SHARED_MOUNT, 'run_dir': RUN_DIR, 'output_dir': OUTPUT_MOUNT}
+            'shared_dir': SHARED_MOUNT, 'run_dir': RUN_DIR, 'output_dir': OUTPUT_MOUNT,
+            'cgroup_root': None}
     it = iter(argv)
     for arg in it:
-        if arg in ('--listen', '--connect', '--device', '--shared-dir', '--run-dir', '--output-dir'):
+        if arg in ('--listen', '--connect', '--device', '--shared-dir', '--run-dir', '--output-dir', '--cgroup-root'):
             try:
                 opts[arg[2:].replace('-', '_')] = next(it)
             except StopIteration:
@@ -1298,7 +1546,9 @@ def main(argv=None):
         device = opts['device'] or os.environ.get('KATA_AGENT_DEVICE') or wait_for_virtio_port()
         transport = transport_for(device)
     agent = Agent(transport, shared_dir=opts['shared_dir'], poweroff=opts['poweroff'],
-                  run_dir=opts['run_dir'], output_dir=opts['output_dir'])
+                  run_dir=opts['run_dir'], output_dir=opts['output_dir'],
+                  # the guest's cgroupfs only as PID 1 of a guest, never a host's
+                  cgroup_root=CGROUP_ROOT if opts['cgroup_root'] is None and os.getpid() == 1 else opts['cgroup_root'] or '')
     if os.getpid() == 1:  # the guest's network is the guest's alone: never in the host test modes
         try:
             with open('/proc/cmdline') as f:

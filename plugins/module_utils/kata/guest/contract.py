@@ -75,9 +75,16 @@ USER_NET_ADDRESS = '10.0.2.15/24'
 USER_NET_GATEWAY = '10.0.2.2'
 USER_NET_DNS = '10.0.2.3'
 NET_RESOLV_CONF = '/run/kata-containers/resolv.conf'
+# Each container's cgroup in the guest (cgroup v2, mounted by /init): <root>/<CGROUP_PARENT>/<cid>,
+# with the memory, cpu, cpuset and pids controllers enabled; the files a limit may set there.
+CGROUP_PARENT = 'kata'
+CGROUP_CONTROLLERS = ('cpu', 'cpuset', 'memory', 'pids')
+LIMIT_FILES = ('cpuset.cpus', 'cpuset.mems', 'cpu.weight', 'cpu.max', 'cpu.max.burst', 'cpu.idle',
+               'memory.low', 'memory.max', 'memory.swap.max', 'pids.max')
 
 # The names guest/agent.py copies (the test compares each one with the value above).
 GUEST_NAMES = ('AGENT_PORT_NAME', 'PROTOCOL', 'MAX_LINE', 'NINEP_OPTIONS', 'SHARED_TAG', 'SHARED_MOUNT',
                'SHARED_OPTIONS', 'OUTPUT_TAG', 'OUTPUT_MOUNT', 'OUTPUT_OPTIONS', 'TEMPLATE_FLAG', 'DEFAULT_PATH',
                'NET_PARAM', 'NET_STATIC_USER', 'NET_DHCP', 'NET_IFACE', 'USER_NET_ADDRESS', 'USER_NET_GATEWAY',
-               'USER_NET_DNS', 'NET_RESOLV_CONF')
+               'USER_NET_DNS', 'NET_RESOLV_CONF',
+               'CGROUP_PARENT', 'CGROUP_CONTROLLERS', 'LIMIT_FILES')

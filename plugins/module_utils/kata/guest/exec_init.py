@@ -14,21 +14,47 @@ next to the agent (``/opt/kata/exec_init.py`` in the initrd) and, like it, impor
 the collection and does nothing on import.
 
 ARGS (``exec_init_argv`` in guest/agent.py writes them): fifo busybox rootfs mode scratch
-resolv hostname cwd uid gid default_path N env[N] args..., where mode is plain, readonly or
-overlay (scratch: the directory the overlay's writable layer is mounted at), resolv is the
-guest file bound at the rootfs' /etc/resolv.conf ('' for none) and default_path is the PATH
-used when env sets none.
+resolv hostname cwd uid gid default_path extra N env[N] args..., where mode is plain, readonly
+or overlay (scratch: the directory the overlay's writable layer is mounted at), resolv is the
+guest file bound at the rootfs' /etc/resolv.conf ('' for none), default_path is the PATH used
+when env sets none and extra holds ``key=value`` settings joined by ``;``
+(``exec_init_extra`` in guest/agent.py): cg (the cgroup to join, first of all), dn
+(domainname), oom (oom_score_adj), rl (rlimits ``res:soft:hard,...``), gids (additional
+groups), caps (bounding,effective,permitted,inheritable,ambient as hex masks), umask, nnp.
+
+Capabilities and no_new_privs need prctl and capset, so ``ctypes`` (and ``resource`` for the
+rlimits) is imported, before the chroot, only when a container asks for them. The order is
+runc's: join the cgroup, rlimits (still privileged), drop the bounding set, keep the
+permitted set over setuid, set effective/permitted/inheritable, raise ambient, umask,
+no_new_privs, exec.
 """
 
 # No ``from __future__ import annotations`` here: it would load __future__ at every container start.
 import os
 import sys
 
+# <linux/prctl.h>, <linux/capability.h>
+PR_SET_KEEPCAPS = 8
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+def parse_extra(extra):
+    out = {}
+    for item in extra.split(';') if extra else ():
+        key, _sep, value = item.partition('=')
+        out[key] = value
+    return out
+
 
 def main(argv):
-    fifo, busybox, rootfs, mode, scratch, resolv, hostname, cwd, uid, gid, default_path, nenv = argv[:12]
-    env = argv[12:12 + int(nenv)]
-    args = argv[12 + int(nenv):]
+    fifo, busybox, rootfs, mode, scratch, resolv, hostname, cwd, uid, gid, default_path, extra, nenv = argv[:13]
+    env = argv[13:13 + int(nenv)]
+    args = argv[13 + int(nenv):]
+    extra = parse_extra(extra)
     try:
         fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         os.set_blocking(fd, True)
@@ -54,6 +80,33 @@ def main(argv):
                 os._exit(127)
         return os.waitpid(pid, 0)[1] == 0
 
+    if extra.get('cg'):
+        # Into the container's own cgroup (its limits are written) before anything else runs:
+        # "0" moves the writer itself, and every process it starts is born in there.
+        try:
+            with open(extra['cg'] + '/cgroup.procs', 'w') as fh:
+                fh.write('0')
+        except OSError as err:
+            fail(1, 'cannot join cgroup %s: %s' % (extra['cg'], err.strerror))
+    if extra.get('oom'):
+        try:
+            with open('/proc/self/oom_score_adj', 'w') as fh:
+                fh.write(extra['oom'])
+        except OSError as err:
+            fail(1, 'cannot set oom_score_adj %s: %s' % (extra['oom'], err.strerror))
+    libc = None
+    last_cap = -1
+    if 'caps' in extra or 'nnp' in extra:
+        # here, before the chroot: the container's rootfs has no Python library
+        import ctypes
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            with open('/proc/sys/kernel/cap_last_cap') as fh:
+                last_cap = int(fh.read())
+        except (OSError, ValueError) as err:
+            fail(1, 'cannot prepare to set capabilities: %s' % err)
+    if 'rl' in extra:
+        import resource
     # The mounts below live in this new mount namespace only: they vanish with the container.
     try:
         if mode == 'overlay':
@@ -108,6 +161,9 @@ def main(argv):
         if hostname:
             with open('/proc/sys/kernel/hostname', 'w') as fh:
                 fh.write(hostname)
+        if extra.get('dn'):
+            with open('/proc/sys/kernel/domainname', 'w') as fh:
+                fh.write(extra['dn'])
         os.chroot(rootfs)
         os.chdir('/')
     except OSError as err:
@@ -130,12 +186,47 @@ def main(argv):
                 break
         else:
             fail(127, 'exec %s: executable file not found in $PATH' % args[0])
+    if 'rl' in extra:
+        for item in extra['rl'].split(','):
+            res, soft, hard = (int(v) for v in item.split(':'))
+            try:
+                resource.setrlimit(res, (soft, hard))
+            except (OSError, ValueError) as err:
+                fail(1, 'cannot set rlimit %d to %d/%d: %s' % (res, soft, hard, err))
+    caps = [int(v, 16) for v in extra['caps'].split(',')] if 'caps' in extra else None
+
+    def prctl(what, *values):
+        words = [ctypes.c_ulong(v) for v in list(values) + [0] * (4 - len(values))]
+        if libc.prctl(ctypes.c_int(what), *words) != 0:
+            fail(1, 'prctl %d%r failed: %s' % (what, values, os.strerror(ctypes.get_errno())))
+
+    if caps is not None:
+        for cap in range(last_cap + 1):
+            if not caps[0] >> cap & 1:
+                prctl(PR_CAPBSET_DROP, cap)
+        prctl(PR_SET_KEEPCAPS, 1)  # the permitted set outlives setuid; capset sets it below
     try:
-        os.setgroups([])
+        os.setgroups([int(g) for g in extra['gids'].split(',')] if extra.get('gids') else [])
         os.setgid(int(gid))
         os.setuid(int(uid))
     except OSError as err:
         fail(1, 'cannot switch to uid %s gid %s: %s' % (uid, gid, err.strerror))
+    if caps is not None:
+        prctl(PR_SET_KEEPCAPS, 0)
+        header = (ctypes.c_uint32 * 2)(LINUX_CAPABILITY_VERSION_3, 0)
+        data = (ctypes.c_uint32 * 6)()
+        for index, mask in enumerate((caps[1], caps[2], caps[3])):  # effective, permitted, inheritable
+            data[index] = mask & 0xffffffff
+            data[index + 3] = mask >> 32
+        if libc.capset(header, data) != 0:
+            fail(1, 'cannot set capabilities (capset): %s' % os.strerror(ctypes.get_errno()))
+        for cap in range(last_cap + 1):
+            if caps[4] >> cap & 1:
+                prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap)
+    if 'umask' in extra:
+        os.umask(int(extra['umask']))
+    if 'nnp' in extra:
+        prctl(PR_SET_NO_NEW_PRIVS, 1)
     # Ignored signals survive exec: the agent (PID 1 of the guest) ignores HUP/INT/TERM and
     # Python ignores PIPE/XFSZ, so the container would start deaf to a graceful stop and
     # unable to trap TERM. Like other runtimes, every signal gets its default disposition.

@@ -18,7 +18,9 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import Im
 # and the CJK codec extensions for nothing the agent does.)
 EXTRA_STDLIB = ('encodings', 'encodings.aliases', 'encodings.utf_8', 'encodings.utf_8_sig',
                 'encodings.ascii', 'encodings.latin_1', 'encodings.idna', 'encodings.raw_unicode_escape',
-                'encodings.unicode_escape', 'encodings.utf_16', 'encodings.utf_32')
+                'encodings.unicode_escape', 'encodings.utf_16', 'encodings.utf_32',
+                # guest/exec_init.py: prctl/capset (capabilities, no_new_privs) and setrlimit
+                'ctypes', 'resource')
 
 # Modules modulefinder reaches through optional or lazy imports that the agent never uses
 # (documentation, tests, TLS, asyncio, decimal, ...). Leaving them out halves the Python part.
@@ -31,7 +33,7 @@ STDLIB_EXCLUDES = (
     'xmlrpc', 'http', 'urllib', 'email', 'mailbox', 'ftplib', 'smtplib', 'imaplib', 'poplib',
     'nntplib', 'pyexpat', 'xml', '_elementtree', 'lzma', '_lzma', 'bz2', '_bz2', 'tty', 'pty',
     'getpass', 'webbrowser', 'turtle', 'turtledemo', '_osx_support', '_aix_support',
-    '_bootsubprocess', 'ctypes', '_ctypes', 'multiprocessing', 'concurrent',
+    '_bootsubprocess', 'multiprocessing', 'concurrent',
 )
 
 _PY_PROBE = r'''

@@ -757,8 +757,18 @@ class FakeAgents:
             raise _GuestError('container %s already exists' % cid)
         dom.guest[cid] = {'id': cid, 'status': 'created', 'pid': None, 'exit_code': None,
                           'created_at': self._now(), 'started_at': None, 'finished_at': None,
-                          'args': list(params.get('args') or [])}
+                          'args': list(params.get('args') or []),
+                          'cgroup': dict(params.get('limits') or {}), 'params': dict(params)}
         return dom.guest[cid]
+
+    def _m_update_container(self, dom, params):
+        st = self._get(dom, params)
+        st['cgroup'].update(params.get('limits') or {})
+        return {'id': st['id'], 'cgroup': dict(st['cgroup'])}
+
+    def _m_container_stats(self, dom, params):
+        st = self._get(dom, params)
+        return {'id': st['id'], 'cgroup': dict(st['cgroup'])}
 
     def _m_start_container(self, dom, params):
         st = self._get(dom, params)

@@ -75,8 +75,9 @@ def rootfs():
 class AgentProc:
     """The guest agent as a host process serving a unix socket."""
 
-    def __init__(self, base, sock_name='agent.sock'):
+    def __init__(self, base, sock_name='agent.sock', extra_args=()):
         self.base = base
+        self.extra_args = list(extra_args)
         self.sock = os.path.join(base, sock_name)
         self.shared = os.path.join(base, 'shared')
         self.log_path = os.path.join(base, 'agent.log')
@@ -87,7 +88,7 @@ class AgentProc:
         self.proc = subprocess.Popen(
             [sys.executable, GUEST_AGENT, '--listen', self.sock, '--no-poweroff',
              '--shared-dir', self.shared, '--output-dir', self.shared,
-             '--run-dir', os.path.join(self.base, 'run')],
+             '--run-dir', os.path.join(self.base, 'run')] + self.extra_args,
             stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
         deadline = time.monotonic() + 10
         while wait and not os.path.exists(self.sock):
@@ -844,3 +845,60 @@ def test_a_wait_read_before_the_port_opened_is_not_abandoned(port_agent):
     assert time.monotonic() - t0 >= 0.3
     agent._rx_at = time.monotonic() - guest_agent.OPEN_GRACE - 0.1
     assert agent._wait_or_hangup(ctr, 5.0) is False  # long after any request: a hang-up
+
+
+# --- limits and process settings (a temporary directory stands in for the guest's cgroupfs) ---
+
+
+@needs_ns
+def test_limits_go_to_the_containers_cgroup_and_process_settings_apply(rootfs, short_dir):
+    """create_container writes the limits into <cgroup root>/kata/<id> before the process runs;
+    the process joins it ("0" to cgroup.procs), runs with the capability sets, rlimits,
+    no_new_privs, umask, groups and domainname asked for; update_container rewrites limits in
+    place; remove_container removes the cgroup."""
+    cgroot = os.path.join(short_dir, 'cg')
+    os.mkdir(cgroot)
+    proc = AgentProc(short_dir, extra_args=['--cgroup-root', cgroot]).start()
+    cli = AgentClient(proc.sock, timeout=10)
+    try:
+        kill = 5  # CAP_KILL
+        caps = {'bounding': 1 << kill | 1 << 6 | 1 << 7, 'effective': 1 << kill, 'permitted': 1 << kill,
+                'inheritable': 0, 'ambient': 0}
+        process = {'capabilities': caps, 'rlimits': [[7, 77, 88]], 'no_new_privileges': True, 'umask': 0o027,
+                   'additional_gids': [10, 20], 'domainname': 'example.test'}
+        limits = {'memory.max': '67108864', 'pids.max': '16', 'cpu.max': '25000 100000'}
+        script = ('grep -E "^(CapEff|CapBnd|CapPrm|NoNewPrivs|Groups):" /proc/self/status; ulimit -n; ulimit -Hn; umask; '
+                  'cat /proc/sys/kernel/domainname')
+        cli.call('create_container', id='lim', args=['sh', '-c', script], rootfs=rootfs, process=process,
+                 limits=limits)
+        cg = os.path.join(cgroot, 'kata', 'lim')
+        written = {name: open(os.path.join(cg, name)).read() for name in limits}
+        assert written == limits
+        cli.start_container('lim')
+        assert cli.wait_container('lim', 10)['exit_code'] == 0, proc.read_log()
+        with open(os.path.join(proc.shared, 'lim', 'stdout')) as fh:
+            out = fh.read()
+        fields = dict(line.split(':', 1) for line in out.splitlines() if ':' in line)
+        assert int(fields['CapEff'], 16) == 1 << kill and int(fields['CapPrm'], 16) == 1 << kill
+        assert int(fields['CapBnd'], 16) == caps['bounding']
+        assert fields['NoNewPrivs'].strip() == '1' and fields['Groups'].split() == ['10', '20']
+        assert out.splitlines()[-4:] == ['77', '88', '0027', 'example.test']
+        assert open(os.path.join(cg, 'cgroup.procs')).read() == '0'  # the init joined it
+        updated = cli.call('update_container', id='lim', limits={'memory.max': 'max', 'pids.max': '32'})
+        assert updated['cgroup']['memory.max'] == 'max' and updated['cgroup']['pids.max'] == '32'
+        assert cli.call('container_stats', id='lim')['cgroup']['cpu.max'] == '25000 100000'
+        with pytest.raises(AgentError, match="'cgroup.procs' is not a limit file"):
+            cli.call('update_container', id='lim', limits={'cgroup.procs': '1'})
+        with pytest.raises(AgentError, match='invalid value'):
+            cli.call('update_container', id='lim', limits={'memory.max': '1\n2'})
+        cli.remove_container('lim')
+        assert not os.path.exists(cg)
+    finally:
+        cli.close()
+        proc.stop()
+
+
+def test_limits_without_a_cgroup_root_are_refused(client, rootfs):
+    with pytest.raises(AgentError, match='no cgroup root'):
+        client.call('create_container', id='x', args=['true'], rootfs=rootfs, limits={'pids.max': '4'})
+    assert client.list_containers() == []

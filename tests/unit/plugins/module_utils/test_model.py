@@ -50,8 +50,11 @@ def test_records_written_before_the_model_load_unchanged():
     assert rec.to_json() == dict(OLD_SANDBOX, network=None)
     crec = ContainerRecord.from_json(OLD_CONTAINER)
     assert crec.status == ContainerStatus.RUNNING and crec.pid == 42 and crec.rootfs_mount['host'] is False
-    # poststop_done is written by a cleanup only: absent, it means false
-    assert crec.poststop_done is False and crec.to_json() == dict(OLD_CONTAINER, poststop_done=False)
+    # poststop_done is written by a cleanup only: absent, it means false; the guest settings
+    # came later: absent, they mean none (no limits, the default process settings)
+    assert crec.poststop_done is False and crec.limits == {} and crec.process is None
+    assert crec.to_json() == dict(OLD_CONTAINER, poststop_done=False, hostname=None, domainname=None, process=None,
+                                  limits={}, oci_warnings=[], memory_mb=None, cpus=None, pids_limit=None)
 
 
 @pytest.mark.parametrize('missing', ['readonly_rootfs', 'bundle_dir', 'rootfs_mount'])

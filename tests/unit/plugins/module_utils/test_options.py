@@ -59,6 +59,9 @@ CONTAINER_SPEC = dict(
     cgroups_path=dict(type='str'),
     annotations=dict(type='dict'),
     labels=dict(type='dict'),
+    memory_mb=dict(type='int'),
+    cpus=dict(type='float'),
+    pids_limit=dict(type='int'),
     signal=dict(type='str', default='SIGTERM'),
     stop_timeout=dict(type='int', default=10),
     recreate=dict(type='bool', default=False),
@@ -96,7 +99,7 @@ def test_kinds_are_the_recreate_rules():
     assert SANDBOX_OPTIONS.keys(MUTABLE) == ('labels', 'annotations') == sbx.MUTABLE
     assert CONTAINER_OPTIONS.keys(IMMUTABLE) == ('bundle', 'rootfs', 'readonly_rootfs', 'args', 'env', 'cwd', 'user',
                                                  'hooks', 'cgroups_path', 'annotations')
-    assert CONTAINER_OPTIONS.keys(MUTABLE) == ('labels',)
+    assert CONTAINER_OPTIONS.keys(MUTABLE) == ('labels', 'memory_mb', 'cpus', 'pids_limit')
     assert CONTAINER_OPTIONS.module_args == {'mutually_exclusive': [
         ('bundle', 'rootfs'), ('bundle', 'command'), ('bundle', 'env'), ('bundle', 'user')]}
 
