@@ -14,7 +14,7 @@ import signal as signals
 import time
 
 from ansible_collections.kata.runtime.plugins.module_utils.kata import hooks as oci_hooks
-from ansible_collections.kata.runtime.plugins.module_utils.kata import oci, share
+from ansible_collections.kata.runtime.plugins.module_utils.kata import oci, share, volumes
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
     AgentError,
     Conflict,
@@ -28,7 +28,7 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.ids import valid
 from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import now
 
 # What a record written before a setting existed means by its absence.
-_RECORD_DEFAULTS = {'readonly_rootfs': False}
+_RECORD_DEFAULTS = {'readonly_rootfs': False, 'mounts': []}
 
 
 def settings_from(opts):
@@ -71,6 +71,8 @@ def settings_from(opts):
     readonly = bool(spec['root'].get('readonly'))
     if opts.get('readonly_rootfs') is not None:
         readonly = bool(opts['readonly_rootfs'])  # next to a bundle, the option overrides
+    # config.json's mounts (an inline container's generated ones), then the volumes option's
+    mounts = volumes.parse_mounts(spec.get('mounts'), bundle=bundle) + volumes.parse_volumes(opts.get('volumes'))
     return {
         'bundle': bundle,
         'rootfs': os.path.realpath(rootfs),
@@ -84,6 +86,7 @@ def settings_from(opts):
         'annotations': annotations,
         'labels': dict(labels),
         'type': oci.container_type(annotations),
+        'mounts': mounts,
     }
 
 
@@ -229,6 +232,8 @@ def _write_bundle(rt, sid, rec, trace):
                              user=rec['user'], hooks=rec['hooks'] or None,
                              cgroups_path=rec['cgroups_path'] or None, annotations=rec['annotations'],
                              readonly=rec['readonly_rootfs'])
+    if rec.get('mounts') is not None:
+        spec['mounts'] = [dict(m, options=list(m['options'])) for m in rec['mounts']]  # with the volumes
     rt.store.write_private_json(path, 'config.json', spec)
     rec['bundle_dir'] = path
     trace.step('wrote bundle %s of container %s' % (path, rec['id']))
@@ -264,6 +269,7 @@ def check_create(rt, sid, cid, settings, replacing=False):
         raise InvalidArgument('container %s is annotated as a pod_sandbox: create sandboxes with '
                               'kata.runtime.kata_sandbox' % cid)
     rt.cgroups.resolve(settings['cgroups_path'], cid)
+    volumes.check_sources(rt, settings.get('mounts') or [])
     srec = _sandbox_running(rt, sid)
     owner = rt.store.get_mapping(cid)
     if owner is not None and not (replacing and owner == sid):
@@ -293,12 +299,18 @@ def create(rt, sid, cid, settings, trace=None):
                 _write_bundle(rt, sid, rec, trace)
             # the record names the mount point before the mount exists (see cleanup)
             share.bind_rootfs(rt, srec, rec, trace, before_mount=lambda: rt.store.save_container(rec))
+            volumes.bind(rt, srec, rec, trace, save=lambda: rt.store.save_container(rec))
+            guest_mounts, warnings = volumes.guest_plan(cid, rec.get('mounts') or [])
+            for warning in warnings:
+                trace.warn(warning)
             for kind in ('prestart', 'createRuntime'):
                 _run_hooks(rt, rec, kind, 'creating', trace)
             uid, gid = (int(x) for x in rec['user'].split(':'))
             asked_guest = True
             params = dict(id=cid, args=rec['args'], env=rec['env'], cwd=rec['cwd'], uid=uid, gid=gid,
                           hostname=cid[:63], readonly=bool(rec['readonly_rootfs']))
+            if guest_mounts:
+                params['mounts'] = guest_mounts
             with rt.agent(sid) as client:
                 try:
                     client.call('create_container', **params)
@@ -396,6 +408,9 @@ def stop(rt, cid, sig='SIGTERM', timeout=10, trace=None):
             rec['exit_code'] = live[cid].get('exit_code')
         if status in ('running', 'created', 'creating') or rec.get('status') != 'stopped':
             rec.update({'status': 'stopped', 'finished_at': rec.get('finished_at') or now()})
+            rt.store.save_container(rec)
+        if srec is not None and rec.get('volume_mounts'):
+            volumes.unbind(rt, srec, rec, trace)  # its process is gone: so is its need of them
             rt.store.save_container(rec)
     return rec
 
@@ -549,6 +564,7 @@ def cleanup(rt, srec, rec, trace, poststop=True):
         rec['finished_at'] = rec.get('finished_at') or now()
         _save_progress(rt, rec, trace)
     share.unbind_rootfs(rt, srec, rec, trace)
+    volumes.unbind(rt, srec, rec, trace)
     if poststop and not rec.get('poststop_done'):
         _run_hooks(rt, rec, 'poststop', 'stopped', trace)
         rec['poststop_done'] = True
@@ -567,6 +583,7 @@ def _remove_by_name(rt, srec, cid, trace):
     target = os.path.join(share.shared_dir(rt.store, sid), cid, 'rootfs')
     share.unbind_rootfs(rt, srec, {'id': cid, 'rootfs_mount': {
         'target': target, 'host': share.mounted_on_host(target)}}, trace)
+    volumes.unbind(rt, srec, {'id': cid}, trace)
     # what an interrupted create made before the record listed it (the journal has it)
     rt.collect_cgroups([n for n in rt.store.list_cgroup_journal() if n['sandbox'] == sid and n['owner'] == cid])
     share.remove_container_dirs(rt, sid, cid)
