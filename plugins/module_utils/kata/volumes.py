@@ -222,7 +222,7 @@ def parse_volumes(volumes):
     try:
         return parse_mounts(entries, field='volumes')
     except InvalidArgument as err:
-        raise InvalidArgument(str(err).replace('mounts[', 'volumes[', 1)) from None
+        raise InvalidArgument(str(err).replace('mounts[', 'volumes[')) from None
 
 
 # ---------------------------------------------------------------------------------------------
