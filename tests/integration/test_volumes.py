@@ -142,6 +142,16 @@ def test_volumes_on_a_real_guest(env, busybox_rootfs, tmp_path):
     assert len(our_mounts(rt, 'sb', vmm)) == 4  # bound in the VMM's namespace, not in ours
     assert not our_mounts(rt, 'sb')
 
+    # -- a read-only rootfs without the mount point: made in memory, then the root sealed --------
+    settings = ctr.settings_from({'rootfs': busybox_rootfs, 'readonly_rootfs': True, 'volumes': ['%s:/data:ro' % ro_dir],
+                                  'command': ['/bin/sh', '-c', 'cat /data/hello; touch /x; echo touch=$?']})
+    ctr.create(rt, 'sb', 'ro', settings, trace=trace)
+    ctr.start(rt, 'ro', trace=trace)
+    done = ctr.wait_for(rt, 'ro', 60)
+    out = open(done['stdout_path']).read()
+    assert out == 'hello from the host\ntouch=1\n', (out, open(done['stderr_path']).read())
+    assert ctr.delete(rt, 'ro', trace=trace)
+
     # -- the inline volumes option through Ansible, in the same running sandbox -----------------
     task = {'kata.runtime.kata_container': {
         'name': 'c2', 'sandbox': 'sb', 'config': env.config_path, 'rootfs': busybox_rootfs,

@@ -904,7 +904,9 @@ class Agent:
         scratch = os.path.join(self.run_dir, 'rootfs-%s-%d' % (ctr.id, self._seq))
         try:
             os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
-            if spec['rootfs_mode'] == 'overlay':
+            # a read-only root with mounts gets a writable layer for their mount points too
+            layered = spec['rootfs_mode'] == 'overlay' or (spec['rootfs_mode'] == 'readonly' and spec.get('mounts'))
+            if layered:
                 os.mkdir(scratch, 0o700)
             for path in (fifo, fifo + MOUNTS_SUFFIX):
                 if os.path.lexists(path):
@@ -934,7 +936,7 @@ class Agent:
             for fd in fds:
                 os.close(fd)
         ctr.proc = proc
-        ctr.scratch = scratch if spec['rootfs_mode'] == 'overlay' else None
+        ctr.scratch = scratch if layered else None
         ctr.wrapper_pid = proc.pid
         ctr.started_at = time.time()
         ctr.status = 'running'

@@ -111,6 +111,12 @@ def main(argv):
         return os.waitpid(pid, 0)[1] == 0
 
     # The mounts below live in this new mount namespace only: they vanish with the container.
+    listing = fifo + '.mounts'
+    seal = False
+    if mode == 'readonly' and scratch and os.path.isdir(scratch) and os.path.exists(listing):
+        # A read-only root with mounts of its own: like runc, make their mount points first (in
+        # a writable layer in memory), then make the root read-only.
+        mode, seal = 'overlay', True
     try:
         if mode == 'overlay':
             if not mount('-t', 'tmpfs', '-o', 'mode=0700', 'kata-rw', scratch):
@@ -149,7 +155,9 @@ def main(argv):
             for name in ('pts', 'shm'):
                 os.mkdir(os.path.join(dev, name))
             os.chmod(os.path.join(dev, 'shm'), 0o1777)
-        do_mounts(fifo + '.mounts', rootfs, mount, fail)
+        do_mounts(listing, rootfs, mount, fail)
+        if seal and not mount('-o', 'remount,bind,ro', rootfs):
+            fail(1, 'cannot make rootfs %s read-only' % rootfs)
         if hostname:
             with open('/proc/sys/kernel/hostname', 'w') as fh:
                 fh.write(hostname)

@@ -263,6 +263,37 @@ def test_the_container_init_makes_its_mounts_with_their_flags(tmp_path, host):
     assert not mountinfo.under(str(root)), 'the mounts lived in the namespace of the container only'
 
 
+@pytest.mark.skipif(os.geteuid() != 0 or not os.access(BUSYBOX, os.X_OK) or not shutil.which('unshare'),
+                    reason='needs root, a static busybox and unshare')
+def test_a_read_only_root_gets_its_mount_points_then_is_sealed(tmp_path, host):
+    """A read-only rootfs lacking a mount point: made in a layer in memory, then the root is
+    remounted read-only; the operator's directory gains nothing."""
+    root = tmp_path / 'rootfs'
+    (root / 'bin').mkdir(parents=True)
+    shutil.copy2(BUSYBOX, root / 'bin' / 'busybox')
+    for applet in ('sh', 'cat', 'touch', 'echo'):
+        os.symlink('busybox', root / 'bin' / applet)
+    before = sorted(os.listdir(root))
+    scratch = tmp_path / 'scratch'
+    scratch.mkdir()
+    fifo = str(tmp_path / 'status')
+    with open(fifo + '.mounts', 'w') as fh:
+        fh.write('\x00'.join(['bind', str(host / 'data'), '/data', 'ro', 'd']) + '\n')
+    os.mkfifo(fifo, 0o600)
+    status_r = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    spec = {'rootfs': str(root), 'rootfs_mode': 'readonly', 'hostname': None, 'cwd': '/', 'uid': 0, 'gid': 0,
+            'env': [], 'args': ['/bin/sh', '-c', 'cat /data/hello; touch /x; echo touch=$?']}
+    argv = ['unshare', '-m', '--propagation', 'private', '--'] + guest_agent.exec_init_argv(
+        sys.executable, spec, fifo, BUSYBOX, str(scratch))
+    try:
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30, check=False)
+    finally:
+        os.close(status_r)
+    assert proc.stdout.decode() == 'hi\ntouch=1\n', proc.stderr
+    assert b'Read-only file system' in proc.stderr
+    assert sorted(os.listdir(root)) == before
+
+
 # ---------------------------------------------------------------------------------------------
 # host checks and binds, on the fakes
 
