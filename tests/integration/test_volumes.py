@@ -108,8 +108,8 @@ def test_volumes_on_a_real_guest(env, busybox_rootfs, tmp_path):
         {'destination': '/rw', 'type': 'bind', 'source': str(rw_dir), 'options': ['rbind', 'rw']},
         {'destination': '/nx', 'source': str(nx_dir), 'options': ['bind', 'noexec', 'nosuid', 'nodev']},
         {'destination': '/etc/app.conf', 'type': 'bind', 'source': str(conf), 'options': ['bind', 'ro']},
-        {'destination': '/scratch', 'type': 'tmpfs', 'source': 'tmpfs', 'options': ['size=1m', 'mode=1777',
-                                                                                   'nosuid']},
+        {'destination': '/scratch', 'type': 'tmpfs', 'source': 'tmpfs',
+         'options': ['size=1m', 'mode=1777', 'nosuid']},
     ]
     (bundle / 'config.json').write_text(json.dumps(spec))
     settings = ctr.settings_from({'bundle': str(bundle)})
@@ -189,4 +189,3 @@ def test_volumes_on_a_real_guest(env, busybox_rootfs, tmp_path):
     assert (rw_dir / 'made').read_text() == 'data\n', 'the operator\'s volume keeps what was written'
     assert not [m for m in mountinfo.mounts() if m[0].startswith(str(tmp_path))]
     assert volumes.points_of(rt, 'sb', 'c1') == []
-

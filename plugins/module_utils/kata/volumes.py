@@ -144,8 +144,8 @@ def parse_mounts(mounts, bundle=None, field='mounts'):
     for index, entry in enumerate(mounts):
         if not isinstance(entry, dict):
             raise _bad(index, 'entry', entry, 'must be an object with destination, type, source, options')
-        unknown = sorted(k for k in entry if k not in ('destination', 'type', 'source', 'options', 'uidMappings',
-                                                        'gidMappings'))
+        known = ('destination', 'type', 'source', 'options', 'uidMappings', 'gidMappings')
+        unknown = sorted(k for k in entry if k not in known)
         if unknown:
             raise _bad(index, 'field', unknown[0], 'is not a field of a mount')
         if entry.get('uidMappings') or entry.get('gidMappings'):
@@ -482,4 +482,3 @@ def _remove_points(rt, sid, cid):
                 pass
     finally:
         os.close(fd)
-
