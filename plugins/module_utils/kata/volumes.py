@@ -399,7 +399,7 @@ def bind(rt, srec, rec, trace, save=None):
         is_dir = stat_mod.S_ISDIR(want.st_mode)
         if not ro and not mountinfo.is_mounted(share.volumes_dir(rt.store, sid)):
             raise KataError('sandbox %s was started without the read-write volume share (it predates it): '
-                            'restart the sandbox to share %s read-write' % (sid, src))
+                            'recreate the sandbox to share %s read-write' % (sid, src))
         target = mount_point(rt, sid, cid, index, ro, is_dir)
         flags = 'ro,nosuid,nodev' if ro else 'nosuid,nodev'
         cmd, ns = share._vmm_mount_cmd(rt, srec, ['mount', '--bind', '-o', flags, src, target])

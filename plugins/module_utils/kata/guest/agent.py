@@ -870,6 +870,11 @@ class Agent:
                 raise RequestError('%s must be an absolute guest path, got %r' % (key, path))
             streams[key] = path
         mounts = parse_mounts(params.get('mounts'))
+        if (os.getpid() == 1 and any(m[1].startswith(VOLUMES_MOUNT + '/') for m in mounts)
+                and not os.path.ismount(VOLUMES_MOUNT)):
+            # a guest whose VM was defined before the volume share existed
+            raise RequestError('container %s: this guest has no read-write volume share (%s is not mounted); '
+                               'recreate the sandbox to give it one' % (cid, VOLUMES_MOUNT))
         spec = {
             'mounts': mounts,
             'id': cid, 'rootfs': rootfs, 'rootfs_mode': mode, 'args': args, 'env': env, 'cwd': cwd,
