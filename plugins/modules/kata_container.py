@@ -103,6 +103,18 @@ options:
     description:
       - C(uid[:gid]) the process runs as, numeric.
     type: str
+  volumes:
+    description:
+      - Host files or directories shared with the container (bind mounts), each a string
+        C(HOST:CONTAINER[:ro]) or a dict with C(source), C(destination) and C(read_only) (default V(false)).
+      - C(HOST) must be an absolute path that exists, outside the runtime's state root; C(CONTAINER)
+        an absolute path inside the container without C(..). A read-write volume needs a host file
+        system with user xattrs, where what the guest sets (owners, modes, links) is kept; nothing
+        the guest does there reaches the host as a setuid file, a device or a link.
+      - With O(bundle), added after the C(mounts) of its C(config.json). A change needs O(recreate).
+      - See C(docs/volumes.md) in the collection.
+    type: list
+    elements: raw
   hooks:
     description:
       - OCI hooks (runtime-spec 1.3) keyed by kind, each a list of C({path, args, env, timeout}).
@@ -173,6 +185,18 @@ EXAMPLES = r'''
     command: [/bin/sh, -c, 'while true; do date; sleep 5; done']
     env:
       GREETING: hello
+
+- name: Serve a host directory read-only and keep a writable data directory
+  kata.runtime.kata_container:
+    name: web-1-www
+    sandbox: web-1
+    rootfs: /srv/rootfs/busybox
+    command: [httpd, -f, -h, /www]
+    volumes:
+      - /srv/www:/www:ro
+      - source: /srv/data/web-1
+        destination: /data
+        read_only: false
 
 - name: Run from an OCI bundle, without starting it
   kata.runtime.kata_container:

@@ -15,7 +15,7 @@ import time
 
 from ansible_collections.kata.runtime.plugins.module_utils.kata import hooks as oci_hooks
 from ansible_collections.kata.runtime.plugins.module_utils.kata import limits as guest
-from ansible_collections.kata.runtime.plugins.module_utils.kata import oci, share
+from ansible_collections.kata.runtime.plugins.module_utils.kata import oci, share, volumes
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
     AgentError,
     Conflict,
@@ -74,6 +74,8 @@ def settings_from(opts):
     readonly = bool(spec['root'].get('readonly'))
     if opts.get('readonly_rootfs') is not None:
         readonly = bool(opts['readonly_rootfs'])  # next to a bundle, the option overrides
+    # config.json's mounts (an inline container's generated ones), then the volumes option's
+    mounts = volumes.parse_mounts(spec.get('mounts'), bundle=bundle) + volumes.parse_volumes(opts.get('volumes'))
     out = {
         'bundle': bundle,
         'rootfs': os.path.realpath(rootfs),
@@ -87,6 +89,7 @@ def settings_from(opts):
         'annotations': annotations,
         'labels': dict(labels),
         'type': oci.container_type(annotations),
+        'mounts': mounts,
     }
     out.update(guest.guest_settings(spec, opts))  # refuses what the guest cannot honour
     return out
@@ -230,6 +233,8 @@ def _write_bundle(rt, sid, rec, trace):
                              user=rec.user, hooks=rec.hooks or None,
                              cgroups_path=rec.cgroups_path or None, annotations=rec.annotations,
                              readonly=rec.readonly_rootfs)
+    if rec.mounts:
+        spec['mounts'] = [dict(m, options=list(m['options'])) for m in rec.mounts]  # with the volumes
     rt.store.write_private_json(path, 'config.json', spec)
     rec.bundle_dir = path
     trace.step('wrote bundle %s of container %s' % (path, rec.id))
@@ -265,6 +270,7 @@ def check_create(rt, sid, cid, settings, replacing=False):
         raise InvalidArgument('container %s is annotated as a pod_sandbox: create sandboxes with '
                               'kata.runtime.kata_sandbox' % cid)
     rt.cgroups.resolve(settings['cgroups_path'], cid)
+    volumes.check_sources(rt, settings.get('mounts') or [])
     srec = _sandbox_running(rt, sid)
     guest.check_fits(settings, srec)
     owner = rt.store.get_mapping(cid)
@@ -293,12 +299,18 @@ def create(rt, sid, cid, settings, trace=None):
                 _write_bundle(rt, sid, rec, trace)
             # the record names the mount point before the mount exists (see cleanup)
             share.bind_rootfs(rt, srec, rec, trace, before_mount=lambda: rt.store.save_container(rec))
+            volumes.bind(rt, srec, rec, trace, save=lambda: rt.store.save_container(rec))
+            guest_mounts, warnings = volumes.guest_plan(cid, rec.mounts)
+            for warning in warnings:
+                trace.warn(warning)
             for kind in ('prestart', 'createRuntime'):
                 _run_hooks(rt, rec, kind, ContainerStatus.CREATING, trace)
             uid, gid = (int(x) for x in rec.user.split(':'))
             asked_guest = True
             params = dict(id=cid, args=rec.args, env=rec.env, cwd=rec.cwd, uid=uid, gid=gid,
                           readonly=bool(rec.readonly_rootfs), **guest.agent_params(rec))
+            if guest_mounts:
+                params['mounts'] = guest_mounts
             with rt.agent(sid) as client:
                 try:
                     client.call('create_container', **params)
@@ -395,6 +407,9 @@ def stop(rt, cid, sig='SIGTERM', timeout=10, trace=None):
             rec.exit_code = live[cid].get('exit_code')
         if rec.status != ContainerStatus.STOPPED:
             rec.status, rec.finished_at = ContainerStatus.STOPPED, rec.finished_at or now()
+            rt.store.save_container(rec)
+        if srec is not None and rec.volume_mounts:
+            volumes.unbind(rt, srec, rec, trace)  # its process is gone: so is its need of them
             rt.store.save_container(rec)
     return rec
 
@@ -547,6 +562,7 @@ def cleanup(rt, srec, rec, trace, poststop=True):
         rec.finished_at = rec.finished_at or now()
         _save_progress(rt, rec, trace)
     share.unbind_rootfs(rt, srec, rec, trace)
+    volumes.unbind(rt, srec, rec, trace)
     if poststop and not rec.poststop_done:
         _run_hooks(rt, rec, 'poststop', ContainerStatus.STOPPED, trace)
         rec.poststop_done = True
@@ -566,6 +582,7 @@ def _remove_by_name(rt, srec, cid, trace):
     stand_in = ContainerRecord.by_name(sid, cid)
     stand_in.rootfs_mount = {'target': target, 'host': share.mounted_on_host(target)}
     share.unbind_rootfs(rt, srec, stand_in, trace)
+    volumes.unbind(rt, srec, stand_in, trace)
     # what an interrupted create made before the record listed it (the journal has it)
     rt.collect_cgroups([n for n in rt.store.list_cgroup_journal() if n['sandbox'] == sid and n['owner'] == cid])
     share.remove_container_dirs(rt, sid, cid)

@@ -182,6 +182,10 @@ def _is_str_list(value):
     return isinstance(value, list) and all(_is_str(v) for v in value)
 
 
+def _is_dict_list(value):
+    return isinstance(value, list) and all(isinstance(v, dict) for v in value)
+
+
 def _is_dict(value):
     return isinstance(value, dict)
 
@@ -200,6 +204,7 @@ _is_number.what = 'a number'
 _is_str_dict.what = 'an object of strings'
 _is_str_list.what = 'a list of strings'
 _is_dict.what = 'an object'
+_is_dict_list.what = 'a list of objects'
 
 
 def _m(check, saved=True):
@@ -350,6 +355,10 @@ class ContainerRecord(_Record):
     started_at: Optional[str] = dataclasses.field(default=None, metadata=_m(_optional(_is_str)))
     finished_at: Optional[str] = dataclasses.field(default=None, metadata=_m(_optional(_is_str)))
     poststop_done: bool = dataclasses.field(default=False, metadata=_m(_is_bool))
+    # OCI mounts from config.json and the volumes option (volumes.py: type, source, destination,
+    # options), and the host binds of its volumes to undo (target, host)
+    mounts: List[Dict[str, Any]] = dataclasses.field(default_factory=list, metadata=_m(_is_dict_list))
+    volume_mounts: List[Dict[str, Any]] = dataclasses.field(default_factory=list, metadata=_m(_is_dict_list))
     # in the guest (limits.py, oci_support.py): UTS names (hostname null: the container ID),
     # process settings (capabilities, rlimits, no_new_privileges, ...), the cgroup v2 files of
     # its limits, what the OCI config asked that is ignored; absent in older records: none

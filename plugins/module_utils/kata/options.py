@@ -237,6 +237,8 @@ CONTAINER_OPTIONS = OptionTable(
     Option('env', IMMUTABLE, dict(type='dict'), str_dict=True),  # oci.generate_spec makes the K=V list
     Option('cwd', IMMUTABLE, dict(type='str', default='/')),
     Option('user', IMMUTABLE, dict(type='str')),
+    # HOST:CONTAINER[:ro] or dicts; they become bind mounts, recorded with config.json's mounts
+    Option('volumes', IMMUTABLE, dict(type='list', elements='raw'), key='mounts'),
     HOOKS,
     CGROUPS_PATH,
     LABELS,

@@ -248,6 +248,7 @@ def _vm_spec(rt, rec, output_accessmode):
         'shared_dir': share.shared_dir(rt.store, sid),
         'output_dir': share.output_dir(rt.store, sid),
         'output_accessmode': output_accessmode,
+        'volumes_dir': share.volumes_dir(rt.store, sid),
         'state_root': rt.store.root,
         'tb_cache_mb': rt.config.tcg_tb_cache_mb if rec.accel == 'tcg' else 0,
         'free_page_reporting': rt.config.free_page_reporting,

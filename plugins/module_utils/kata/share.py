@@ -11,6 +11,10 @@ Under ``<state_root>/sandboxes/<sid>/``::
     output/               9p tag kataOutput, read-write: a tmpfs of its own capped at
       <cid>/stdout|stderr guest_write_limit_mb (and an inode count), mounted nosuid, nodev,
                           noexec, nosymfollow. Container output lands here.
+    volumes/              9p tag kataVolumes, read-write in ``mapped`` mode: a small tmpfs of
+      <cid>@<n>           its own (VOLUMES_KB, VOLUMES_INODES), where each read-write volume
+                          of a container is bound inside the VMM's mount namespace
+                          (volumes.py, docs/volumes.md).
     console/console.log   the serial console, on a tmpfs capped at console_log_limit_kb.
     bundles/<cid>/        host-owned bundle of an inline container (config.json): what hooks
                           get as the OCI state's ``bundle`` and their working directory.
@@ -38,10 +42,16 @@ OUTPUT = 'output'
 CONSOLE = 'console'
 CONSOLE_LOG = 'console.log'
 BUNDLES = 'bundles'
+VOLUMES = 'volumes'
 
 # tmpfs "source" names: they label our mounts in /proc/self/mountinfo and `findmnt`.
 OUTPUT_SOURCE = 'kata-output'
 CONSOLE_SOURCE = 'kata-console'
+VOLUMES_SOURCE = 'kata-volumes'
+# The volume share holds only mount points (one inode each); what the guest could make beside
+# them, where the host's tmpfs keeps the user xattrs that mapped mode needs, stays this small.
+VOLUMES_KB = 1024
+VOLUMES_INODES = 4096
 
 # Inodes allowed per MiB of the output cap: a guest making millions of empty files would cost
 # host kernel memory that the byte cap does not count.
@@ -61,6 +71,10 @@ def shared_dir(store, sid):
 
 def output_dir(store, sid):
     return os.path.join(store.sandbox_dir(sid), OUTPUT)
+
+
+def volumes_dir(store, sid):
+    return os.path.join(store.sandbox_dir(sid), VOLUMES)
 
 
 def console_log(store, sid):
@@ -135,13 +149,14 @@ def prepare(rt, sid):
     store, config = rt.store, rt.config
     store.ensure_sandbox(sid)
     sdir = store.sandbox_dir(sid)
-    for name in (SHARED, OUTPUT, CONSOLE, BUNDLES):
+    for name in (SHARED, OUTPUT, CONSOLE, BUNDLES, VOLUMES):
         _private_dir(store, os.path.join(sdir, name))
     out = output_dir(store, sid)
     _mount_tmpfs(out, OUTPUT_SOURCE, config.guest_write_limit_mb * 1024,
                  max(1024, config.guest_write_limit_mb * INODES_PER_MB))
     _mount_tmpfs(os.path.dirname(console_log(store, sid)), CONSOLE_SOURCE,
                  config.console_log_limit_kb, CONSOLE_INODES)
+    _mount_tmpfs(volumes_dir(store, sid), VOLUMES_SOURCE, VOLUMES_KB, VOLUMES_INODES)
     return 'mapped' if user_xattrs_work(out) else 'squash'
 
 

@@ -83,8 +83,8 @@ MAX_RECORD_BYTES = 64 * 1024
 # Saved device state measured ~360 KB; a file far beyond that is not a state we wrote.
 MAX_STATE_BYTES = 256 * 1024 * 1024
 MAX_CMDLINE = 4096
-DEVICES = ('console', 'agent', 'shared', 'output')
-SHARE_TAGS = {'shared': contract.SHARED_TAG, 'output': contract.OUTPUT_TAG}
+DEVICES = ('console', 'agent', 'shared', 'output', 'volumes')
+SHARE_TAGS = {'shared': contract.SHARED_TAG, 'output': contract.OUTPUT_TAG, 'volumes': contract.VOLUMES_TAG}
 # The tmpfs source name: labels the mount in /proc/self/mountinfo and findmnt.
 TMPFS_SOURCE = 'kata-templates'
 TMPFS_FLAGS = 'nosuid,nodev,noexec,mode=0700,uid=0,gid=0'
@@ -133,7 +133,8 @@ def image_digest(kernel, initrd):
 
 def devices_of(vm):
     """The device set of a VM spec (which of DEVICES it has), in DEVICES order."""
-    keys = {'console': 'console_log', 'agent': 'agent_socket', 'shared': 'shared_dir', 'output': 'output_dir'}
+    keys = {'console': 'console_log', 'agent': 'agent_socket', 'shared': 'shared_dir', 'output': 'output_dir',
+            'volumes': 'volumes_dir'}
     return [d for d in DEVICES if vm.get(keys[d]) is not None]
 
 
@@ -634,7 +635,7 @@ def _destroy(hv, name):
 def probe_spec(spec):
     """``spec`` with every device a sandbox has (the paths are placeholders): a template's
     shape is that of the sandboxes that will start from it."""
-    return dict(spec, console_log='/c', agent_socket='/a', shared_dir='/s', output_dir='/o')
+    return dict(spec, console_log='/c', agent_socket='/a', shared_dir='/s', output_dir='/o', volumes_dir='/v')
 
 
 def build(hv, templates_dir, spec, agent_timeout=120, force=False, progress=None, agent=None, settle=SAVE_SETTLE):
@@ -678,13 +679,14 @@ def build(hv, templates_dir, spec, agent_timeout=120, force=False, progress=None
         'agent_socket': (Store(spec['state_root']).agent_socket(sid) if spec.get('state_root')
                          else os.path.join(work, 'agent.sock')),
         'shared_dir': os.path.join(work, 'shared'), 'output_dir': os.path.join(work, 'output'),
+        'volumes_dir': os.path.join(work, 'volumes'),
         'state_root': spec.get('state_root'), 'tb_cache_mb': spec.get('tb_cache_mb'),
         # never a free-page-reporting balloon: it would punch holes in the shared RAM file
         'free_page_reporting': False,
         # the same NIC as the sandboxes of this shape; libvirt picks the template's own MAC
         'network': dict(spec['network'], mac=None) if spec.get('network') else None,
     }
-    for d in (vm['shared_dir'], vm['output_dir']):
+    for d in (vm['shared_dir'], vm['output_dir'], vm['volumes_dir']):
         os.mkdir(d, 0o700)
     # the 9p access mode a sandbox's output share gets on a tmpfs like this one (share.py)
     vm['output_accessmode'] = 'mapped' if share.user_xattrs_work(vm['output_dir']) else 'squash'
@@ -711,7 +713,7 @@ def build(hv, templates_dir, spec, agent_timeout=120, force=False, progress=None
         ram_size = _regular(ram, 'RAM file').st_size
         if ram_size != memory_mb * _MIB:
             raise KataError('template %s: the RAM file has %d bytes, not %d MiB' % (key, ram_size, memory_mb))
-        for leftover in ('console.log', 'agent.sock', 'shared', 'output'):
+        for leftover in ('console.log', 'agent.sock', 'shared', 'output', 'volumes'):
             p = os.path.join(work, leftover)
             if os.path.isdir(p) and not os.path.islink(p):
                 os.rmdir(p)

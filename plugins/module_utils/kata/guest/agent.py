@@ -49,6 +49,9 @@ SHARED_OPTIONS = 'ro,nodev'
 OUTPUT_TAG = 'kataOutput'
 OUTPUT_MOUNT = '/run/kata-containers/output'
 OUTPUT_OPTIONS = 'nosuid,nodev,noexec'
+VOLUMES_TAG = 'kataVolumes'
+VOLUMES_MOUNT = '/run/kata-containers/volumes'
+VOLUMES_OPTIONS = 'nosuid,nodev'
 TEMPLATE_FLAG = 'kata.template=1'
 DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 NET_PARAM = 'kata.net'
@@ -72,6 +75,7 @@ RUN_DIR = '/run/kata-agent'
 CLONE_SHARES = {
     SHARED_TAG: (SHARED_MOUNT, SHARED_OPTIONS),
     OUTPUT_TAG: (OUTPUT_MOUNT, OUTPUT_OPTIONS),
+    VOLUMES_TAG: (VOLUMES_MOUNT, VOLUMES_OPTIONS),
 }
 # The host's random bytes for a clone's RNG: enough to reseed, small enough to bound the line.
 CLONE_SEED_MIN = 32
@@ -572,6 +576,54 @@ def net_script(mode):
                   # background (-b), where it keeps trying and renews the lease
                   'udhcpc -i %s -s %s -b -t 3 -T 1 -A 3' % (NET_IFACE, script)]
     return '\n'.join(lines) + '\n'
+
+
+# A container's mounts (create_container's ``mounts``), done by its init (exec_init.py) in its
+# own mount namespace. The host sends guest paths: a bind's source is one of its shares.
+MOUNT_TYPES = ('bind', 'tmpfs', 'proc', 'sysfs', 'devpts', 'mqueue')
+MAX_MOUNTS = 64
+MAX_PATH = 4096
+# exec_init.py reads the mounts from the file next to its FIFO, ``<fifo>.mounts``: one
+# mount a line, fields separated by NUL: type, source, destination, options (comma-joined),
+# ``f`` (a file) or ``d``.
+MOUNTS_SUFFIX = '.mounts'
+
+
+def _mount_text(value, what, index):
+    if not isinstance(value, str) or not value or len(value) > MAX_PATH or '\x00' in value or '\n' in value:
+        raise RequestError('mounts[%d]: %s must be a non-empty string without NUL or newline' % (index, what))
+    return value
+
+
+def parse_mounts(value):
+    """create_container's ``mounts``: a list of ``{type, source, destination, options, file}``."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > MAX_MOUNTS:
+        raise RequestError('mounts must be a list of at most %d mounts' % MAX_MOUNTS)
+    out = []
+    for index, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise RequestError('mounts[%d] must be an object' % index)
+        kind = item.get('type')
+        if kind not in MOUNT_TYPES:
+            raise RequestError('mounts[%d]: type %r is not one of %s' % (index, kind, ', '.join(MOUNT_TYPES)))
+        source = _mount_text(item.get('source'), 'source', index)
+        dest = _mount_text(item.get('destination'), 'destination', index)
+        if not dest.startswith('/') or '..' in dest.split('/'):
+            raise RequestError('mounts[%d]: destination %r must be absolute, without ".."' % (index, dest))
+        if kind == 'bind' and (not any(source.startswith(top + '/') for top in (SHARED_MOUNT, VOLUMES_MOUNT))
+                               or '..' in source.split('/')):
+            raise RequestError('mounts[%d]: a bind source must be in a share, got %r' % (index, source))
+        options = item.get('options') or []
+        if not isinstance(options, list) or not all(isinstance(o, str) and o and ',' not in o and '\x00' not in o
+                                                    and '\n' not in o for o in options):
+            raise RequestError('mounts[%d]: options must be a list of single options' % index)
+        is_file = item.get('file', False)
+        if not isinstance(is_file, bool):
+            raise RequestError('mounts[%d]: file must be true or false' % index)
+        out.append([kind, source, dest, ','.join(options), 'f' if is_file else 'd'])
+    return out
 
 
 def reseed_rng(seed):
@@ -1137,7 +1189,14 @@ class Agent:
             streams[key] = path
         process = parse_process(params.get('process'))
         limits = parse_limits(params.get('limits'))
+        mounts = parse_mounts(params.get('mounts'))
+        if (os.getpid() == 1 and any(m[1].startswith(VOLUMES_MOUNT + '/') for m in mounts)
+                and not os.path.ismount(VOLUMES_MOUNT)):
+            # a guest whose VM was defined before the volume share existed
+            raise RequestError('container %s: this guest has no read-write volume share (%s is not mounted); '
+                               'recreate the sandbox to give it one' % (cid, VOLUMES_MOUNT))
         spec = {
+            'mounts': mounts,
             'id': cid, 'rootfs': rootfs, 'rootfs_mode': mode, 'args': args, 'env': env, 'cwd': cwd,
             'uid': _int_param(params, 'uid', 0), 'gid': _int_param(params, 'gid', 0),
             'hostname': hostname, 'stdout': streams['stdout'], 'stderr': streams['stderr'],
@@ -1182,10 +1241,17 @@ class Agent:
         scratch = os.path.join(self.run_dir, 'rootfs-%s-%d' % (ctr.id, self._seq))
         try:
             os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
-            if spec['rootfs_mode'] == 'overlay':
+            # a read-only root with mounts gets a writable layer for their mount points too
+            layered = spec['rootfs_mode'] == 'overlay' or (spec['rootfs_mode'] == 'readonly' and spec.get('mounts'))
+            if layered:
                 os.mkdir(scratch, 0o700)
-            if os.path.lexists(fifo):
-                os.unlink(fifo)
+            for path in (fifo, fifo + MOUNTS_SUFFIX):
+                if os.path.lexists(path):
+                    os.unlink(path)
+            if spec.get('mounts'):
+                fd = os.open(fifo + MOUNTS_SUFFIX, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                with os.fdopen(fd, 'w', encoding='utf-8', errors='surrogateescape') as fh:
+                    fh.write(''.join('\x00'.join(m) + '\n' for m in spec['mounts']))
             os.mkfifo(fifo, 0o600)
             status_r = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
         except OSError as err:
@@ -1208,7 +1274,7 @@ class Agent:
             for fd in fds:
                 os.close(fd)
         ctr.proc = proc
-        ctr.scratch = scratch if spec['rootfs_mode'] == 'overlay' else None
+        ctr.scratch = scratch if layered else None
         ctr.wrapper_pid = proc.pid
         ctr.started_at = time.time()
         ctr.status = 'running'
@@ -1217,10 +1283,11 @@ class Agent:
             message = self._read_exec_status(ctr, status_r)
         finally:
             os.close(status_r)
-            try:
-                os.unlink(fifo)
-            except OSError:
-                pass
+            for path in (fifo, fifo + MOUNTS_SUFFIX):
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
         ctr.pid = self._find_child(ctr)
         if message:
             # The process never ran: make sure it is gone and report why.

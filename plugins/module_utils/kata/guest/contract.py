@@ -39,6 +39,15 @@ OUTPUT_TAG = 'kataOutput'
 OUTPUT_MOUNT = '/run/kata-containers/output'
 OUTPUT_OPTIONS = 'nosuid,nodev,noexec'
 
+# The volume share: ``<sandbox>/volumes`` on the host, a small capped tmpfs exported read-write
+# in 9p's ``mapped`` mode (the guest's owners, modes, device nodes and symlinks only exist as
+# xattrs and plain root-owned 0600 files on the host). The host binds each read-write volume of
+# a container at ``<cid>@<n>`` in it (docs/volumes.md); each container mounts its own with its
+# own flags. Read-only volumes go through the read-only share, at ``<cid>/volumes/<n>``.
+VOLUMES_TAG = 'kataVolumes'
+VOLUMES_MOUNT = '/run/kata-containers/volumes'
+VOLUMES_OPTIONS = 'nosuid,nodev'
+
 # On the kernel command line of a guest booted to become a VM template: its /init mounts no 9p
 # share (QEMU refuses to migrate while one is mounted); each clone mounts them after resume,
 # through the agent's ``post_clone`` request.
@@ -84,7 +93,8 @@ LIMIT_FILES = ('cpuset.cpus', 'cpuset.mems', 'cpu.weight', 'cpu.max', 'cpu.max.b
 
 # The names guest/agent.py copies (the test compares each one with the value above).
 GUEST_NAMES = ('AGENT_PORT_NAME', 'PROTOCOL', 'MAX_LINE', 'NINEP_OPTIONS', 'SHARED_TAG', 'SHARED_MOUNT',
-               'SHARED_OPTIONS', 'OUTPUT_TAG', 'OUTPUT_MOUNT', 'OUTPUT_OPTIONS', 'TEMPLATE_FLAG', 'DEFAULT_PATH',
+               'SHARED_OPTIONS', 'OUTPUT_TAG', 'OUTPUT_MOUNT', 'OUTPUT_OPTIONS', 'VOLUMES_TAG', 'VOLUMES_MOUNT',
+               'VOLUMES_OPTIONS', 'TEMPLATE_FLAG', 'DEFAULT_PATH',
                'NET_PARAM', 'NET_STATIC_USER', 'NET_DHCP', 'NET_IFACE', 'USER_NET_ADDRESS', 'USER_NET_GATEWAY',
                'USER_NET_DNS', 'NET_RESOLV_CONF',
                'CGROUP_PARENT', 'CGROUP_CONTROLLERS', 'LIMIT_FILES')

@@ -3,8 +3,9 @@
 """The container's init: run by the guest agent as ``python3 -I -S exec_init.py ARGS`` right
 after ``busybox unshare``, it becomes the container process.
 
-PID 1 of the container's new namespaces, it mounts proc and a small /dev, sets the hostname,
-enters the rootfs (read-only, or under a writable overlay), drops to the container's uid/gid,
+PID 1 of the container's new namespaces, it mounts proc and a small /dev, then the container's
+own mounts (volumes, tmpfs, sysfs, ...: the agent lists them in ``<fifo>.mounts``), sets the
+hostname, enters the rootfs (read-only, or under a writable overlay), drops to the container's uid/gid,
 resets every signal to its default and execs the command. It reports a setup error on the FIFO
 it opens close-on-exec: EOF without a message there means the command was exec'd.
 
@@ -48,6 +49,62 @@ def parse_extra(extra):
         key, _sep, value = item.partition('=')
         out[key] = value
     return out
+
+
+def resolve_in(root, path, fail):
+    """``path`` inside ``root`` with every symlink on the way resolved as if ``root`` were ``/``
+    (a link in the image cannot point a mount outside the container's root)."""
+    parts = [p for p in path.split('/') if p]
+    cur, links = '', 0
+    while parts:
+        name = parts.pop(0)
+        if name == '.':
+            continue
+        if name == '..':
+            cur = cur.rsplit('/', 1)[0]
+            continue
+        full = root + cur + '/' + name
+        if os.path.islink(full):
+            links += 1
+            if links > 40:
+                fail(1, 'mount destination %s: too many levels of symbolic links' % path)
+            target = os.readlink(full)
+            if target.startswith('/'):
+                cur = ''
+            parts = [p for p in target.split('/') if p] + parts
+            continue
+        cur = cur + '/' + name
+    return root + cur
+
+
+def do_mounts(listing, rootfs, mount, fail):
+    """The container's mounts, in order, from the agent's listing (agent.py parse_mounts): one
+    a line, NUL-separated type, source, destination, options and f/d (a file or a directory).
+    A missing mount point is made (a read-only rootfs cannot: that fails with its name)."""
+    try:
+        with open(listing, 'rb') as fh:
+            data = fh.read().decode('utf-8', 'surrogateescape')
+    except OSError:
+        return
+    for line in data.split('\n'):
+        if not line:
+            continue
+        kind, source, dest, options, what = line.split('\x00')
+        target = resolve_in(rootfs, dest, fail)
+        try:
+            if not os.path.lexists(target):
+                if what == 'f':
+                    os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
+                    os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+                else:
+                    os.makedirs(target, 0o755)
+        except OSError as err:
+            fail(1, 'cannot make mount point %s for the %s mount: %s' % (dest, kind, err.strerror))
+        if kind == 'bind':
+            if not (mount('--bind', source, target) and mount('-o', 'remount,bind,' + options, target)):
+                fail(1, 'cannot bind volume %s at %s (%s)' % (source, dest, options))
+        elif not mount('-t', kind, *((['-o', options] if options else []) + [source, target])):
+            fail(1, 'cannot mount %s at %s (options %s)' % (kind, dest, options or 'none'))
 
 
 def main(argv):
@@ -108,6 +165,12 @@ def main(argv):
     if 'rl' in extra:
         import resource
     # The mounts below live in this new mount namespace only: they vanish with the container.
+    listing = fifo + '.mounts'
+    seal = False
+    if mode == 'readonly' and scratch and os.path.isdir(scratch) and os.path.exists(listing):
+        # A read-only root with mounts of its own: like runc, make their mount points first (in
+        # a writable layer in memory), then make the root read-only.
+        mode, seal = 'overlay', True
     try:
         if mode == 'overlay':
             if not mount('-t', 'tmpfs', '-o', 'mode=0700', 'kata-rw', scratch):
@@ -146,6 +209,7 @@ def main(argv):
             for name in ('pts', 'shm'):
                 os.mkdir(os.path.join(dev, name))
             os.chmod(os.path.join(dev, 'shm'), 0o1777)
+        do_mounts(listing, rootfs, mount, fail)
         if resolv:
             # the sandbox's DNS servers, read-only (the guest's file is a read-only view): where
             # the rootfs has an /etc/resolv.conf to cover, or can get one (a writable overlay)
@@ -158,6 +222,8 @@ def main(argv):
                     os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
             if not os.path.islink(etc) and not os.path.islink(target) and os.path.isfile(target):
                 mount('--bind', resolv, target)
+        if seal and not mount('-o', 'remount,bind,ro', rootfs):
+            fail(1, 'cannot make rootfs %s read-only' % rootfs)
         if hostname:
             with open('/proc/sys/kernel/hostname', 'w') as fh:
                 fh.write(hostname)

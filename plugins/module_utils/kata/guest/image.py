@@ -128,6 +128,7 @@ for t in /sys/bus/virtio/drivers/9pnet_virtio/*/mount_tag; do
     case "$(tr -d '\000' < "$t")" in
         @SHARED_TAG@) mount_share @SHARED_TAG@ @SHARED_MOUNT@ @SHARED_OPTIONS@ ;;
         @OUTPUT_TAG@) mount_share @OUTPUT_TAG@ @OUTPUT_MOUNT@ @OUTPUT_OPTIONS@ ;;
+        @VOLUMES_TAG@) mount_share @VOLUMES_TAG@ @VOLUMES_MOUNT@ @VOLUMES_OPTIONS@ ;;
     esac
 done
 echo "@INIT_MARKER@"
@@ -210,7 +211,8 @@ def render_init(modules):
     for key, val in (('@MODULES@', ' '.join(modules)), ('@AGENT_PATH@', AGENT_PATH)):
         text = text.replace(key, val)
     for name in ('NINEP_OPTIONS', 'SHARED_TAG', 'SHARED_MOUNT', 'SHARED_OPTIONS', 'OUTPUT_TAG',
-                 'OUTPUT_MOUNT', 'OUTPUT_OPTIONS', 'TEMPLATE_FLAG', 'INIT_MARKER'):
+                 'OUTPUT_MOUNT', 'OUTPUT_OPTIONS', 'VOLUMES_TAG', 'VOLUMES_MOUNT', 'VOLUMES_OPTIONS',
+                 'TEMPLATE_FLAG', 'INIT_MARKER'):
         text = text.replace('@%s@' % name, getattr(contract, name))
     return text
 

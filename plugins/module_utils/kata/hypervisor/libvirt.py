@@ -325,8 +325,9 @@ class LibvirtHypervisor(Hypervisor):
         """The domain XML for ``vm`` (see Hypervisor), values escaped by ElementTree.
 
         Only the devices a sandbox needs: under TCG every emulated device costs boot time.
-        ``console_log``, ``agent_socket``, ``shared_dir`` and ``output_dir`` may be None to
-        leave that device out. ``shared_dir`` is exported read-only (the rootfs binds);
+        ``console_log``, ``agent_socket``, ``shared_dir``, ``output_dir`` and ``volumes_dir``
+        may be None (or absent) to leave that device out. ``volumes_dir`` is exported read-write
+        in ``mapped`` mode (the read-write volume binds). ``shared_dir`` is exported read-only (the rootfs binds);
         ``output_dir`` read-write with ``output_accessmode`` (``squash`` unless given).
         """
         if not isinstance(vm, dict):
@@ -406,6 +407,14 @@ class LibvirtHypervisor(Hypervisor):
             fs = _sub(devices, 'filesystem', type='mount', accessmode=mode)
             _sub(fs, 'source', dir=_check_path('output_dir', output_dir))
             _sub(fs, 'target', dir=contract.OUTPUT_TAG)
+        volumes_dir = vm.get('volumes_dir')
+        if volumes_dir is not None:
+            # read-write volumes are bound in here; ``mapped``: whatever the guest makes there
+            # (modes, owners, device nodes, symlinks) lands on the host as xattrs on plain
+            # root-owned 0600 files, never as a setuid file, a device or a link
+            fs = _sub(devices, 'filesystem', type='mount', accessmode='mapped')
+            _sub(fs, 'source', dir=_check_path('volumes_dir', volumes_dir))
+            _sub(fs, 'target', dir=contract.VOLUMES_TAG)
         _add_nic(devices, vm.get('network'), name)
         if vm.get('free_page_reporting'):
             # the guest hands pages it freed back to the host (virtio-balloon free page

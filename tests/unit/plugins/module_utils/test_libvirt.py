@@ -180,6 +180,16 @@ def test_build_xml_output_share_defaults_to_squash_and_refuses_passthrough(hv):
         hv.build_xml(make_vm(hv, output_accessmode='passthrough'))
 
 
+def test_build_xml_volume_share_is_read_write_and_mapped(hv):
+    vm = make_vm(hv, volumes_dir='/run/kata-runtime/sandboxes/sb1/volumes')
+    fss = ET.fromstring(hv.build_xml(vm)).findall('devices/filesystem')
+    assert [(f.find('target').get('dir'), f.get('accessmode'), f.find('readonly') is not None) for f in fss] == [
+        ('kataShared', 'passthrough', True), ('kataOutput', 'mapped', False), ('kataVolumes', 'mapped', False)]
+    assert fss[2].find('source').get('dir') == vm['volumes_dir']
+    hv.create(vm)  # libvirt takes it
+    assert len(ET.fromstring(hv.build_xml(make_vm(hv))).findall('devices/filesystem')) == 2
+
+
 def test_build_xml_optional_devices(hv):
     root = ET.fromstring(hv.build_xml(make_vm(hv, console_log=None, agent_socket=None,
                                               shared_dir=None, output_dir=None, initrd=None,

@@ -53,7 +53,7 @@ def test_records_written_before_the_model_load_unchanged():
     # poststop_done is written by a cleanup only: absent, it means false; the guest settings
     # came later: absent, they mean none (no limits, the default process settings)
     assert crec.poststop_done is False and crec.limits == {} and crec.process is None
-    assert crec.to_json() == dict(OLD_CONTAINER, poststop_done=False, hostname=None, domainname=None, process=None,
+    assert crec.to_json() == dict(OLD_CONTAINER, poststop_done=False, mounts=[], volume_mounts=[], hostname=None, domainname=None, process=None,
                                   limits={}, oci_warnings=[], memory_mb=None, cpus=None, pids_limit=None)
 
 

@@ -55,6 +55,7 @@ CONTAINER_SPEC = dict(
     env=dict(type='dict'),
     cwd=dict(type='str', default='/'),
     user=dict(type='str'),
+    volumes=dict(type='list', elements='raw'),
     hooks=dict(type='dict'),
     cgroups_path=dict(type='str'),
     annotations=dict(type='dict'),
@@ -98,7 +99,7 @@ def test_kinds_are_the_recreate_rules():
                                                'cgroups_path', 'hooks', 'network', 'ports')
     assert SANDBOX_OPTIONS.keys(MUTABLE) == ('labels', 'annotations') == sbx.MUTABLE
     assert CONTAINER_OPTIONS.keys(IMMUTABLE) == ('bundle', 'rootfs', 'readonly_rootfs', 'args', 'env', 'cwd', 'user',
-                                                 'hooks', 'cgroups_path', 'annotations')
+                                                 'mounts', 'hooks', 'cgroups_path', 'annotations')
     assert CONTAINER_OPTIONS.keys(MUTABLE) == ('labels', 'memory_mb', 'cpus', 'pids_limit')
     assert CONTAINER_OPTIONS.module_args == {'mutually_exclusive': [
         ('bundle', 'rootfs'), ('bundle', 'command'), ('bundle', 'env'), ('bundle', 'user')]}

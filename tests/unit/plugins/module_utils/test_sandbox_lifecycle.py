@@ -228,7 +228,8 @@ def test_create_boots_records_and_runs_hooks_in_order(env):
     assert env.rt.store.get_mapping('sb') == 'sb'
     assert rec.cgroups_paths and all(os.path.isdir(p) for p in rec.cgroups_paths)
     sdir = env.rt.store.sandbox_dir('sb')
-    assert set(mountinfo.under(sdir)) == {os.path.join(sdir, 'output'), os.path.join(sdir, 'console')}
+    assert set(mountinfo.under(sdir)) == {os.path.join(sdir, 'output'), os.path.join(sdir, 'console'),
+                                          os.path.join(sdir, 'volumes')}
     dom = env.hv.domain_of('sb')
     assert dom.state == 'running' and dom.vm['sandbox_id'] == 'sb'
     assert dom.vm.get('state_root') == env.rt.store.root, 'the VM must carry the state root that owns it'

@@ -292,7 +292,8 @@ def test_clone_refuses_another_shape(hv, boot_files, tmp_path, shape):
 def test_agent_and_init_agree_with_the_contract():
     assert guest_agent.TEMPLATE_FLAG == contract.TEMPLATE_FLAG
     assert guest_agent.CLONE_SHARES == {contract.SHARED_TAG: (contract.SHARED_MOUNT, contract.SHARED_OPTIONS),
-                                        contract.OUTPUT_TAG: (contract.OUTPUT_MOUNT, contract.OUTPUT_OPTIONS)}
+                                        contract.OUTPUT_TAG: (contract.OUTPUT_MOUNT, contract.OUTPUT_OPTIONS),
+                                        contract.VOLUMES_TAG: (contract.VOLUMES_MOUNT, contract.VOLUMES_OPTIONS)}
     init = image.render_init(['9p'])
     for tag, (path, opts) in guest_agent.CLONE_SHARES.items():
         assert 'mount_share %s %s %s' % (tag, path, opts) in init  # the same options as a cold boot

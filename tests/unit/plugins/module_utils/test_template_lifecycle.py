@@ -45,8 +45,8 @@ def test_a_sandbox_starts_from_a_template_of_its_shape(env):
     assert env.hv.count('create_clone') == 1 and env.hv.count('create') == 0
     dom = env.hv.domain_of('sb')
     assert dom.state == 'running' and dom.ram == tpl.ram and dom.cloned_from == tpl.state
-    # the clone's agent reseeded, set the clock and mounted both shares before it was ready
-    assert sorted(dom.post_clone['mounts']) == ['kataOutput', 'kataShared']
+    # the clone's agent reseeded, set the clock and mounted the shares before it was ready
+    assert sorted(dom.post_clone['mounts']) == ['kataOutput', 'kataShared', 'kataVolumes']
     assert len(base64.b64decode(dom.post_clone['seed'])) == template.SEED_BYTES
     assert any('from template %s' % tpl.key in a for a in trace.actions), trace.actions
 
