@@ -197,5 +197,3 @@ def test_caps_cache_not_checked_for_another_driver():
     assert set(out) == set(hostcheck.CACHE_KEYS)
     assert out['stable'] is None and 'not checked' in out['reason']
     assert warnings == []
-
-

@@ -5,6 +5,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from ansible_collections.kata.runtime.plugins.module_utils.kata import model
@@ -178,3 +181,12 @@ def test_only_a_created_container_starts(status):
 def test_vm_states_partition():
     assert set(VmState.LIVE) | set(VmState.DOWN) == set(VmState.ALL)
     assert not set(VmState.LIVE) & set(VmState.DOWN)
+
+
+def test_internals_md_shows_the_model_as_it_is():
+    """docs/internals.md's record schema and state tables are generated from this module."""
+    root = os.path.join(os.path.dirname(__file__), '..', '..', '..', '..')
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    res = subprocess.run([sys.executable, os.path.join(root, 'scripts', 'gen-internals.py'), '--check'],
+                         capture_output=True, text=True, env=env, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
