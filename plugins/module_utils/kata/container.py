@@ -587,15 +587,10 @@ def _remove_by_name(rt, srec, cid, trace):
     rt.collect_cgroups([n for n in rt.store.list_cgroup_journal() if n['sandbox'] == sid and n['owner'] == cid])
     share.remove_container_dirs(rt, sid, cid)
     rt.store.remove_container(sid, cid)
-    if _mapping_or_none(rt, cid) in (sid, None) and rt.store.remove_mapping(cid):
+    if rt.store.get_mapping(cid, unreadable=None) in (sid, None) and rt.store.remove_mapping(cid):
         trace.step('removed ID mapping %s' % cid)
 
 
-def _mapping_or_none(rt, cid):
-    try:
-        return rt.store.get_mapping(cid)
-    except CorruptRecord:
-        return None
 
 
 def wait_for(rt, cid, timeout, poll=0.2):

@@ -468,10 +468,7 @@ def create(rt, sid, settings, timeout=None, trace=None, boot=True):
             _teardown(rt, rec, trace, poststop=False)
             raise
     if boot:
-        try:
-            _run_hooks(rt, rec, 'poststart', ContainerStatus.RUNNING, trace)
-        except KataError as err:
-            trace.warn(str(err))
+        _poststart(rt, rec, trace)
     return rec
 
 
@@ -524,11 +521,16 @@ def start(rt, sid, timeout=None, trace=None, use_template=None):
         rec.state = SandboxState.RUNNING
         rt.store.save_sandbox(rec)
     if finished:
-        try:
-            _run_hooks(rt, rec, 'poststart', ContainerStatus.RUNNING, trace)
-        except KataError as err:
-            trace.warn(str(err))
+        _poststart(rt, rec, trace)
     return rec
+
+
+def _poststart(rt, rec, trace):
+    """The poststart hooks of a sandbox that is up: a failure is a warning (runtime-spec)."""
+    try:
+        _run_hooks(rt, rec, 'poststart', ContainerStatus.RUNNING, trace)
+    except KataError as err:
+        trace.warn(str(err))
 
 
 def running_containers(rt, sid, vm):
@@ -779,19 +781,13 @@ def _teardown(rt, rec, trace, poststop):
         if owner == sid and cid != sid:
             rt.store.remove_mapping(cid)
             trace.step('removed ID mapping %s left by an interrupted delete' % cid)
-    if _mapping_of(rt, sid) == sid:
+    if rt.store.get_mapping(sid, unreadable=sid) == sid:  # an unreadable one points nowhere: ours
         rt.store.remove_mapping(sid)
         trace.step('removed ID mapping %s' % sid)
     rt.store.remove_sandbox(sid)
     trace.step('removed state of sandbox %s' % sid)
 
 
-def _mapping_of(rt, cid):
-    """The mapping of ``cid``; an unreadable one counts as ours to remove (it points nowhere)."""
-    try:
-        return rt.store.get_mapping(cid)
-    except CorruptRecord:
-        return cid
 
 
 def list_all(rt):

@@ -63,6 +63,7 @@ CONTAINERS = 'containers'
 SHARED = 'shared'
 
 _TMP_SUFFIX = '.tmp'
+_RAISE = object()  # get_mapping: an unreadable mapping raises
 _LOCK_POLL = 0.05
 
 # Locks held by this thread: {lock path: [fd, depth]}. flock() locks belong to an open file
@@ -320,6 +321,35 @@ class _TreeRemover:
             if spare is not None:
                 os.close(spare)
         self.lo = lo
+
+
+def hold_if_current(fd, path, deadline, timed_out, poll=_LOCK_POLL):
+    """Take the exclusive flock of ``fd`` (the file opened at ``path``), waiting until
+    ``deadline`` (time.monotonic(); None: for ever), then raising ``timed_out(fd)``. True when
+    held and the file is still the one at ``path``; False (``fd`` closed) when its holder had
+    unlinked it meanwhile: that lock guards nothing, open the path again. On any error ``fd``
+    is closed."""
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise timed_out(fd) from None
+                time.sleep(poll)
+        mine = os.fstat(fd)
+        try:
+            current = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            current = None
+    except BaseException:
+        os.close(fd)
+        raise
+    if current is not None and (current.st_ino, current.st_dev) == (mine.st_ino, mine.st_dev):
+        return True
+    os.close(fd)
+    return False
 
 
 class Store:
@@ -592,29 +622,8 @@ class Store:
                         os.unlink(path)
                     continue
                 raise KataError(f'cannot open lock file {path}: {err.strerror}') from None
-            try:
-                while True:
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        break
-                    except BlockingIOError:
-                        if deadline is not None and time.monotonic() >= deadline:
-                            raise self._timeout_error(sid, fd, timeout) from None
-                        time.sleep(_LOCK_POLL)
-                # remove_sandbox unlinks the lock file while holding it: if the inode we
-                # locked is no longer the one at the path, our lock guards nothing; retry.
-                mine = os.fstat(fd)
-                try:
-                    current = os.stat(path, follow_symlinks=False)
-                except FileNotFoundError:
-                    current = None
-                if current is not None and (current.st_ino, current.st_dev) == (mine.st_ino,
-                                                                                mine.st_dev):
-                    return fd
-            except BaseException:
-                os.close(fd)
-                raise
-            os.close(fd)
+            if hold_if_current(fd, path, deadline, lambda held: self._timeout_error(sid, held, timeout)):
+                return fd
 
     def _timeout_error(self, sid, fd, timeout):
         holder = ''
@@ -889,16 +898,23 @@ class Store:
         self.ensure()
         self._write_bytes(path, sid.encode('ascii') + b'\n')
 
-    def get_mapping(self, cid):
-        """The sandbox ID container ``cid`` belongs to, or None; CorruptRecord if unreadable."""
+    def get_mapping(self, cid, unreadable=_RAISE):
+        """The sandbox ID container ``cid`` belongs to, or None. An unreadable mapping raises
+        CorruptRecord, or, when ``unreadable`` is given, reads as that value (what a delete
+        takes it for: it points nowhere)."""
         path = self._mapping_file(cid)
-        raw = self._read_bytes(path, 'mapping')
-        if raw is None:
-            return None
         try:
-            return validate_id(raw.decode('ascii').strip(), 'sandbox')
-        except (UnicodeDecodeError, InvalidArgument) as err:
-            raise CorruptRecord(f'mapping {path} is corrupt: {err}', path=path) from None
+            raw = self._read_bytes(path, 'mapping')
+            if raw is None:
+                return None
+            try:
+                return validate_id(raw.decode('ascii').strip(), 'sandbox')
+            except (UnicodeDecodeError, InvalidArgument) as err:
+                raise CorruptRecord(f'mapping {path} is corrupt: {err}', path=path) from None
+        except CorruptRecord:
+            if unreadable is _RAISE:
+                raise
+            return unreadable
 
     def remove_mapping(self, cid):
         """Remove the mapping; True if it existed."""

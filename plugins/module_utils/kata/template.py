@@ -65,7 +65,7 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import (
 )
 from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import contract
 from ansible_collections.kata.runtime.plugins.module_utils.kata.hypervisor import libvirt as lv
-from ansible_collections.kata.runtime.plugins.module_utils.kata.store import Store
+from ansible_collections.kata.runtime.plugins.module_utils.kata.store import Store, hold_if_current
 
 # 2: the shape holds the NIC's network mode
 TEMPLATE_VERSION = 2
@@ -532,32 +532,17 @@ def lock(state_root, name, timeout=LOCK_TIMEOUT):
     path = os.path.join(state_root, 'locks', LOCKS_DIR, name + '.lock')
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     deadline = time.monotonic() + timeout
+
+    def timed_out(_fd):
+        return LockTimeout('template %s is locked by another build or removal; gave up after %ss' % (name, timeout))
+
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as err:
             raise KataError('cannot open template lock %s: %s' % (path, err.strerror)) from None
-        try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise LockTimeout('template %s is locked by another build or removal; gave up after %ss'
-                                          % (name, timeout)) from None
-                    time.sleep(0.1)
-            mine = os.fstat(fd)
-            try:
-                current = os.lstat(path)
-            except FileNotFoundError:
-                current = None
-            if current is not None and (current.st_ino, current.st_dev) == (mine.st_ino, mine.st_dev):
-                break
-        except BaseException:
-            os.close(fd)
-            raise
-        os.close(fd)  # the holder before us unlinked it: take the new file
+        if hold_if_current(fd, path, deadline, timed_out, poll=0.1):
+            break
     try:
         yield
     finally:
