@@ -221,10 +221,15 @@ class AgentClient:
         except socket.timeout:
             raise
         except OSError as err:
-            if err.errno in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ECONNABORTED):
-                raise _Dropped(err.strerror) from None
-            raise AgentError('agent socket %s: send failed: %s' % (self.socket_path, err),
-                             socket=self.socket_path) from None
+            raise self._socket_error(err, 'send') from None
+
+    def _socket_error(self, err, doing, method=None):
+        """What an OSError of a send or receive means: the connection dropped (_Dropped: a
+        reconnect may help), or an AgentError naming the socket."""
+        if err.errno in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ECONNABORTED):
+            return _Dropped(err.strerror)
+        return AgentError('agent socket %s: %s failed: %s' % (self.socket_path, doing, err),
+                          socket=self.socket_path, method=method)
 
     def _read_reply(self, ids, deadline, method):
         """Read lines until a reply whose id is in ``ids``; other ids are stale, skipped.
@@ -251,10 +256,7 @@ class AgentClient:
             except socket.timeout:
                 raise
             except OSError as err:
-                if err.errno in (errno.ECONNRESET, errno.ENOTCONN, errno.ECONNABORTED, errno.EPIPE):
-                    raise _Dropped(err.strerror) from None
-                raise AgentError('agent socket %s: receive failed: %s' % (self.socket_path, err),
-                                 socket=self.socket_path, method=method) from None
+                raise self._socket_error(err, 'receive', method) from None
             if not chunk:
                 raise _Dropped('end of stream')
             self._buf += chunk

@@ -624,32 +624,25 @@ class LibvirtHypervisor(Hypervisor):
 
     def suspend(self, name):
         """Pause the domain's vCPUs; False when already paused."""
-        libvirt = _libvirt()
-        dom = self._require(name, 'suspend')
-        st = self._state_of(dom)
-        if st == PAUSED:
-            return False
-        if st != RUNNING:
-            raise HypervisorError('cannot pause domain %s: it is %s, not running' % (name, st))
-        try:
-            dom.suspend()
-        except libvirt.libvirtError as err:
-            raise self._error('pausing', name, err)
-        return True
+        return self._pause_or_resume(name, 'suspend', PAUSED, RUNNING, 'pause', 'pausing')
 
     def resume(self, name):
         """Resume a paused domain; False when it already runs."""
+        return self._pause_or_resume(name, 'resume', RUNNING, PAUSED, 'resume', 'resuming')
+
+    def _pause_or_resume(self, name, call, want, need, verb, doing):
+        """``dom.<call>()`` from state ``need`` to ``want``; False when already ``want``."""
         libvirt = _libvirt()
-        dom = self._require(name, 'resume')
+        dom = self._require(name, call)
         st = self._state_of(dom)
-        if st == RUNNING:
+        if st == want:
             return False
-        if st != PAUSED:
-            raise HypervisorError('cannot resume domain %s: it is %s, not paused' % (name, st))
+        if st != need:
+            raise HypervisorError('cannot %s domain %s: it is %s, not %s' % (verb, name, st, need))
         try:
-            dom.resume()
+            getattr(dom, call)()
         except libvirt.libvirtError as err:
-            raise self._error('resuming', name, err)
+            raise self._error(doing, name, err)
         return True
 
     def undefine(self, name):
