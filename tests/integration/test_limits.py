@@ -17,7 +17,7 @@ import time
 
 import pytest
 from ansible_collections.kata.runtime.plugins.module_utils.kata import container as ctr
-from ansible_collections.kata.runtime.plugins.module_utils.kata import limits, oci_support
+from ansible_collections.kata.runtime.plugins.module_utils.kata import oci_support
 from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
 from ansible_collections.kata.runtime.plugins.module_utils.kata.config import load_config
 from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import InvalidArgument
@@ -67,7 +67,7 @@ def test_limits_and_process_settings_in_the_guest(env, busybox_rootfs, tmp_path)
         memory_mb=64)
     oom = ctr.wait_for(rt, 'oom', 60)
     assert oom['status'] == 'stopped' and oom['exit_code'] == 137, (oom, output(oom, 'stderr'))
-    oom_cg = limits.stats(rt, 'oom')
+    oom_cg = ctr.guest_stats(rt, 'oom')
     assert oom_cg['memory.max'] == str(64 * MIB) and int(oom_cg['memory.events.oom_kill']) >= 1
     assert sbx.info(rt, rt.store.load_sandbox(SID))['state'] == 'running'
     assert ctr.info(rt, rt.store.load_container(SID, 'keep'))['status'] == 'running'
@@ -78,13 +78,13 @@ def test_limits_and_process_settings_in_the_guest(env, busybox_rootfs, tmp_path)
     bombed = ctr.wait_for(rt, 'bomb', 60)
     assert bombed['status'] == 'stopped' and bombed['exit_code'] != 0
     assert 'all-forked' not in output(bombed) and 'fork' in output(bombed, 'stderr')
-    assert limits.stats(rt, 'bomb')['pids.max'] == '16'
+    assert ctr.guest_stats(rt, 'bomb')['pids.max'] == '16'
 
     # A busy loop under a quarter of a CPU: the guest's cpu.stat says it got about that.
     run(rt, 'cpu', busybox_rootfs, ['/bin/sh', '-c', 'while :; do :; done'], trace, cpus=0.25)
-    first, t0 = limits.stats(rt, 'cpu'), time.monotonic()
+    first, t0 = ctr.guest_stats(rt, 'cpu'), time.monotonic()
     time.sleep(6)
-    second, t1 = limits.stats(rt, 'cpu'), time.monotonic()
+    second, t1 = ctr.guest_stats(rt, 'cpu'), time.monotonic()
     share = (int(second['cpu.stat.usage_usec']) - int(first['cpu.stat.usage_usec'])) / 1e6 / (t1 - t0)
     assert second['cpu.max'] == '25000 100000'
     assert int(second['cpu.stat.nr_throttled']) > int(first['cpu.stat.nr_throttled'])
@@ -162,7 +162,7 @@ def test_limits_and_process_settings_in_the_guest(env, busybox_rootfs, tmp_path)
     assert res['diff']['before']['memory_mb'] is None and res['diff']['after']['memory_mb'] == 96
     assert res['diff']['after']['limits'] == {'memory.max': str(96 * MIB)}
     assert res['container']['limits'] == {'memory.max': str(96 * MIB)}
-    assert limits.stats(rt, 'keep')['memory.max'] == str(96 * MIB)
+    assert ctr.guest_stats(rt, 'keep')['memory.max'] == str(96 * MIB)
     after = ctr.info(rt, rt.store.load_container(SID, 'keep'))
     assert after['status'] == 'running' and (after['pid'], after['started_at']) == (keep.pid, before['started_at'])
     again = env.playbook([task]).ok('limit')

@@ -363,6 +363,44 @@ def start(rt, cid, trace=None):
     return rec
 
 
+def update_limits(rt, sid, cid, settings, live, trace=None):
+    """Apply new limits (``settings['limits']``, limits.guest_settings) to a container in place:
+    its cgroup in the guest when it has a process or is about to (created or running), then
+    its record. No restart; ``live=False`` records them only."""
+    trace = trace or rt.trace()
+    with rt.store.lock(sid, owner='update container %s' % cid):
+        rec = _reload(rt, sid, cid)
+        srec = rt.store.load_sandbox(sid)
+        if srec is None:
+            raise NotFound('sandbox %s does not exist' % sid)
+        guest.check_fits(settings, srec)
+        writes = guest.changes(rec, settings)
+        if live:
+            vm = rt.hv.state(srec.domain)
+            status = status_of(rec, vm, live_states(rt, sid, vm))
+            if status in (ContainerStatus.CREATED, ContainerStatus.RUNNING):
+                if writes:
+                    with rt.agent(sid) as client:
+                        res = client.call('update_container', id=cid, limits=writes)
+                    trace.step('updated limits of container %s in the guest: %s'
+                               % (cid, ', '.join('%s=%s' % (k, res['cgroup'].get(k, '?')) for k in sorted(writes))))
+            elif status != ContainerStatus.STOPPED:
+                raise Conflict('container %s is %s: its limits cannot be changed now' % (cid, status))
+        rec.limits = dict(settings.get('limits') or {})
+        for key in guest.LIMIT_OPTIONS:
+            setattr(rec, key, settings.get(key))
+        rt.store.save_container(rec)
+        trace.step('recorded the limits of container %s' % cid)
+    return rec
+
+
+def guest_stats(rt, cid):
+    """What the container's cgroup in the guest holds now (limits and usage)."""
+    sid, dummy = _must_find(rt, cid)
+    with rt.agent(sid) as client:
+        return client.call('container_stats', id=cid)['cgroup']
+
+
 def _signal_number(sig):
     if isinstance(sig, int):
         return sig
@@ -589,8 +627,6 @@ def _remove_by_name(rt, srec, cid, trace):
     rt.store.remove_container(sid, cid)
     if rt.store.get_mapping(cid, unreadable=None) in (sid, None) and rt.store.remove_mapping(cid):
         trace.step('removed ID mapping %s' % cid)
-
-
 
 
 def wait_for(rt, cid, timeout, poll=0.2):

@@ -166,13 +166,15 @@ class ContainerManager(StateManager):
         options_changed = any(getattr(rec, k) != settings.get(k) for k in limits.LIMIT_OPTIONS)
         if not writes and not options_changed:
             return
-        limits.check_fits(settings, self.rt.store.load_sandbox(sid) or {})
+        srec = self.rt.store.load_sandbox(sid)
+        if srec is not None:  # check mode refuses what the run would; a sandbox gone: the run says so
+            limits.check_fits(settings, srec)
         if writes:
             self.diff['before']['limits'] = dict(rec.limits)
             self.diff['after']['limits'] = dict(settings.get('limits') or {})
         live = status in ('created', 'running')
         self.act('update limits of container %s%s' % (self.cid, ' in place' if live and writes else ''),
-                 limits.update, self.rt, sid, self.cid, settings, live and bool(writes))
+                 ctr.update_limits, self.rt, sid, self.cid, settings, live and bool(writes))
 
     def update_labels(self, sid, labels, trace):
         with self.rt.store.lock(sid, owner='update container %s' % self.cid):

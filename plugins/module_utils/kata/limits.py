@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """A container's settings for the guest beyond its command: UTS names, process settings
 (capabilities, rlimits, no_new_privileges, ...) and limits (its cgroup in the guest), and
-the in-place update of those limits on a container that exists.
+what an in-place update of those limits writes (``container.update_limits`` applies it).
 
 The OCI fields are read and checked in ``oci_support``; this module puts them into the
 settings, the agent's ``create_container`` params, and ``update_container`` requests.
@@ -11,7 +11,6 @@ settings, the agent's ``create_container`` params, and ``update_container`` requ
 from __future__ import annotations
 
 from ansible_collections.kata.runtime.plugins.module_utils.kata import oci_support
-from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import Conflict, NotFound
 
 # The settings keys this module adds to a container's settings (and record).
 GUEST_KEYS = ('hostname', 'domainname', 'limits', 'process', 'oci_warnings')
@@ -88,45 +87,3 @@ def changes(rec, settings):
         if old != new:
             out[name] = oci_support.LIMIT_DEFAULTS[name] if new is None else new
     return out
-
-
-def update(rt, sid, cid, settings, live, trace):
-    """Apply new limits to a container in place: its cgroup in the guest (when it has a
-    process or is about to: created or running), then its record. No restart."""
-    from ansible_collections.kata.runtime.plugins.module_utils.kata import container as ctr
-    with rt.store.lock(sid, owner='update container %s' % cid):
-        rec = rt.store.load_container(sid, cid)
-        if rec is None:
-            raise NotFound('container %s does not exist (it was deleted meanwhile)' % cid)
-        srec = rt.store.load_sandbox(sid)
-        if srec is None:
-            raise NotFound('sandbox %s does not exist' % sid)
-        check_fits(settings, srec)
-        writes = changes(rec, settings)
-        if live:
-            vm = rt.hv.state(srec.domain)
-            status = ctr.status_of(rec, vm, ctr.live_states(rt, sid, vm))
-            if status in ('created', 'running'):
-                if writes:
-                    with rt.agent(sid) as client:
-                        res = client.call('update_container', id=cid, limits=writes)
-                    trace.step('updated limits of container %s in the guest: %s'
-                               % (cid, ', '.join('%s=%s' % (k, res['cgroup'].get(k, '?')) for k in sorted(writes))))
-            elif status != 'stopped':
-                raise Conflict('container %s is %s: its limits cannot be changed now' % (cid, status))
-        rec.limits = dict(settings.get('limits') or {})
-        for key in LIMIT_OPTIONS:
-            setattr(rec, key, settings.get(key))
-        rt.store.save_container(rec)
-        trace.step('recorded the limits of container %s' % cid)
-    return rec
-
-
-def stats(rt, cid):
-    """What the container's cgroup in the guest holds now (limits and usage)."""
-    from ansible_collections.kata.runtime.plugins.module_utils.kata import container as ctr
-    sid, _rec = ctr.find(rt, cid)
-    if sid is None:
-        raise NotFound('container %s does not exist' % cid)
-    with rt.agent(sid) as client:
-        return client.call('container_stats', id=cid)['cgroup']

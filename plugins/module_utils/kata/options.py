@@ -243,7 +243,7 @@ CONTAINER_OPTIONS = OptionTable(
     CGROUPS_PATH,
     LABELS,
     Option('annotations', IMMUTABLE, dict(type='dict'), str_dict=True),
-    # limits inside the guest: a change is applied in place (limits.update)
+    # limits inside the guest: a change is applied in place (container.update_limits)
     Option('memory_mb', MUTABLE, dict(type='int')),
     Option('cpus', MUTABLE, dict(type='float')),
     Option('pids_limit', MUTABLE, dict(type='int')),

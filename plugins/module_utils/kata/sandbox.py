@@ -788,8 +788,6 @@ def _teardown(rt, rec, trace, poststop):
     trace.step('removed state of sandbox %s' % sid)
 
 
-
-
 def list_all(rt):
     """(public dicts of every sandbox, corrupt records) — one libvirt look-up per sandbox."""
     records, corrupt = rt.store.list_sandboxes()

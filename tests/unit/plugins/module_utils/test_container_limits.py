@@ -123,7 +123,7 @@ def test_dropping_a_limit_of_a_bundle_resets_it_in_the_guest(env):
     rec = env.rt.store.load_container('sb', 'c1')
     settings = dict(rec.to_json(), limits={'pids.max': '10'}, memory_mb=None)
     assert limits.changes(rec, settings) == {'memory.max': 'max'}
-    limits.update(env.rt, 'sb', 'c1', settings, True, env.rt.trace())
+    ctr.update_limits(env.rt, 'sb', 'c1', settings, True, env.rt.trace())
     assert guest_container(env)['cgroup']['memory.max'] == 'max'
     assert env.rt.store.load_container('sb', 'c1').limits == {'pids.max': '10'}
 
