@@ -27,6 +27,7 @@ import json
 import os
 import secrets
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -517,3 +518,21 @@ def privileged_bundle(rootfs, command):
                    'process': {'args': list(command), 'cwd': '/', 'env': ['PATH=/usr/sbin:/usr/bin:/sbin:/bin'],
                                'capabilities': {k: caps for k in ('bounding', 'effective', 'permitted')}}}, f)
     return bundle
+
+
+def snapshot(top):
+    """{relative path: (type and mode bits, uid, gid, size, content or link target)}."""
+    out = {}
+    for dirpath, dirs, files in os.walk(top):
+        for name in dirs + files:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                body = os.readlink(path)
+            elif stat.S_ISREG(st.st_mode):
+                with open(path, 'rb') as f:
+                    body = f.read()
+            else:
+                body = None
+            out[os.path.relpath(path, top)] = (st.st_mode, st.st_uid, st.st_gid, st.st_size, body)
+    return out

@@ -31,7 +31,7 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata.errors import Ka
 from ansible_collections.kata.runtime.plugins.module_utils.kata.guest import image
 from ansible_collections.kata.runtime.plugins.module_utils.kata.guest.kernel import prepare_kernel
 from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import Runtime
-from conftest import IMAGE_DIR, virsh
+from conftest import IMAGE_DIR, snapshot, virsh
 
 WRITE_LIMIT_MB = 4
 CONSOLE_LIMIT_KB = 64
@@ -55,24 +55,6 @@ def canary(tmp_path):
     (path / 'secret').write_text('host secret\n')
     os.chmod(str(path / 'secret'), 0o600)
     return str(path)
-
-
-def snapshot(top):
-    """{relative path: (type and mode bits, uid, gid, size, content or link target)}."""
-    out = {}
-    for dirpath, dirs, files in os.walk(top):
-        for name in dirs + files:
-            path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            if stat.S_ISLNK(st.st_mode):
-                body = os.readlink(path)
-            elif stat.S_ISREG(st.st_mode):
-                with open(path, 'rb') as f:
-                    body = f.read()
-            else:
-                body = None
-            out[os.path.relpath(path, top)] = (st.st_mode, st.st_uid, st.st_gid, st.st_size, body)
-    return out
 
 
 def walk_iteratively(top):

@@ -25,31 +25,8 @@ from ansible_collections.kata.runtime.plugins.module_utils.kata import mountinfo
 from ansible_collections.kata.runtime.plugins.module_utils.kata import sandbox as sbx
 from ansible_collections.kata.runtime.plugins.module_utils.kata.config import load_config
 from ansible_collections.kata.runtime.plugins.module_utils.kata.runtime import Runtime
-
-RUNC_DEFAULT_MOUNTS = [
-    {'destination': '/proc', 'type': 'proc', 'source': 'proc'},
-    {'destination': '/dev', 'type': 'tmpfs', 'source': 'tmpfs', 'options': ['nosuid', 'strictatime', 'mode=755',
-                                                                            'size=65536k']},
-    {'destination': '/dev/pts', 'type': 'devpts', 'source': 'devpts',
-     'options': ['nosuid', 'noexec', 'newinstance', 'ptmxmode=0666', 'mode=0620', 'gid=5']},
-    {'destination': '/dev/shm', 'type': 'tmpfs', 'source': 'shm',
-     'options': ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k']},
-    {'destination': '/dev/mqueue', 'type': 'mqueue', 'source': 'mqueue', 'options': ['nosuid', 'noexec', 'nodev']},
-    {'destination': '/sys', 'type': 'sysfs', 'source': 'sysfs', 'options': ['nosuid', 'noexec', 'nodev', 'ro']},
-    {'destination': '/sys/fs/cgroup', 'type': 'cgroup', 'source': 'cgroup',
-     'options': ['nosuid', 'noexec', 'nodev', 'relatime', 'ro']},
-]
-
-
-def snapshot(top):
-    out = {}
-    for dirpath, dirs, files in os.walk(top):
-        for name in dirs + files:
-            path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            body = open(path, 'rb').read() if stat.S_ISREG(st.st_mode) else None
-            out[os.path.relpath(path, top)] = (st.st_mode, st.st_uid, st.st_gid, body)
-    return out
+from ansible_collections.kata.runtime.tests.unit.plugins.module_utils.test_volumes import RUNC_DEFAULT_MOUNTS
+from conftest import snapshot
 
 
 def our_mounts(rt, sid, pid=None):
